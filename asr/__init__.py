@@ -1,0 +1,24 @@
+"""asr: Conformer-CTC speech recognition that just works.
+
+import asr
+model = asr.load_model("model.pt")
+print(model.transcribe(["audio.flac"])[0].text)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asr.config import EncoderConfig
+from asr.model import CtcModel
+from asr.modules.conformer import ConformerEncoder
+
+__all__ = ["ConformerEncoder", "CtcModel", "EncoderConfig", "load_model"]
+__version__ = "0.1.0"
+
+
+def load_model(path: str, device: str = "cpu") -> Any:
+    """Load a self-contained model bundle (`model.pt`) for transcription. See `asr.transcribe`."""
+    from asr.transcribe import load_model as _load
+
+    return _load(path, device=device)

@@ -1,0 +1,263 @@
+"""Audio in, log-mel features out.
+
+Here: `load_audio` (any file soundfile reads -> mono float32 (N,) at 16 kHz, optionally only a
+segment), `load_audio_array` (the same for in-memory samples), `audio_duration`,
+`find_audio_files`, the `LogMelFeatures` front end (25 ms Hann windows every 10 ms, 80 mel bands,
+log power, per-utterance or global mean/variance normalization) and `compute_global_stats`.
+
+Every problem caused by the user's audio raises `AudioError` with one line naming the file.
+
+Shapes: B batch, N samples, T frames, F mel bands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+from asr.config import FeatureConfig
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".nist")
+LOG_OFFSET = 1e-6  # log(power + 1e-6): digital silence stays finite and does not dominate stats
+STD_FLOOR = 1e-5  # a feature that never varies is divided by this, not by zero
+
+
+class AudioError(ValueError):
+    """A user-supplied audio file or array that cannot be used; the message names it."""
+
+
+def _fail(name: str, reason: str) -> AudioError:
+    # One line: libsndfile messages sometimes carry newlines.
+    return AudioError(f"cannot read audio file '{name}': {' '.join(reason.split())}")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise _fail(str(path), "no such file")
+    if path.is_dir():
+        raise _fail(str(path), "is a directory, not a file")
+    if path.stat().st_size == 0:
+        raise _fail(str(path), "file is empty")
+
+
+def _info(path: Path) -> soundfile._SoundFileInfo:
+    _check_file(path)
+    try:
+        return soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError) as err:
+        raise _fail(str(path), f"not a readable audio file ({err})") from None
+
+
+def audio_duration(path: str | Path) -> float:
+    """Seconds of audio in `path`, from the header only (no samples are decoded)."""
+    info = _info(Path(path))
+    if info.frames <= 0:
+        raise _fail(str(path), "contains no samples")
+    return info.frames / info.samplerate
+
+
+def load_audio(
+    path: str | Path,
+    sample_rate: int = 16000,
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> Tensor:
+    """Read `path` as mono float32 (N,) at `sample_rate`, only [offset, offset + duration) s.
+
+    Channels are averaged; the rate is changed with `torchaudio.functional.resample`. Only the
+    requested segment is decoded (soundfile seeks to it).
+    """
+    path = Path(path)
+    info = _info(path)
+    if offset < 0:
+        raise _fail(str(path), f"offset must be >= 0 s, got {offset}")
+    if duration is not None and duration <= 0:
+        raise _fail(str(path), f"duration must be > 0 s, got {duration}")
+    if info.frames <= 0:
+        raise _fail(str(path), "contains no samples")
+    start = round(offset * info.samplerate)
+    if start >= info.frames:
+        total = info.frames / info.samplerate
+        raise _fail(str(path), f"offset {offset} s is past the end ({total:.3f} s long)")
+    frames = -1 if duration is None else max(1, round(duration * info.samplerate))
+    try:
+        data, file_rate = soundfile.read(
+            str(path), start=start, frames=frames, dtype="float32", always_2d=True
+        )
+    except (soundfile.LibsndfileError, RuntimeError) as err:
+        raise _fail(str(path), f"decoding failed ({err})") from None
+    return _to_mono(data, file_rate, sample_rate, str(path))
+
+
+def load_audio_array(
+    samples: np.ndarray | Tensor,
+    sample_rate: int,
+    target_rate: int = 16000,
+    name: str = "<array>",
+) -> Tensor:
+    """In-memory audio -> mono float32 (N,) at `target_rate`, with the checks of `load_audio`.
+
+    `samples` is laid out like soundfile returns it: (N,) mono or (N, C) with C channels.
+    Floats are taken as they are (nominally in [-1, 1]); signed integers are scaled by their
+    full range (int16 / 32768) and uint8 is centred on 128, as in 8-bit WAV. `name` is what
+    error messages call this audio (an utterance id, a dataset row).
+    """
+    array = samples.detach().cpu().numpy() if isinstance(samples, Tensor) else np.asarray(samples)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise _fail(name, f"expected samples of shape (N,) or (N, C), got {array.shape}")
+    if array.dtype == np.uint8:
+        array = (array.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(array.dtype, np.signedinteger):
+        array = array.astype(np.float32) / float(-np.iinfo(array.dtype).min)
+    elif not np.issubdtype(array.dtype, np.floating):
+        raise _fail(name, f"samples must be float or integer, got dtype {array.dtype}")
+    if sample_rate <= 0:
+        raise _fail(name, f"sample rate must be positive, got {sample_rate}")
+    return _to_mono(array.astype(np.float32, copy=False), sample_rate, target_rate, name)
+
+
+def _to_mono(data: np.ndarray, rate: int, target_rate: int, name: str) -> Tensor:
+    """(N, C) float32 samples at `rate` -> checked mono (N',) tensor at `target_rate`."""
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise _fail(name, "contains no samples")
+    if not np.isfinite(data).all():
+        raise _fail(name, "contains NaN or infinite samples")
+    wave = torch.from_numpy(np.ascontiguousarray(data)).mean(dim=1)  # (N,)
+    if rate != target_rate:
+        wave = torchaudio.functional.resample(wave, int(rate), int(target_rate))
+    return wave.contiguous()
+
+
+def find_audio_files(path: str | Path) -> list[Path]:
+    """A file -> [file]; a folder -> every audio file below it (by extension), sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise _fail(str(path), "no such file or directory")
+    found = sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+    )
+    if not found:
+        raise AudioError(
+            f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) found under directory '{path}'"
+        )
+    return found
+
+
+class LogMelFeatures(nn.Module):
+    """Waveforms (B, N) with lengths -> normalized log-mel features (B, T, F) with lengths.
+
+    Frame t covers samples [t * hop, t * hop + win) exactly, so T = 1 + (N - win) // hop (0 when
+    N < win) and an utterance's features do not depend on the padding of its batch. Padded
+    frames of the output are 0.
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.win = round(config.sample_rate * config.win_ms / 1000)
+        self.hop = round(config.sample_rate * config.hop_ms / 1000)
+        if self.win > config.n_fft:
+            raise ValueError(
+                f"features.win_ms={config.win_ms} gives {self.win} samples, more than "
+                f"features.n_fft={config.n_fft}"
+            )
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=config.sample_rate,
+            n_fft=config.n_fft,
+            win_length=self.win,
+            hop_length=self.hop,
+            n_mels=config.n_mels,
+            window_fn=torch.hann_window,
+            power=2.0,
+            center=False,
+        )
+        # torch.stft centres the win-sample window inside each n_fft frame; padding half the
+        # difference on each side makes frame t start at sample t * hop.
+        self.pad_left = (config.n_fft - self.win) // 2
+        self.pad_right = config.n_fft - self.win - self.pad_left
+        self.register_buffer("global_mean", torch.zeros(config.n_mels))
+        self.register_buffer("global_std", torch.ones(config.n_mels))
+
+    def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
+        """1 + (N - win) // hop, and 0 when N < win."""
+        if isinstance(num_samples, Tensor):
+            return (torch.div(num_samples - self.win, self.hop, rounding_mode="floor") + 1).clamp(
+                min=0
+            )
+        return max(0, 1 + (int(num_samples) - self.win) // self.hop)
+
+    def set_global_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Use (x - mean) / std when `normalize="global"`; both (F,), saved in the state_dict."""
+        n_mels = self.config.n_mels
+        if tuple(mean.shape) != (n_mels,) or tuple(std.shape) != (n_mels,):
+            raise ValueError(
+                f"global stats must have shape ({n_mels},), got mean {tuple(mean.shape)} "
+                f"and std {tuple(std.shape)}"
+            )
+        self.global_mean.copy_(mean)
+        self.global_std.copy_(std.clamp(min=STD_FLOOR))
+
+    def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """waves (B, N), wave_lengths (B,) -> feats (B, T, F), feat_lengths (B,)."""
+        B, N = waves.shape
+        feat_lengths = self.num_frames(wave_lengths.to(waves.device).long())  # (B,)
+        T = self.num_frames(N)
+        if T == 0:
+            return waves.new_zeros(B, 0, self.config.n_mels), feat_lengths
+        padded = nn.functional.pad(waves, (self.pad_left, self.pad_right))  # (B, N + n_fft - win)
+        # float32 even under bf16/fp16 autocast: log power needs the range and precision.
+        with torch.autocast(device_type=waves.device.type, enabled=False):
+            power = self.mel(padded.float())  # (B, F, T)
+        assert power.shape[-1] == T, (power.shape, T)
+        feats = torch.log(power + LOG_OFFSET).transpose(1, 2)  # (B, T, F)
+        pad_mask = torch.arange(T, device=feats.device)[None, :] >= feat_lengths[:, None]  # (B, T)
+        feats = self._normalize(feats, pad_mask, feat_lengths)
+        return feats.masked_fill(pad_mask[:, :, None], 0.0), feat_lengths
+
+    def _normalize(self, feats: Tensor, pad_mask: Tensor, feat_lengths: Tensor) -> Tensor:
+        if self.config.normalize == "global":
+            return (feats - self.global_mean) / self.global_std
+        if self.config.normalize == "none":
+            return feats
+        # "utterance": mean and variance over the valid frames of each utterance only.
+        valid = (~pad_mask)[:, :, None].to(feats.dtype)  # (B, T, 1)
+        count = feat_lengths.clamp(min=1)[:, None, None].to(feats.dtype)  # (B, 1, 1)
+        mean = (feats * valid).sum(dim=1, keepdim=True) / count  # (B, 1, F)
+        var = (((feats - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count  # (B, 1, F)
+        return (feats - mean) / var.sqrt().clamp(min=STD_FLOOR)
+
+
+def compute_global_stats(
+    feature_batches: Iterable[tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """Mean and std (F,) over the valid frames of un-normalized (feats (B, T, F), lengths (B,)).
+
+    Sums are accumulated in float64, so the result equals the stats of all frames concatenated.
+    Feed it the output of a `LogMelFeatures` built with `normalize="none"`.
+    """
+    total = sq_total = None
+    count = 0
+    for feats, feat_lengths in feature_batches:
+        _, T, F = feats.shape  # (B, T, F)
+        valid = torch.arange(T, device=feats.device)[None, :] < feat_lengths[:, None]  # (B, T)
+        frames = feats[valid].double()  # (frames, F)
+        if total is None:
+            total, sq_total = frames.new_zeros(F), frames.new_zeros(F)
+        total += frames.sum(dim=0)
+        sq_total += (frames**2).sum(dim=0)
+        count += frames.shape[0]
+    if total is None or count == 0:
+        raise ValueError("compute_global_stats: no valid frames in the given batches")
+    mean = total / count
+    var = (sq_total / count - mean**2).clamp(min=0.0)
+    return mean.float(), var.sqrt().clamp(min=STD_FLOOR).float()

@@ -1,0 +1,349 @@
+"""Every hyperparameter as a frozen dataclass, and `load_config(yaml, overrides)`.
+
+Defaults live here; YAML files in `configs/` hold only what differs. A YAML key is the dataclass
+field of the same name. Unknown keys and values of the wrong type raise `ValueError` naming the
+key (and the closest valid key) before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ACTIVATIONS = ("swish", "leaky_relu")
+CONV_NORMS = ("batch_norm", "layer_norm")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Conformer encoder dimensions (Gulati et al. 2020, table 1 for the S/M/L presets)."""
+
+    feat_dim: int = 80
+    d_model: int = 144
+    num_layers: int = 16
+    num_heads: int = 4
+    ff_mult: int = 4
+    conv_kernel_size: int = 31
+    subsampling_factor: int = 4
+    subsampling_channels: int = 144
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    activation: str = "swish"
+    conv_norm: str = "batch_norm"
+    style_tokens: bool = False
+    num_style_tokens: int = 10
+    style_token_heads: int = 4
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "feat_dim", "d_model", "num_layers", "num_heads", "ff_mult")
+        _check_positive(self, "subsampling_channels", "num_style_tokens", "style_token_heads")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"encoder.d_model={self.d_model} is not divisible by "
+                f"encoder.num_heads={self.num_heads}"
+            )
+        if self.style_tokens and self.d_model % self.style_token_heads:
+            raise ValueError(
+                f"encoder.d_model={self.d_model} is not divisible by "
+                f"encoder.style_token_heads={self.style_token_heads}"
+            )
+        if self.conv_kernel_size < 1 or self.conv_kernel_size % 2 == 0:
+            raise ValueError(
+                f"encoder.conv_kernel_size must be a positive odd number, "
+                f"got {self.conv_kernel_size}"
+            )
+        if self.subsampling_factor not in (4, 8):
+            raise ValueError(
+                f"encoder.subsampling_factor must be 4 or 8, got {self.subsampling_factor}"
+            )
+        _check_choice(self, "activation", ACTIVATIONS)
+        _check_choice(self, "conv_norm", CONV_NORMS)
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"encoder.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> EncoderConfig:
+        """The named size: "xs" (tiny, for tests and CPU demos), "s", "m", "l" (the paper's)."""
+        if name not in ENCODER_PRESETS:
+            raise ValueError(
+                f"unknown encoder preset {name!r}; choose from {list(ENCODER_PRESETS)}"
+            )
+        return cls(**{**ENCODER_PRESETS[name], **overrides})
+
+
+ENCODER_PRESETS: dict[str, dict[str, Any]] = {
+    "xs": dict(d_model=64, num_layers=2, num_heads=2, conv_kernel_size=15, subsampling_channels=64),
+    "s": dict(d_model=144, num_layers=16, num_heads=4, subsampling_channels=144),
+    "m": dict(d_model=256, num_layers=16, num_heads=4, subsampling_channels=256),
+    "l": dict(d_model=512, num_layers=17, num_heads=8, subsampling_channels=512),
+}
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel front end: 25 ms windows every 10 ms at 16 kHz."""
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_fft: int = 512
+    normalize: str = "utterance"  # "utterance" | "global" | "none"
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft")
+        _check_choice(self, "normalize", ("utterance", "global", "none"))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """SpecAugment (Park et al. 2019) with length-aware time masks, speed and noise."""
+
+    freq_masks: int = 2
+    freq_mask_width: int = 27
+    time_masks: int = 10
+    time_mask_max_ratio: float = 0.05
+    speed_factors: tuple[float, ...] = (0.9, 1.0, 1.1)
+    noise_prob: float = 0.0
+    noise_snr_db: tuple[float, float] = (10.0, 30.0)
+    noise_manifest: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """`kind`: "char", "unigram" or "bpe". `path`: a trained tokenizer file to use as is."""
+
+    kind: str = "char"
+    vocab_size: int = 256
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "kind", ("char", "unigram", "bpe"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the utterances come from and how they are batched."""
+
+    train_manifest: str | None = None
+    val_manifest: str | None = None
+    hf_dataset: str | None = None
+    hf_train_split: str = "train"
+    hf_val_split: str = "validation"
+    hf_streaming: bool = False
+    max_batch_seconds: float = 200.0
+    num_buckets: int = 20
+    min_duration: float = 0.1
+    max_duration: float = 30.0
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up, then Noam (inverse square root) or cosine decay."""
+
+    lr: float = 2e-3
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 1000
+    schedule: str = "noam"  # "noam" | "cosine"
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "schedule", ("noam", "cosine"))
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """What Lightning's Trainer is given, plus checkpointing choices."""
+
+    max_steps: int = -1
+    max_epochs: int = 100
+    precision: str = "32-true"  # "32-true" | "bf16-mixed" | "16-mixed"
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    val_every_n_steps: int = 0  # 0: validate once an epoch
+    log_every_n_steps: int = 10
+    save_top_k: int = 3
+    average_last_k: int = 1
+    seed: int = 1234
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "precision", ("32-true", "32", "bf16-mixed", "16-mixed"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `asr train` needs. `model` picks an encoder preset; `encoder` overrides it."""
+
+    exp_dir: str = "exp/run"
+    model: str = "xs"
+    encoder: dict[str, Any] = field(default_factory=dict)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        # Validate the encoder overrides now, so a bad key fails before any work starts.
+        self.encoder_config()
+
+    def encoder_config(self) -> EncoderConfig:
+        return from_dict(
+            EncoderConfig,
+            {**_preset_fields(self.model), **self.encoder},
+            prefix="encoder",
+        )
+
+
+def _preset_fields(name: str) -> dict[str, Any]:
+    if name not in ENCODER_PRESETS:
+        raise ValueError(
+            f"model: unknown encoder preset {name!r}; choose from {list(ENCODER_PRESETS)}"
+        )
+    return ENCODER_PRESETS[name]
+
+
+# --------------------------------------------------------------------------------------------
+# YAML <-> dataclasses
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Read a YAML file (or start from defaults) and apply `dotted.key=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {path} must hold a mapping at the top level")
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(TrainConfig, raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 3, 1e-3, [1, 2])."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like dotted.key=value")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def to_dict(config: Any) -> Any:
+    """A dataclass (nested) as plain YAML-friendly values."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, tuple | list):
+        return [to_dict(v) for v in config]
+    if isinstance(config, dict):
+        return {k: to_dict(v) for k, v in config.items()}
+    return config
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a dict, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = (
+                f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+            )
+            raise ValueError(f"unknown config key {name!r}{hint}")
+        kwargs[key] = _coerce(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, prefix=name)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, name)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"config key {name!r} expects a list, got {value!r}")
+        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise ValueError(f"config key {name!r} expects {len(item_types)} values, got {value!r}")
+        return tuple(
+            _coerce(t, v, f"{name}[{i}]") for i, (t, v) in enumerate(zip(item_types, value))
+        )
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {name!r} expects a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if (
+        hint in (int, str, bool)
+        and isinstance(value, hint)
+        and not (hint is int and isinstance(value, bool))
+    ):
+        return value
+    expected = getattr(hint, "__name__", str(hint))
+    raise ValueError(f"config key {name!r} expects {expected}, got {value!r}")
+
+
+def _check_positive(config: Any, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+
+
+def _check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(config, name) not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(config, name)!r}")

@@ -1,0 +1,65 @@
+"""`CtcModel`: the Conformer encoder with a linear CTC head (Graves et al. 2006), and its loss.
+
+Plain `nn.Module`; the features front end and the tokenizer travel beside it in the model bundle.
+Symbols: B batch, T feature frames, T' encoder frames, F feature bins, D width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asr.config import EncoderConfig
+from asr.modules.conformer import ConformerEncoder
+
+BLANK_ID = 0
+
+
+class CtcModel(nn.Module):
+    """feats -> ConformerEncoder -> Linear(D, V) -> log-softmax. Blank is id 0."""
+
+    def __init__(self, config: EncoderConfig, vocab_size: int) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(
+                f"vocab_size must count the blank and at least one token, got {vocab_size}"
+            )
+        self.config = config
+        self.vocab_size = vocab_size
+        self.encoder = ConformerEncoder(config)
+        self.head = nn.Linear(config.d_model, vocab_size)
+
+    def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
+        return self.encoder.output_lengths(feat_lengths)
+
+    def forward(
+        self, feats: torch.Tensor, feat_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (B, T, F), feat_lengths (B,) -> (log_probs (B, T', V) float32, out_lengths (B,))."""
+        x, out_lengths = self.encoder(feats, feat_lengths)  # (B, T', D)
+        logits = self.head(x).float()  # (B, T', V): the softmax in float32 even under autocast
+        return logits.log_softmax(dim=-1), out_lengths
+
+
+def ctc_loss(
+    log_probs: torch.Tensor,
+    out_lengths: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over utterances of the CTC loss per target token, computed in float32.
+
+    log_probs (B, T', V), out_lengths (B,), targets (B, S) padded, target_lengths (B,) -> ().
+    Impossible alignments (too few frames) give 0 instead of inf (`zero_infinity`), so one bad
+    utterance cannot poison a batch; the data pipeline filters them out beforehand anyway.
+    """
+    return F.ctc_loss(
+        log_probs.float().transpose(0, 1),  # (T', B, V): the one time-major tensor, for ctc_loss
+        targets,
+        out_lengths,
+        target_lengths,
+        blank=BLANK_ID,
+        reduction="mean",
+        zero_infinity=True,
+    )

@@ -1,0 +1,94 @@
+"""The Conformer convolution module (Gulati et al. 2020, section 2.2, figure 2).
+
+LayerNorm -> pointwise conv to 2D -> GLU -> depthwise conv (odd kernel) -> BatchNorm (or
+LayerNorm) -> Swish -> pointwise conv -> dropout. Padded frames are zeroed before the depthwise
+convolution and the batch norm statistics are taken over valid frames only, so padding never
+leaks into valid frames, in training or in evaluation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from asr.modules.feed_forward import make_activation
+
+
+class MaskedBatchNorm1d(nn.Module):
+    """Batch norm over channels whose training statistics ignore padded frames.
+
+    Same parameters, buffers and update rule as `nn.BatchNorm1d` (momentum 0.1, unbiased running
+    variance), but the mean and variance are taken over the valid (B, T) positions only.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C), pad_mask (B, T) -> (B, T, C)."""
+        if self.training:
+            valid = x.flatten(0, 1) if pad_mask is None else x[~pad_mask]  # (N, C)
+            n = valid.shape[0]
+            if n > 1:
+                var, mean = torch.var_mean(valid.float(), dim=0, correction=0)
+                with torch.no_grad():
+                    unbiased = var * (n / (n - 1))
+                    self.running_mean.lerp_(mean, self.momentum)
+                    self.running_var.lerp_(unbiased, self.momentum)
+            else:  # nothing to estimate from: fall back to running statistics
+                mean, var = self.running_mean, self.running_var
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = self.weight * torch.rsqrt(var + self.eps)  # (C,)
+        return (x * scale + (self.bias - mean * scale)).to(x.dtype)
+
+
+class ConformerConvModule(nn.Module):
+    """Gated pointwise conv, depthwise conv over time, norm, Swish, pointwise conv.
+
+    Returns the residual branch only. `norm` is "batch_norm" (padding-aware) or "layer_norm".
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        kernel_size: int = 31,
+        norm: str = "batch_norm",
+        activation: str = "swish",
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(
+                f"conv_kernel_size must be odd to keep frames centred, got {kernel_size}"
+            )
+        if norm not in ("batch_norm", "layer_norm"):
+            raise ValueError(f"unknown conv norm {norm!r}; choose 'batch_norm' or 'layer_norm'")
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)  # a 1x1 conv, batch-first
+        self.glu = nn.GLU(dim=-1)
+        self.depthwise = nn.Conv1d(
+            d_model, d_model, kernel_size, padding=kernel_size // 2, groups=d_model
+        )
+        self.norm = MaskedBatchNorm1d(d_model) if norm == "batch_norm" else nn.LayerNorm(d_model)
+        self.activation = make_activation(activation)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, D), pad_mask (B, T) -> (B, T, D)."""
+        x = self.glu(self.pointwise_in(self.layer_norm(x)))  # (B, T, D)
+        if pad_mask is not None:
+            x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+        x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)  # (B, T, D)
+        if isinstance(self.norm, MaskedBatchNorm1d):
+            x = self.norm(x, pad_mask)
+        else:
+            x = self.norm(x)
+        x = self.pointwise_out(self.activation(x))
+        return self.dropout(x)

@@ -1,0 +1,34 @@
+"""Padding masks: the one place where lengths become masks and masks change convention.
+
+`pad_mask` is True at padded positions; `attn_mask` is True where a query may attend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_pad_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """Lengths (B,) -> pad_mask (B, T), True where the frame is padding."""
+    max_len = int(lengths.max()) if max_len is None else max_len
+    positions = torch.arange(max_len, device=lengths.device)  # (T,)
+    return positions.unsqueeze(0) >= lengths.unsqueeze(1)  # (B, T)
+
+
+def pad_mask_to_attn_mask(pad_mask: torch.Tensor) -> torch.Tensor:
+    """Key pad_mask (B, T) -> attn_mask (B, 1, 1, T), True where a key may be attended to.
+
+    Broadcasts over heads and queries, as `scaled_dot_product_attention` expects.
+    """
+    return (~pad_mask)[:, None, None, :]
+
+
+def attn_bias_from_pad_mask(pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Key pad_mask (B, T) -> additive bias (B, 1, 1, T): 0 for valid keys, -inf-like for padding.
+
+    Uses the dtype's most negative finite value rather than -inf so that a fully padded row
+    (a zero-length item) gives a uniform softmax instead of NaN.
+    """
+    bias = torch.zeros(pad_mask.shape, dtype=dtype, device=pad_mask.device)
+    bias.masked_fill_(pad_mask, torch.finfo(dtype).min)
+    return bias[:, None, None, :]

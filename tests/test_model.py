@@ -1,0 +1,159 @@
+"""ConformerEncoder and CtcModel: padding invariance, config coverage, gradients, overfitting."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from asr import ConformerEncoder, CtcModel, EncoderConfig
+from asr.model import ctc_loss
+
+TINY = EncoderConfig(
+    feat_dim=20, d_model=32, num_layers=2, num_heads=4, ff_mult=2, conv_kernel_size=5,
+    subsampling_channels=8, dropout=0.1, attn_dropout=0.1,
+)  # fmt: skip
+
+
+def padded_batch(lengths: list[int], feat_dim: int, seed: int = 0) -> tuple[list, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    items = [torch.randn(1, t, feat_dim, generator=gen) for t in lengths]
+    batch = torch.zeros(len(lengths), max(lengths), feat_dim)
+    for i, item in enumerate(items):
+        batch[i, : item.shape[1]] = item[0]
+    return items, batch
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TINY,
+        dataclasses.replace(TINY, subsampling_factor=8),
+        dataclasses.replace(TINY, style_tokens=True),
+    ],
+    ids=["4x", "8x", "style"],
+)
+def test_each_padded_item_equals_the_item_alone(config: EncoderConfig) -> None:
+    torch.manual_seed(0)
+    lengths = [97, 60, 31]
+    items, batch = padded_batch(lengths, config.feat_dim)
+    for module in (ConformerEncoder(config).eval(), CtcModel(config, vocab_size=11).eval()):
+        out, out_lengths = module(batch, torch.tensor(lengths))
+        for i, item in enumerate(items):
+            alone, alone_len = module(item, torch.tensor([lengths[i]]))
+            assert int(out_lengths[i]) == int(alone_len[0]) == alone.shape[1]
+            torch.testing.assert_close(out[i, : alone.shape[1]], alone[0], atol=1e-4, rtol=1e-4)
+        if isinstance(module, ConformerEncoder):  # padded output frames are zero
+            assert out[2, int(out_lengths[2]) :].abs().sum() == 0
+
+
+def test_encoder_output_lengths_match_output_shapes_over_a_grid() -> None:
+    encoder = ConformerEncoder(dataclasses.replace(TINY, num_layers=1)).eval()
+    for t in range(7, 90, 3):
+        out, lengths = encoder(torch.randn(1, t, 20), torch.tensor([t]))
+        assert out.shape[1] == int(lengths[0]) == int(encoder.output_lengths(torch.tensor(t)))
+
+
+# For each field: an alternative value, and a base under which the field matters.
+FIELD_CHANGES = {
+    "feat_dim": 24, "d_model": 48, "num_layers": 3, "num_heads": 2, "ff_mult": 3,
+    "conv_kernel_size": 7, "subsampling_factor": 8, "subsampling_channels": 4, "dropout": 0.3,
+    "attn_dropout": 0.5, "activation": "leaky_relu", "conv_norm": "layer_norm",
+    "style_tokens": True, "num_style_tokens": 4, "style_token_heads": 2,
+}  # fmt: skip
+
+
+def fingerprint(config: EncoderConfig) -> tuple:
+    """Parameter names and shapes, plus a train-mode output under a fixed seed."""
+    torch.manual_seed(0)
+    encoder = ConformerEncoder(config).train()
+    shapes = tuple((k, tuple(v.shape)) for k, v in encoder.state_dict().items())
+    torch.manual_seed(1)
+    out, _ = encoder(torch.ones(2, 40, config.feat_dim).cumsum(1).sin(), torch.tensor([40, 33]))
+    return shapes, out.detach()
+
+
+def test_every_encoder_config_field_changes_the_model_or_its_output() -> None:
+    assert set(FIELD_CHANGES) == {f.name for f in dataclasses.fields(EncoderConfig)}
+    for name, value in FIELD_CHANGES.items():
+        base = dataclasses.replace(
+            TINY, style_tokens=name.startswith(("num_style", "style_token_"))
+        )
+        changed = dataclasses.replace(base, **{name: value})
+        (shapes_a, out_a), (shapes_b, out_b) = fingerprint(base), fingerprint(changed)
+        assert (
+            shapes_a != shapes_b or out_a.shape != out_b.shape or not torch.allclose(out_a, out_b)
+        ), f"changing {name} changed nothing"
+
+
+def test_default_encoder_has_no_style_weights() -> None:
+    names = ConformerEncoder(TINY).state_dict().keys()
+    assert not any(name.startswith("style.") for name in names)
+    assert any(name.startswith("style.") for name in ConformerEncoder(
+        dataclasses.replace(TINY, style_tokens=True)).state_dict())  # fmt: skip
+
+
+def test_style_tokens_change_the_encoder_output() -> None:
+    torch.manual_seed(0)
+    plain = ConformerEncoder(TINY).eval()
+    styled = ConformerEncoder(dataclasses.replace(TINY, style_tokens=True)).eval()
+    styled.load_state_dict(plain.state_dict(), strict=False)
+    feats, lengths = torch.randn(2, 50, 20), torch.tensor([50, 40])
+    assert not torch.allclose(plain(feats, lengths)[0], styled(feats, lengths)[0], atol=1e-3)
+
+
+def batch_for_ctc(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(3, 80, 20, generator=gen)
+    feat_lengths = torch.tensor([80, 70, 52])
+    targets = torch.randint(1, 11, (3, 6), generator=gen)
+    target_lengths = torch.tensor([6, 5, 3])
+    return feats, feat_lengths, targets, target_lengths
+
+
+@pytest.mark.parametrize("style", [False, True])
+def test_gradients_reach_every_parameter(style: bool) -> None:
+    model = CtcModel(dataclasses.replace(TINY, style_tokens=style), vocab_size=11).train()
+    feats, feat_lengths, targets, target_lengths = batch_for_ctc()
+    log_probs, out_lengths = model(feats, feat_lengths)
+    ctc_loss(log_probs, out_lengths, targets, target_lengths).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_log_probs_are_normalized_and_blank_is_id_zero() -> None:
+    model = CtcModel(TINY, vocab_size=11).eval()
+    log_probs, _ = model(*batch_for_ctc()[:2])
+    assert log_probs.dtype == torch.float32
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]))
+
+
+def test_tiny_model_overfits_one_batch() -> None:
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, dropout=0.0, attn_dropout=0.0)
+    model = CtcModel(config, vocab_size=11).train()
+    feats, feat_lengths, targets, target_lengths = batch_for_ctc()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = ctc_loss(*model(feats, feat_lengths), targets, target_lengths)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+    model.eval()
+    best = model(feats, feat_lengths)[0].argmax(-1)  # greedy CTC decode of item 0
+    tokens = [int(t) for i, t in enumerate(best[0]) if t != 0 and (i == 0 or t != best[0][i - 1])]
+    assert tokens == targets[0].tolist()
+
+
+def test_presets_have_the_papers_dimensions() -> None:
+    dims = {n: EncoderConfig.preset(n) for n in ("s", "m", "l")}
+    assert [(c.d_model, c.num_layers, c.num_heads) for c in dims.values()] == [
+        (144, 16, 4), (256, 16, 4), (512, 17, 8)]  # fmt: skip
+    assert all(c.conv_kernel_size == 31 and c.ff_mult == 4 for c in dims.values())
+    with pytest.raises(ValueError, match="preset"):
+        EncoderConfig.preset("xxl")
