@@ -1,0 +1,149 @@
+"""The self-contained model bundle (`model.pt`) and atomic file writes.
+
+A bundle is a plain dict of tensors and primitive values, so it loads with
+`torch.load(weights_only=True)` and no pickled code ever runs:
+
+    {"format": "asr-model-bundle", "version": 1,
+     "encoder_config": {...}, "features_config": {...}, "tokenizer": {...}, "vocab_size": V,
+     "model_state": CtcModel state_dict, "frontend_state": LogMelFeatures state_dict,
+     "info": {...}}
+
+Every file is written to a temporary name beside its target and renamed into place, so a process
+killed at any moment leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asr.audio import LogMelFeatures
+from asr.config import EncoderConfig, FeatureConfig, from_dict, to_dict
+from asr.model import CtcModel
+from asr.tokenizer import Tokenizer, tokenizer_from_dict
+
+BUNDLE_FORMAT = "asr-model-bundle"
+BUNDLE_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A file that is not a usable model bundle; the message names the file."""
+
+
+@dataclass
+class ModelBundle:
+    """Everything transcription needs: features front end, acoustic model, tokenizer."""
+
+    model: CtcModel
+    frontend: LogMelFeatures
+    tokenizer: Tokenizer
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to(self, device: str | torch.device) -> ModelBundle:
+        self.model.to(device)
+        self.frontend.to(device)
+        return self
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)` then rename tmp_path onto `path` (same folder, so same filesystem)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_bundle(
+    path: str | Path,
+    model: CtcModel,
+    frontend: LogMelFeatures,
+    tokenizer: Tokenizer,
+    info: dict[str, Any] | None = None,
+) -> None:
+    """Write `model.pt` atomically. Tensors are copied to CPU so the file loads anywhere."""
+    if tokenizer.vocab_size != model.vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model head has {model.vocab_size}"
+        )
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "encoder_config": to_dict(model.config),
+        "features_config": to_dict(frontend.config),
+        "tokenizer": tokenizer.to_dict(),
+        "vocab_size": model.vocab_size,
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "frontend_state": {k: v.detach().cpu() for k, v in frontend.state_dict().items()},
+        "info": info or {},
+    }
+    atomic_torch_save(bundle, path)
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """`torch.load(weights_only=True)` with one clear error naming the file on any failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"model file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise BundleError(
+            f"refusing to load {path}: it is not a plain tensor file (it would need to run "
+            f"pickled code, which is never done for safety): {str(err).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise BundleError(f"cannot read {path}: not a model file or corrupt ({err})") from None
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a bundle written by `save_bundle` onto `device`, in eval mode."""
+    raw = safe_torch_load(path)
+    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
+        raise BundleError(
+            f"{path} is not an asr model bundle (a Lightning checkpoint? export it with "
+            f"`asr export --checkpoint {path}`)"
+        )
+    if raw.get("version", 0) > BUNDLE_VERSION:
+        raise BundleError(f"{path} was written by a newer asr (bundle version {raw['version']})")
+    try:
+        tokenizer = tokenizer_from_dict(raw["tokenizer"])
+        encoder_config = from_dict(EncoderConfig, raw["encoder_config"], prefix="encoder")
+        features_config = from_dict(FeatureConfig, raw["features_config"], prefix="features")
+        vocab_size = int(raw["vocab_size"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise BundleError(f"{path} is a damaged model bundle: {err}") from None
+    if tokenizer.vocab_size != vocab_size:
+        raise BundleError(
+            f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but its CTC head has "
+            f"{vocab_size} outputs; the bundle mixes a model and a tokenizer that do not belong "
+            f"together"
+        )
+    model, frontend = CtcModel(encoder_config, vocab_size), LogMelFeatures(features_config)
+    try:
+        model.load_state_dict(raw["model_state"])
+        frontend.load_state_dict(raw["frontend_state"])
+    except (KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise BundleError(f"{path}: weights do not fit the stored configuration: {first}") from None
+    bundle = ModelBundle(model.eval(), frontend.eval(), tokenizer, dict(raw.get("info", {})))
+    return bundle.to(device)

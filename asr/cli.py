@@ -1,0 +1,124 @@
+"""The `asr` command line: thin wrappers over the library. `asr COMMAND --help` for each.
+
+User errors (a missing file, a bad config key, unreadable audio) end with one line
+`asr: error: ...` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from asr.config import load_config
+    from asr.train import train
+
+    config = load_config(args.config, args.overrides)
+    path = train(config, resume=not args.no_resume)
+    print(f"model written to {path}")
+    return 0
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from asr.config import TokenizerConfig
+    from asr.data import read_manifest
+    from asr.tokenizer import train_tokenizer
+
+    texts = [utt.text for path in args.manifest for utt in read_manifest(path)]
+    tokenizer = train_tokenizer(texts, TokenizerConfig(kind=args.kind, vocab_size=args.vocab_size))
+    tokenizer.save(args.output)
+    print(f"{args.kind} tokenizer with {tokenizer.vocab_size} tokens written to {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from asr.train import export_checkpoint
+
+    print(f"model written to {export_checkpoint(args.checkpoint, args.output)}")
+    return 0
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", required=True, help="YAML file (see configs/)")
+    p.add_argument(
+        "overrides", nargs="*", help="dotted.key=value overrides, e.g. trainer.max_steps=100"
+    )
+    p.add_argument("--no-resume", action="store_true", help="ignore exp_dir/checkpoints/last.ckpt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-tokenizer", help="train a tokenizer on manifest transcripts")
+    p.add_argument("--manifest", nargs="+", required=True)
+    p.add_argument("--kind", choices=["char", "unigram", "bpe"], default="unigram")
+    p.add_argument("--vocab-size", type=int, default=256)
+    p.add_argument("--output", required=True, help="tokenizer JSON file to write")
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    p = sub.add_parser("export", help="turn a training checkpoint into a model.pt bundle")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr", description="Conformer-CTC speech recognition")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(sub)
+    for register in optional_commands():
+        register(sub)
+    return parser
+
+
+def optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands defined next to the code they drive."""
+    from asr.corpus import add_corpus_command
+    from asr.evaluate_cli import add_evaluate_command
+    from asr.transcribe import add_transcribe_arguments, transcribe_command
+
+    def add_transcribe(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("transcribe", help="transcribe audio files or folders")
+        add_transcribe_arguments(p)
+        p.set_defaults(func=transcribe_command)
+
+    return [add_transcribe, add_evaluate_command, add_corpus_command]
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from asr.audio import AudioError
+    from asr.checkpoint import BundleError
+
+    return (
+        AudioError,
+        BundleError,
+        ValueError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as err:
+        if args.verbose:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"asr: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("asr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

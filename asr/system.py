@@ -1,0 +1,162 @@
+"""The LightningModule: the training harness around `CtcModel` (and nothing else).
+
+One batch: waves -> log-mel features (float32) -> SpecAugment -> CtcModel -> CTC loss in float32.
+Validation decodes greedily and sums word and character error counts over the whole set (and over
+ranks) before dividing, with the same text normalizer as `asr evaluate`.
+
+Randomness is exactly resumable by construction: every training step re-seeds the global RNGs
+from (seed, global step, rank), so dropout and SpecAugment masks of step k never depend on what
+ran before it, and waveform augmentation is seeded per (seed, epoch, utterance) in the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from asr.audio import LogMelFeatures
+from asr.augment import SpecAugment
+from asr.config import TrainConfig, to_dict
+from asr.decoding import greedy_decode
+from asr.evaluate import ErrorCounts, count_char_errors, count_word_errors
+from asr.model import CtcModel, ctc_loss
+from asr.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_BAD_STEPS = 20
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: the loss kept being NaN or infinite."""
+
+
+def lr_lambda(step: int, warmup: int, schedule: str, max_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1 over `warmup` steps, then Noam (1/sqrt) or cosine decay."""
+    step = step + 1
+    if step <= warmup:
+        return step / max(1, warmup)
+    if schedule == "noam":
+        return max(min_ratio, math.sqrt(warmup / step))
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class AsrSystem(L.LightningModule):
+    """Train a `CtcModel` with CTC; `config` and `tokenizer` are stored in every checkpoint."""
+
+    def __init__(self, config: TrainConfig, tokenizer: Tokenizer) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.frontend = LogMelFeatures(config.features)
+        self.spec_augment = SpecAugment.from_config(config.augment)
+        self.model = CtcModel(config.encoder_config(), tokenizer.vocab_size)
+        self.val_words = ErrorCounts()
+        self.val_chars = ErrorCounts()
+        self.bad_steps = 0  # consecutive non-finite losses
+        self.skipped_steps = 0
+
+    # ---------------------------------------------------------------- training
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed = self.config.trainer.seed
+        torch.manual_seed(hash((seed, self.global_step, self.global_rank)) % (2**63))
+
+    def features(self, batch: Any, augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            feats, feat_lengths = self.frontend(batch.waves, batch.wave_lengths)  # (B, T, F)
+            if augment:
+                feats = self.spec_augment(feats, feat_lengths)
+        return feats, feat_lengths
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every utterance of the batch failed to load (already warned)
+            return None
+        feats, feat_lengths = self.features(batch, augment=True)
+        log_probs, out_lengths = self.model(feats, feat_lengths)
+        loss = ctc_loss(log_probs, out_lengths, batch.targets, batch.target_lengths)
+        if not torch.isfinite(loss):
+            return self._skip_step(batch)
+        self.bad_steps = 0
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
+        return loss
+
+    def _skip_step(self, batch: Any) -> None:
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        log.warning(
+            "non-finite loss at step %d (utterances %s): batch skipped (%d skipped so far)",
+            self.global_step,
+            ", ".join(batch.ids[:5]),
+            self.skipped_steps,
+        )
+        if self.bad_steps >= MAX_CONSECUTIVE_BAD_STEPS:
+            raise NonFiniteLossError(
+                f"the loss was NaN or infinite for {self.bad_steps} steps in a row; training "
+                f"has diverged (try a lower optim.lr or longer optim.warmup_steps)"
+            )
+        return None
+
+    # ---------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self.val_words, self.val_chars = ErrorCounts(), ErrorCounts()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if batch is None:
+            return
+        feats, feat_lengths = self.features(batch, augment=False)
+        log_probs, out_lengths = self.model(feats, feat_lengths)
+        loss = ctc_loss(log_probs, out_lengths, batch.targets, batch.target_lengths)
+        self.log("val_loss", loss, batch_size=len(batch), sync_dist=True)
+        for ref, ids in zip(batch.texts, greedy_decode(log_probs, out_lengths)):
+            hyp = self.tokenizer.decode(ids)
+            self.val_words += count_word_errors(ref, hyp)
+            self.val_chars += count_char_errors(ref, hyp)
+
+    def on_validation_epoch_end(self) -> None:
+        words = self.val_words.to_tensor(self.device)
+        chars = self.val_chars.to_tensor(self.device)
+        if self.trainer.world_size > 1:  # sum counts over ranks, then divide: never average rates
+            words = self.all_gather(words).sum(0)
+            chars = self.all_gather(chars).sum(0)
+        wer = ErrorCounts.from_tensor(words).error_rate
+        cer = ErrorCounts.from_tensor(chars).error_rate
+        # Every rank holds the same summed counts, so every rank logs the same value.
+        self.log("val_wer", 100 * wer, prog_bar=True)
+        self.log("val_cer", 100 * cer, prog_bar=True)
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Make every Lightning checkpoint self-describing: config and tokenizer travel inside."""
+        checkpoint["asr_config"] = to_dict(self.config)
+        checkpoint["asr_tokenizer"] = self.tokenizer.to_dict()
+
+    # ---------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        o = self.config.optim
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            # Biases, norms and the attention biases u, v are not decayed.
+            (no_decay if param.ndim < 2 or "pos_bias" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": o.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=o.lr,
+            betas=o.betas,
+        )
+        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else 100_000
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_lambda(step, o.warmup_steps, o.schedule, max_steps, o.min_lr_ratio),
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,198 @@
+"""`asr train`: from a config to an experiment folder holding a self-contained `model.pt`.
+
+    exp_dir/config.yaml        the resolved configuration (every default written out)
+    exp_dir/tokenizer.json     trained from the training transcripts unless tokenizer.path is set
+    exp_dir/checkpoints/       top-k by validation WER, the last k by step, and last.ckpt
+    exp_dir/logs/              TensorBoard and CSV logs
+    exp_dir/model.pt           weights (averaged over the last k checkpoints), config, tokenizer,
+                               normalization statistics: all transcription needs
+
+Running the same command again resumes from `checkpoints/last.ckpt` exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from asr.audio import LogMelFeatures, compute_global_stats, load_audio
+from asr.checkpoint import save_bundle
+from asr.config import TrainConfig, from_dict, save_config
+from asr.data import read_manifest
+from asr.datamodule import AsrDataModule
+from asr.system import AsrSystem
+from asr.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_dict, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+GLOBAL_STATS_UTTERANCES = 500
+
+
+def prepare_tokenizer(config: TrainConfig, exp_dir: Path) -> Tokenizer:
+    """The experiment's tokenizer: given, reused from an earlier run, or trained now."""
+    saved = exp_dir / "tokenizer.json"
+    if config.tokenizer.path:
+        tokenizer = load_tokenizer(config.tokenizer.path)
+    elif saved.is_file():
+        tokenizer = load_tokenizer(saved)
+    else:
+        if not config.data.train_manifest:
+            raise ValueError("set data.train_manifest or tokenizer.path to get a tokenizer")
+        texts = [utt.text for utt in read_manifest(config.data.train_manifest)]
+        tokenizer = train_tokenizer(texts, config.tokenizer)
+    tokenizer.save(saved)
+    return tokenizer
+
+
+def estimate_global_stats(config: TrainConfig, frontend: LogMelFeatures) -> None:
+    """Mean and std of the features over (up to 500) training utterances, stored in frontend."""
+    raw = LogMelFeatures(dataclasses.replace(config.features, normalize="none"))
+    utterances = read_manifest(config.data.train_manifest)[:GLOBAL_STATS_UTTERANCES]
+
+    def batches():
+        for utt in utterances:
+            wave = load_audio(utt.audio, config.features.sample_rate, utt.offset, utt.duration)
+            yield raw(wave[None], torch.tensor([wave.shape[0]]))
+
+    mean, std = compute_global_stats(batches())
+    frontend.set_global_stats(mean, std)
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the model weights of Lightning checkpoints (integer buffers: last)."""
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    states = [torch.load(p, map_location="cpu", weights_only=False)["state_dict"] for p in paths]
+    averaged = {}
+    for key, value in states[-1].items():
+        if value.is_floating_point():
+            averaged[key] = sum(s[key].double() for s in states).div(len(states)).to(value.dtype)
+        else:
+            averaged[key] = value.clone()
+    return averaged
+
+
+def build_trainer(
+    config: TrainConfig, exp_dir: Path
+) -> tuple[L.Trainer, ModelCheckpoint, ModelCheckpoint]:
+    t = config.trainer
+    ckpt_dir = exp_dir / "checkpoints"
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best-{step}-{val_wer:.2f}",
+        monitor="val_wer",
+        mode="min",
+        save_top_k=t.save_top_k,
+        save_last=True,
+        auto_insert_metric_name=True,
+    )
+    recent = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step-{step}",
+        monitor="step",
+        mode="max",
+        save_top_k=max(1, t.average_last_k),
+        every_n_train_steps=t.val_every_n_steps or None,
+    )
+    callbacks: list[Any] = [best, recent, LearningRateMonitor(logging_interval="step")]
+    if t.progress_bar:
+        callbacks.append(RichProgressBar())
+    val_every = t.val_every_n_steps
+    trainer = L.Trainer(
+        default_root_dir=exp_dir,
+        max_steps=t.max_steps,
+        max_epochs=t.max_epochs if t.max_steps < 0 else -1,
+        precision=t.precision,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        gradient_clip_val=config.optim.grad_clip,
+        val_check_interval=val_every if val_every else 1.0,
+        check_val_every_n_epoch=None if val_every else 1,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=[
+            TensorBoardLogger(exp_dir / "logs", name="tensorboard", version=""),
+            CSVLogger(exp_dir / "logs", name="csv", version=""),
+        ],
+        callbacks=callbacks,
+        use_distributed_sampler=False,  # our bucketing sampler shards by rank itself
+        num_sanity_val_steps=0,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=t.progress_bar,
+        deterministic=False,
+    )
+    return trainer, best, recent
+
+
+def train(config: TrainConfig, resume: bool = True) -> Path:
+    """Train and export; returns the path of `model.pt`."""
+    exp_dir = Path(config.exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, exp_dir / "config.yaml")
+    L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    tokenizer = prepare_tokenizer(config, exp_dir)
+    system = AsrSystem(config, tokenizer)
+    last = exp_dir / "checkpoints" / "last.ckpt"
+    resuming = resume and last.is_file()
+    if config.features.normalize == "global" and not resuming:
+        estimate_global_stats(config, system.frontend)
+
+    def frames_for_duration(seconds: float) -> int:
+        samples = int(seconds * config.features.sample_rate)
+        return int(system.model.output_lengths(torch.tensor(system.frontend.num_frames(samples))))
+
+    datamodule = AsrDataModule(config, tokenizer, frames_for_duration)
+    trainer, best, recent = build_trainer(config, exp_dir)
+    started = time.time()
+    trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if resuming else None)
+    seconds = time.time() - started
+    return export(config, system, trainer, recent, best, seconds)
+
+
+def export(
+    config: TrainConfig,
+    system: AsrSystem,
+    trainer: L.Trainer,
+    recent: ModelCheckpoint,
+    best: ModelCheckpoint,
+    seconds: float,
+) -> Path:
+    exp_dir = Path(config.exp_dir)
+    k = config.trainer.average_last_k
+    paths = sorted(Path(p) for p in recent.best_k_models)
+    paths = sorted(
+        paths, key=lambda p: torch.load(p, map_location="cpu", weights_only=False)["global_step"]
+    )
+    if k > 1 and len(paths) > 1:
+        system.load_state_dict(average_checkpoints(paths[-k:]))
+    info = {
+        "trained_steps": int(trainer.global_step),
+        "train_seconds": round(seconds, 1),
+        "averaged_checkpoints": [p.name for p in paths[-k:]] if k > 1 else [],
+        "best_val_wer": float(best.best_model_score) if best.best_model_score is not None else None,
+        "config": str(exp_dir / "config.yaml"),
+    }
+    path = exp_dir / "model.pt"
+    if trainer.is_global_zero:
+        save_bundle(path, system.model, system.frontend, system.tokenizer, info)
+    return path
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
+    """A Lightning checkpoint of `AsrSystem` -> a `model.pt` bundle (`asr export`)."""
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "asr_config" not in raw:
+        raise ValueError(f"{checkpoint} is not a checkpoint written by `asr train`")
+    config = from_dict(TrainConfig, raw["asr_config"])
+    system = AsrSystem(config, tokenizer_from_dict(raw["asr_tokenizer"]))
+    system.load_state_dict(raw["state_dict"])
+    save_bundle(output, system.model, system.frontend, system.tokenizer, {"from": str(checkpoint)})
+    return Path(output)
