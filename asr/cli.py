@@ -41,6 +41,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_corpus(args: argparse.Namespace) -> int:
+    from asr.corpus import CorpusConfig, make_demo_corpus
+
+    config = CorpusConfig(
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_test=args.num_test,
+        noise_prob=args.noise_prob,
+        seed=args.seed,
+        num_workers=args.workers,
+    )
+    print(f"corpus ready in {make_demo_corpus(args.output_dir, config)}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from asr.evaluate_cli import evaluate_command
+
+    return evaluate_command(args)
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("--config", required=True, help="YAML file (see configs/)")
@@ -62,6 +83,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("make-corpus", help="synthesize the built-in demo corpus with eSpeak NG")
+    p.add_argument("output_dir")
+    p.add_argument("--num-train", type=int, default=4000)
+    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--num-test", type=int, default=200)
+    p.add_argument("--noise-prob", type=float, default=0.0, help="share of utterances with noise")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_make_corpus)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="Conformer-CTC speech recognition")
@@ -75,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands defined next to the code they drive."""
-    from asr.corpus import add_corpus_command
-    from asr.evaluate_cli import add_evaluate_command
+    from asr.evaluate_cli import add_evaluate_arguments
     from asr.transcribe import add_transcribe_arguments, transcribe_command
 
     def add_transcribe(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +114,12 @@ def optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
         add_transcribe_arguments(p)
         p.set_defaults(func=transcribe_command)
 
-    return [add_transcribe, add_evaluate_command, add_corpus_command]
+    def add_evaluate(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest, or of hyp vs ref")
+        add_evaluate_arguments(p)
+        p.set_defaults(func=cmd_evaluate)
+
+    return [add_transcribe, add_evaluate]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,204 @@
+"""The training pipeline end to end: `asr train` writes a loadable model.pt, resuming after k
+steps equals training straight through, DDP ranks see different data, LR schedules."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asr.checkpoint import load_bundle
+from asr.cli import main
+from asr.config import load_config
+from asr.data import Utterance, write_manifest
+from asr.system import lr_lambda
+from asr.train import average_checkpoints, train
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["up", "down", "left", "right", "go", "stop", "yes", "no"]
+
+
+def tone_corpus(folder: Path, count: int, seed: int = 0) -> Path:
+    """Utterances of 2-3 'words', each word a tone of its own pitch: learnable, fast to make."""
+    rng = np.random.default_rng(seed)
+    utterances = []
+    for i in range(count):
+        words = [WORDS[j] for j in rng.integers(0, len(WORDS), size=rng.integers(2, 4))]
+        pieces = []
+        for word in words:
+            t = np.arange(int(0.35 * 16000)) / 16000
+            freq = 300 + 150 * WORDS.index(word)
+            pieces += [0.3 * np.sin(2 * np.pi * freq * t), np.zeros(1600)]
+        wave = np.concatenate(pieces).astype(np.float32)
+        wave += 0.01 * rng.standard_normal(wave.shape).astype(np.float32)
+        path = folder / f"utt{i:03d}.wav"
+        sf.write(path, wave, 16000)
+        utterances.append(Utterance(f"utt{i:03d}", str(path), " ".join(words), len(wave) / 16000))
+    write_manifest(utterances, folder / "manifest.jsonl")
+    return folder / "manifest.jsonl"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return tone_corpus(tmp_path_factory.mktemp("tones"), 24)
+
+
+def overrides(corpus: Path, exp_dir: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        f"data.train_manifest={corpus}",
+        f"data.val_manifest={corpus}",
+        f"exp_dir={exp_dir}",
+        f"trainer.max_steps={steps}",
+        "trainer.val_every_n_steps=2",
+        "trainer.progress_bar=false",
+        "data.num_workers=0",
+        "data.max_batch_seconds=8",
+        "augment.speed_factors=[0.9, 1.0, 1.1]",
+        *extra,
+    ]
+
+
+def test_asr_train_cli_writes_a_self_contained_model(corpus: Path, tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    status = main(
+        ["train", "--config", str(REPO / "configs/tiny.yaml"), *overrides(corpus, exp, 2)]
+    )
+    assert status == 0
+    assert {"config.yaml", "tokenizer.json", "model.pt"} <= {p.name for p in exp.iterdir()}
+    assert (exp / "checkpoints" / "last.ckpt").is_file()
+    assert list((exp / "logs" / "csv").glob("metrics.csv"))
+    bundle = load_bundle(exp / "model.pt")
+    assert bundle.tokenizer.vocab_size == bundle.model.vocab_size
+    assert bundle.info["trained_steps"] == 2
+    assert load_config(exp / "config.yaml").trainer.max_steps == 2
+
+
+def test_unknown_config_key_fails_before_any_work(corpus: Path, tmp_path: Path, capsys) -> None:
+    exp = tmp_path / "exp"
+    args = overrides(corpus, exp, 2, "optim.learning_rate=1")
+    assert main(["train", "--config", str(REPO / "configs/tiny.yaml"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "asr: error: unknown config key 'optim.learning_rate'; did you mean 'optim.lr'?"
+    assert not exp.exists()
+
+
+def test_resuming_after_k_steps_gives_the_same_weights(corpus: Path, tmp_path: Path) -> None:
+    config = REPO / "configs/tiny.yaml"
+    straight = train(load_config(config, overrides(corpus, tmp_path / "a", 6)))
+    first = load_config(config, overrides(corpus, tmp_path / "b", 2))
+    train(first)  # stops after 2 steps (mid-epoch), leaving checkpoints/last.ckpt
+    resumed = train(load_config(config, overrides(corpus, tmp_path / "b", 6)))
+    a = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 6
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    # The optimizer moments agree too, so training would go on identically.
+    moments_a = a["optimizer_states"][0]["state"]
+    moments_b = b["optimizer_states"][0]["state"]
+    for key in moments_a:
+        torch.testing.assert_close(moments_b[key]["exp_avg"], moments_a[key]["exp_avg"])
+    assert straight.is_file() and resumed.is_file()
+
+
+DDP_SCRIPT = """
+import json, sys
+import lightning as L
+from asr.config import load_config
+from asr.datamodule import AsrDataModule
+from asr.system import AsrSystem
+from asr.train import build_trainer, prepare_tokenizer
+
+class RecordIds(L.Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        with open(f"{sys.argv[2]}/rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(batch.ids) + "\\n")
+
+if __name__ == "__main__":
+    config = load_config(None, json.loads(sys.argv[1]))
+    tokenizer = prepare_tokenizer(config, __import__("pathlib").Path(sys.argv[2]))
+    system = AsrSystem(config, tokenizer)
+    frames = lambda s: int(system.model.output_lengths(
+        __import__("torch").tensor(system.frontend.num_frames(int(s * 16000)))))
+    trainer, _, _ = build_trainer(config, __import__("pathlib").Path(sys.argv[2]))
+    trainer.callbacks.append(RecordIds())
+    trainer.fit(system, datamodule=AsrDataModule(config, tokenizer, frames))
+"""
+
+
+def test_ddp_on_two_cpu_processes_gives_each_rank_different_data(corpus: Path, tmp_path: Path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    args = overrides(corpus, tmp_path / "exp", 2)
+    args += ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+    run = subprocess.run(
+        [sys.executable, str(script), json.dumps(args), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = [
+        [
+            i
+            for line in (tmp_path / f"rank{r}.jsonl").read_text().splitlines()
+            for i in json.loads(line)
+        ]
+        for r in (0, 1)
+    ]
+    assert len(seen[0]) > 0 and len(seen[1]) > 0
+    assert not set(seen[0]) & set(seen[1]), "both ranks trained on the same utterances"
+
+
+def test_checkpoint_averaging_is_the_elementwise_mean(tmp_path: Path) -> None:
+    paths = []
+    for i, value in enumerate([1.0, 2.0, 6.0]):
+        state = {"w": torch.full((2,), value), "count": torch.tensor(i)}
+        torch.save({"state_dict": state}, tmp_path / f"{i}.ckpt")
+        paths.append(tmp_path / f"{i}.ckpt")
+    averaged = average_checkpoints(paths)
+    torch.testing.assert_close(averaged["w"], torch.full((2,), 3.0))
+    assert int(averaged["count"]) == 2
+
+
+@pytest.mark.parametrize("schedule", ["noam", "cosine"])
+def test_lr_warms_up_linearly_then_decays(schedule: str) -> None:
+    lrs = [lr_lambda(s, 10, schedule, 100, 0.01) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    if schedule == "noam":
+        assert lrs[39] == pytest.approx(math.sqrt(10 / 40))
+    else:
+        assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+def test_real_librispeech_trains_and_exports(librispeech_mini: Path, tmp_path: Path) -> None:
+    utterances = []
+    for trans in sorted(librispeech_mini.glob("train-clean-5/*/*/*.trans.txt"))[:1]:
+        for line in trans.read_text().splitlines():
+            uid, text = line.split(" ", 1)
+            audio = trans.parent / f"{uid}.flac"
+            utterances.append(Utterance(uid, str(audio), text, sf.info(audio).duration))
+    write_manifest(utterances[:8], tmp_path / "train.jsonl")
+    write_manifest(utterances[8:10], tmp_path / "val.jsonl")
+    args = [
+        f"data.train_manifest={tmp_path / 'train.jsonl'}",
+        f"data.val_manifest={tmp_path / 'val.jsonl'}",
+        f"exp_dir={tmp_path / 'exp'}",
+        "trainer.max_steps=2",
+        "trainer.progress_bar=false",
+        "data.num_workers=0",
+        "data.max_duration=40",
+    ]
+    assert main(["train", "--config", str(REPO / "configs/tiny.yaml"), *args]) == 0
+    assert load_bundle(tmp_path / "exp" / "model.pt").model.vocab_size > 20
