@@ -3,6 +3,7 @@ steps equals training straight through, DDP ranks see different data, LR schedul
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -174,8 +175,8 @@ def test_checkpoint_averaging_is_the_elementwise_mean(tmp_path: Path) -> None:
 def test_lr_warms_up_linearly_then_decays(schedule: str) -> None:
     lrs = [lr_lambda(s, 10, schedule, 100, 0.01) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a < b for a, b in itertools.pairwise(lrs[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
     if schedule == "noam":
         assert lrs[39] == pytest.approx(math.sqrt(10 / 40))
     else:
