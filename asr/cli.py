@@ -62,6 +62,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate_command(args)
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from asr.config import ENCODER_PRESETS, EncoderConfig
+    from asr.model import CtcModel
+
+    print(
+        f"{'preset':<7}{'d_model':>8}{'layers':>7}{'heads':>6}{'kernel':>7}{'encoder':>11}{'with head':>11}"
+    )
+    for name in ENCODER_PRESETS:
+        c = EncoderConfig.preset(name)
+        model = CtcModel(c, args.vocab_size)
+        encoder = sum(p.numel() for p in model.encoder.parameters())
+        total = sum(p.numel() for p in model.parameters())
+        print(
+            f"{name:<7}{c.d_model:>8}{c.num_layers:>7}{c.num_heads:>6}{c.conv_kernel_size:>7}"
+            f"{encoder / 1e6:>10.2f}M{total / 1e6:>10.2f}M"
+        )
+    print(f"(CTC head for a vocabulary of {args.vocab_size} tokens)")
+    return 0
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("--config", required=True, help="YAML file (see configs/)")
@@ -82,6 +102,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("presets", help="list the encoder presets and their parameter counts")
+    p.add_argument("--vocab-size", type=int, default=256)
+    p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("make-corpus", help="synthesize the built-in demo corpus with eSpeak NG")
     p.add_argument("output_dir")

@@ -84,10 +84,13 @@ def test_asr_train_cli_writes_a_self_contained_model(corpus: Path, tmp_path: Pat
 
 def test_unknown_config_key_fails_before_any_work(corpus: Path, tmp_path: Path, capsys) -> None:
     exp = tmp_path / "exp"
-    args = overrides(corpus, exp, 2, "optim.learning_rate=1")
+    args = overrides(corpus, exp, 2, "optim.weight_decy=0.1")
     assert main(["train", "--config", str(REPO / "configs/tiny.yaml"), *args]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "asr: error: unknown config key 'optim.learning_rate'; did you mean 'optim.lr'?"
+    assert (
+        err
+        == "asr: error: unknown config key 'optim.weight_decy'; did you mean 'optim.weight_decay'?"
+    )
     assert not exp.exists()
 
 
