@@ -104,6 +104,11 @@ def safe_torch_load(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"model file not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive (new format) or a raw pickle (protocol 2+: 0x80).
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise BundleError(f"cannot read {path}: not a model file (no PyTorch header)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -111,8 +116,8 @@ def safe_torch_load(path: str | Path) -> Any:
             f"refusing to load {path}: it is not a plain tensor file (it would need to run "
             f"pickled code, which is never done for safety): {str(err).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise BundleError(f"cannot read {path}: not a model file or corrupt ({err})") from None
+    except Exception as err:  # any other failure of the loader means a damaged file
+        raise BundleError(f"cannot read {path}: not a model file or corrupt ({err!r})") from None
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
