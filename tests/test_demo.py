@@ -1,0 +1,83 @@
+"""The built-in demo end to end, shortened (`quick=True`): corpus, training, LM, evaluation,
+transcription, summary; then a second run that reuses everything."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+pytest.importorskip("espeakng_loader", reason="the demo needs eSpeak NG (pip install 'asr[demo]')")
+
+from asr.demo import run_demo  # noqa: E402
+
+WORD_LINE = re.compile(r"^\s+(\d+\.\d\d) - +(\d+\.\d\d) s  (\S+)\s+confidence (\d\.\d\d)$")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("demo")
+    summary = run_demo(work_dir, quick=True, seed=0)
+    return work_dir, summary
+
+
+@pytest.mark.timeout(300)
+def test_quick_demo_writes_model_lm_reports_and_summary(first_run):
+    work_dir, summary = first_run
+    for path in ("exp/model.pt", "exp/config.yaml", "lm/words.3gram.arpa", "lm/lexicon.txt",
+                 "eval/greedy/report.html", "eval/lm/report.html", "summary.json"):  # fmt: skip
+        assert (work_dir / path).is_file(), path
+    for split in ("train", "val", "test"):
+        assert (work_dir / "corpus" / f"{split}.jsonl").read_text().count("\n") > 0
+    assert json.loads((work_dir / "summary.json").read_text())["scores"] == summary["scores"]
+    assert summary["trained_steps"] == 30
+    assert summary["train_seconds"] > 0
+
+
+def test_quick_demo_reports_error_rates_of_both_decoders(first_run):
+    _, summary = first_run
+    assert set(summary["scores"]) == {"greedy", "lm"}
+    for scores in summary["scores"].values():
+        assert 0.0 <= scores["cer"] and 0.0 <= scores["wer"]
+    assert summary["wer"] == summary["scores"]["lm"]["wer"]
+    # The lexicon-constrained decoder can only output words of the training transcripts.
+    lexicon = {line.split("\t")[0] for line in open(summary["lexicon"], encoding="utf-8")}
+    example = summary["example"]
+    assert set(example["text"].split()) <= lexicon
+
+
+def test_example_transcript_has_ordered_word_timings_inside_the_file(first_run):
+    _, summary = first_run
+    example = summary["example"]
+    words = example["words"]
+    assert example["text"] == " ".join(w["word"] for w in words)
+    for w in words:
+        assert 0.0 <= w["start"] < w["end"] <= example["duration"] + 1e-6
+        assert 0.0 <= w["confidence"] <= 1.0
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts)
+
+
+def test_second_run_reuses_corpus_model_and_lm_and_gives_the_same_result(first_run, capsys):
+    work_dir, summary = first_run
+    model_mtime = (work_dir / "exp" / "model.pt").stat().st_mtime
+    again = run_demo(work_dir, quick=True, seed=0)
+    out = capsys.readouterr().out
+    assert "reusing" in out and "reusing the trained model" in out
+    assert (work_dir / "exp" / "model.pt").stat().st_mtime == model_mtime
+    assert again["scores"] == summary["scores"]
+    assert again["example"] == summary["example"]
+    assert again["stage_seconds"]["train"] < summary["stage_seconds"]["train"]
+
+
+def test_demo_prints_the_transcript_and_its_word_timings(tmp_path, capsys, first_run):
+    work_dir, summary = first_run
+    run_demo(work_dir, quick=True, seed=0)
+    out = capsys.readouterr().out
+    assert f"transcript: {summary['example']['text']}" in out
+    lines = [WORD_LINE.match(line) for line in out.splitlines()]
+    timed = [(float(m[1]), float(m[2]), m[3]) for m in lines if m]
+    assert [w for _, _, w in timed] == [w["word"] for w in summary["example"]["words"]]
+    assert all(start <= end for start, end, _ in timed)
+    assert "test WER" in out and "model:" in out and "report:" in out
