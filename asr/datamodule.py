@@ -18,17 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from asr.augment import WaveAugment
 from asr.config import TrainConfig
-from asr.data import (
-    AudioDataset,
-    DurationBucketSampler,
-    HFAudioDataset,
-    HFIterableAudioDataset,
-    Utterance,
-    collate,
-    filter_utterances,
-    load_hf_utterances,
-    read_manifest,
-)
+from asr.data import AudioDataset, Utterance, collate, filter_utterances, read_manifest
+from asr.hf_data import HFAudioDataset, HFIterableAudioDataset, load_hf_utterances
+from asr.sampler import DurationBucketSampler
 from asr.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

@@ -20,18 +20,15 @@ from asr.augment import WaveAugment
 from asr.config import AugmentConfig
 from asr.data import (
     AudioDataset,
-    DurationBucketSampler,
-    HFAudioDataset,
-    HFIterableAudioDataset,
-    HFUtterances,
     Utterance,
     collate,
     ctc_min_frames,
     filter_utterances,
-    load_hf_utterances,
     read_manifest,
     write_manifest,
 )
+from asr.hf_data import HFAudioDataset, HFIterableAudioDataset, HFUtterances, load_hf_utterances
+from asr.sampler import DurationBucketSampler
 from asr.tokenizer import CharTokenizer
 
 LIBRISPEECH_MINI = Path(__file__).resolve().parents[1].parent / "shared/data/librispeech-mini"
