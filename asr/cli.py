@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands defined next to the code they drive."""
+    from asr.demo import add_demo_arguments, demo_command
     from asr.evaluate_cli import add_evaluate_arguments
     from asr.transcribe import add_transcribe_arguments, transcribe_command
 
@@ -143,7 +144,12 @@ def optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
         add_evaluate_arguments(p)
         p.set_defaults(func=cmd_evaluate)
 
-    return [add_transcribe, add_evaluate]
+    def add_demo(sub: argparse._SubParsersAction) -> None:
+        p = sub.add_parser("demo", help="the built-in demo: synthesize a corpus, train, evaluate")
+        add_demo_arguments(p)
+        p.set_defaults(func=demo_command)
+
+    return [add_transcribe, add_evaluate, add_demo]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
