@@ -1,0 +1,291 @@
+"""`asr demo`: the whole toolkit on a laptop CPU, no download and no GPU, in numbered stages.
+
+    1. corpus      synthesize a spoken corpus with eSpeak NG (`asr.corpus.make_demo_corpus`)
+    2. train       a small Conformer-CTC with `configs/demo.yaml`, through `asr.train.train`:
+                   the code `asr train` runs
+    3. lm          a word 3-gram (interpolated Kneser-Ney) and a lexicon from the training
+                   transcripts only (`asr.lm`)
+    4. evaluate    the held-out test voices and sentences: greedy CTC, then beam search with the
+                   lexicon and the LM; each writes an `asr evaluate` report folder
+    5. transcribe  one test file, printed with its word timings
+    6. summary     WER, CER, times and where everything is (also `work_dir/summary.json`)
+
+Every stage is idempotent: a second run reuses the corpus, the trained `model.pt` (training
+resumes from its last checkpoint if it was interrupted) and the LM, and says so.
+`quick=True` is the shortened run of the tests: a tiny corpus and a few training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from asr.corpus import CorpusConfig, make_demo_corpus
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+FULL_CORPUS = dict(num_train=4000, num_val=100, num_test=200)
+QUICK_CORPUS = dict(num_train=60, num_val=6, num_test=6, num_voices=12)
+QUICK_OVERRIDES = (
+    "encoder.num_layers=2",
+    "data.max_batch_seconds=15",
+    "trainer.max_steps=12",
+    "trainer.val_every_n_steps=6",
+    "trainer.average_last_k=2",
+)
+LM_ORDER = 3
+# Beam search with the lexicon and the 3-gram LM (flashlight's ctc_decoder).
+BEAM = dict(beam_size=50, lm_weight=1.0, word_score=0.0)
+EVAL_BATCH = 25  # utterances per transcription call: one progress bar tick
+
+
+def _stage(number: int, title: str) -> float:
+    print(f"\n[{number}/6] {title}", flush=True)
+    return time.perf_counter()
+
+
+def make_corpus(work_dir: Path, seed: int, quick: bool) -> Path:
+    """Stage 1: the eSpeak NG corpus in work_dir/corpus (reused when already there)."""
+    sizes = QUICK_CORPUS if quick else FULL_CORPUS
+    corpus_dir = work_dir / "corpus"
+    existed = (corpus_dir / "corpus.json").is_file()
+    make_demo_corpus(corpus_dir, CorpusConfig(**sizes, seed=seed), progress=True)
+    meta = json.loads((corpus_dir / "corpus.json").read_text())
+    hours = sum(meta["hours"].values())
+    print(
+        f"{'reusing' if existed else 'made'} {corpus_dir}: "
+        + ", ".join(f"{n} {s}" for s, n in meta["counts"].items())
+        + f" utterances, {hours:.2f} h, {sum(len(v) for v in meta['voices'].values())} voices "
+        "(test voices and sentences held out)"
+    )
+    return corpus_dir
+
+
+def train_model(work_dir: Path, corpus_dir: Path, seed: int, quick: bool,
+                overrides: Sequence[str] = ()) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """Stage 2: `asr train --config configs/demo.yaml` on the corpus, unless model.pt exists."""
+    from asr.checkpoint import load_bundle
+    from asr.config import load_config
+    from asr.train import train
+
+    exp_dir = work_dir / "exp"
+    config = load_config(
+        CONFIG,
+        [
+            f"exp_dir={exp_dir}",
+            f"data.train_manifest={corpus_dir / 'train.jsonl'}",
+            f"data.val_manifest={corpus_dir / 'val.jsonl'}",
+            f"trainer.seed={seed}",
+            *(QUICK_OVERRIDES if quick else ()),
+            *overrides,
+        ],
+    )
+    model_path = exp_dir / "model.pt"
+    if model_path.is_file():
+        print(f"reusing the trained model {model_path} (delete it to train again)")
+    else:
+        enc = config.encoder_config()
+        print(
+            f"training a Conformer-CTC ({enc.num_layers} layers, d_model {enc.d_model}) for "
+            f"{config.trainer.max_steps} steps, as `asr train --config configs/demo.yaml` does; "
+            f"logs and checkpoints in {exp_dir}"
+        )
+        model_path = train(config)
+    return model_path, load_bundle(model_path).info
+
+
+def build_lm(work_dir: Path, corpus_dir: Path, model_path: Path) -> tuple[Path, Path]:
+    """Stage 3: word 3-gram ARPA and lexicon from the training transcripts only."""
+    from asr.checkpoint import load_bundle
+    from asr.data import read_manifest
+    from asr.lm import read_arpa, train_ngram, write_lexicon
+
+    lm_dir = work_dir / "lm"
+    arpa, lexicon = lm_dir / f"words.{LM_ORDER}gram.arpa", lm_dir / "lexicon.txt"
+    if arpa.is_file() and lexicon.is_file():
+        print(f"reusing {arpa} and {lexicon}")
+        return arpa, lexicon
+    texts = [utt.text for utt in read_manifest(corpus_dir / "train.jsonl")]
+    lm = train_ngram(texts, order=LM_ORDER)
+    words = sorted(w for w in lm.vocabulary if not w.startswith("<") and w != "</s>")
+    skipped = write_lexicon(words, load_bundle(model_path).tokenizer, lexicon)
+    lm.write_arpa(arpa)
+    counts = [sum(len(g) == n for g in read_arpa(arpa).logprobs) for n in (1, 2, 3)]
+    print(
+        f"{LM_ORDER}-gram Kneser-Ney LM from {len(texts)} training sentences: "
+        f"{'/'.join(map(str, counts))} 1/2/3-grams -> {arpa}; lexicon of "
+        f"{len(words) - len(skipped)} words -> {lexicon}"
+    )
+    return arpa, lexicon
+
+
+def transcribe_with_progress(model: Any, segments: list, label: str, **decoding: Any) -> list:
+    """`model.transcribe` over `segments` in slices, with a progress bar and an ETA."""
+    results = []
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns) as bar:
+        task = bar.add_task(label, total=len(segments))
+        for start in range(0, len(segments), EVAL_BATCH):
+            chunk = segments[start : start + EVAL_BATCH]
+            results += model.transcribe(chunk, **decoding)
+            bar.advance(task, len(chunk))
+    return results
+
+
+def evaluate_split(model: Any, corpus_dir: Path, out_dir: Path, label: str,
+                   **decoding: Any) -> dict[str, float]:  # fmt: skip
+    """Transcribe test.jsonl, score it with `asr.evaluate.evaluate_files`, write the report."""
+    from asr.data import read_manifest
+    from asr.evaluate import evaluate_files, format_summary
+    from asr.transcribe import AudioSegment
+
+    manifest = corpus_dir / "test.jsonl"
+    utterances = read_manifest(manifest)
+    segments = [AudioSegment(u.audio, u.offset, u.duration, id=u.id) for u in utterances]
+    results = transcribe_with_progress(model, segments, label, **decoding)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hyp_path = out_dir / "hypotheses.jsonl"
+    with hyp_path.open("w", encoding="utf-8") as f:
+        for utt, result in zip(utterances, results):
+            f.write(json.dumps({"id": utt.id, "text": result.text}) + "\n")
+    result = evaluate_files(hyp_path, manifest, output_dir=out_dir)
+    print(format_summary(result))
+    return {"wer": round(100 * result.wer, 2), "cer": round(100 * result.cer, 2)}
+
+
+def show_transcript(model: Any, corpus_dir: Path, **decoding: Any) -> dict[str, Any]:
+    """Stage 5: transcribe the first test file and print its text and word timings."""
+    from asr.data import read_manifest
+
+    utt = read_manifest(corpus_dir / "test.jsonl")[0]
+    result = model.transcribe([utt.audio], **decoding)[0]
+    print(f"file:       {utt.audio}\nreference:  {utt.text}\ntranscript: {result.text}")
+    for w in result.words:
+        print(f"  {w.start:6.2f} - {w.end:6.2f} s  {w.word:<14} confidence {w.confidence:.2f}")
+    return result.to_dict()
+
+
+def run_demo(
+    work_dir: str | Path = "demo",
+    quick: bool = False,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+    lm: bool = True,
+) -> dict[str, Any]:
+    """Corpus -> train -> LM -> evaluate -> transcribe -> summary; returns the summary dict.
+
+    `overrides` are `dotted.key=value` changes to configs/demo.yaml (as for `asr train`);
+    `lm=False` skips the LM stage and the beam search evaluation. (Long on purpose: the
+    stages read top to bottom, as in the module docstring.)
+    """
+    work_dir = Path(work_dir).absolute()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    times: dict[str, float] = {}
+
+    start = _stage(1, "corpus: synthesizing speech with eSpeak NG")
+    corpus_dir = make_corpus(work_dir, seed, quick)
+    times["corpus"] = time.perf_counter() - start
+
+    start = _stage(2, "train: Conformer-CTC on the training voices")
+    model_path, info = train_model(work_dir, corpus_dir, seed, quick, overrides)
+    times["train"] = time.perf_counter() - start
+
+    from asr.transcribe import load_model
+
+    model = load_model(model_path)
+    arpa = lexicon = None
+    start = _stage(3, "lm: word 3-gram and lexicon from the training transcripts")
+    if lm:
+        arpa, lexicon = build_lm(work_dir, corpus_dir, model_path)
+    else:
+        print("skipped (lm=False)")
+    times["lm"] = time.perf_counter() - start
+
+    start = _stage(4, "evaluate: the held-out test voices and sentences")
+    eval_dir = work_dir / "eval"
+    scores = {"greedy": evaluate_split(model, corpus_dir, eval_dir / "greedy", "greedy CTC")}
+    best = {}
+    if arpa is not None:
+        best = dict(lm=str(arpa), lexicon=str(lexicon), **BEAM)
+        scores["lm"] = evaluate_split(model, corpus_dir, eval_dir / "lm", "beam + LM", **best)
+    times["evaluate"] = time.perf_counter() - start
+
+    start = _stage(5, "transcribe: one test file, with word timings")
+    example = show_transcript(model, corpus_dir, **best)
+    times["transcribe"] = time.perf_counter() - start
+    times["total"] = time.perf_counter() - began
+
+    final = scores.get("lm", scores["greedy"])
+    summary = {
+        "wer": final["wer"],
+        "cer": final["cer"],
+        "decoding": "beam search + lexicon + 3-gram LM" if "lm" in scores else "greedy CTC",
+        "scores": scores,
+        "train_seconds": info.get("train_seconds"),
+        "trained_steps": info.get("trained_steps"),
+        "stage_seconds": {k: round(v, 1) for k, v in times.items()},
+        "seed": seed,
+        "quick": quick,
+        "model": str(model_path),
+        "reports": {k: str(eval_dir / k / "report.html") for k in scores},
+        "lm": str(arpa) if arpa else None,
+        "lexicon": str(lexicon) if lexicon else None,
+        "example": example,
+    }
+    (work_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _stage(6, "summary")
+    print(format_demo_summary(summary))
+    return summary
+
+
+def format_demo_summary(summary: dict[str, Any]) -> str:
+    """The closing lines of the demo: error rates, times, paths."""
+    lines = [
+        f"test WER {summary['wer']:.2f}%  CER {summary['cer']:.2f}%  ({summary['decoding']})",
+    ]
+    for name, s in summary["scores"].items():
+        lines.append(f"  {name:<7} WER {s['wer']:6.2f}%  CER {s['cer']:6.2f}%")
+    t = summary["stage_seconds"]
+    trained = summary["train_seconds"]
+    lines += [
+        f"training time {trained:.0f} s ({summary['trained_steps']} steps); "
+        f"whole demo {t['total'] / 60:.1f} min this run",
+        f"model:   {summary['model']}",
+        *(f"report:  {path}" for path in summary["reports"].values()),
+        f"summary: {Path(summary['model']).parents[1] / 'summary.json'}",
+        f"try:     asr transcribe --model {summary['model']} YOUR_FILE.wav",
+    ]
+    return "\n".join(lines)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `asr demo` (and `python -m asr.demo`)."""
+    parser.add_argument("--work-dir", default="demo", help="where the corpus, model, reports go")
+    parser.add_argument("--quick", action="store_true", help="tiny corpus, few steps (tests)")
+    parser.add_argument("--seed", type=int, default=0, help="corpus and training seed")
+    parser.add_argument("--no-lm", action="store_true", help="greedy decoding only")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value changes to demo.yaml")
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    run_demo(args.work_dir, quick=args.quick, seed=args.seed, overrides=args.overrides,
+             lm=not args.no_lm)  # fmt: skip
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asr.demo", description=__doc__.splitlines()[0])
+    add_demo_arguments(parser)
+    return demo_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Word n-gram language models for CTC beam search: estimation, ARPA files, lexicons.
+
+Here: `NgramLM` (log10 probabilities and backoff weights, scored exactly as KenLM scores an ARPA
+file), `train_ngram` (interpolated Kneser-Ney, Kneser & Ney 1995, in the form of Chen & Goodman
+1998, section 3.5, with one discount per order), `read_arpa` / `NgramLM.write_arpa`, and
+`write_lexicon` (each word with its token spelling for a model's tokenizer, as the decoder's
+lexicon file wants it).
+
+Interpolated Kneser-Ney in backoff form: for a context h seen in training,
+
+    p(w | h) = max(c(h w) - D, 0) / c(h) + gamma(h) p(w | h'),   gamma(h) = D N1+(h .) / c(h)
+
+where h' drops the oldest word of h, c are raw counts at the highest order and continuation
+counts (the number of distinct words seen before) below it, except for n-grams that start with
+<s>, which have no left context and keep their raw counts. An ARPA file lists p(w | h) for the
+seen n-grams and log10 gamma(h) as the backoff weight of h, so probabilities computed through the
+backoff sum to 1 over the vocabulary plus </s> in every context. <unk> gets the share of the
+unigram mass that interpolation with the uniform distribution leaves it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asr.text import normalize_text
+from asr.tokenizer import Tokenizer
+
+BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+NEVER_LOG10 = -99.0  # ARPA convention for "never predicted" (<s>)
+
+
+@dataclass
+class NgramLM:
+    """An n-gram model in backoff form: `logprobs[gram]` and `backoffs[context]`, both log10."""
+
+    order: int
+    logprobs: dict[tuple[str, ...], float] = field(default_factory=dict)
+    backoffs: dict[tuple[str, ...], float] = field(default_factory=dict)
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Every unigram, <s>, </s> and <unk> included."""
+        return [g[0] for g in self.logprobs if len(g) == 1]
+
+    def log10_prob(self, word: str, context: Sequence[str] = ()) -> float:
+        """log10 p(word | context) through the backoff; unknown words count as <unk>."""
+        word = word if (word,) in self.logprobs else UNK
+        context = tuple(w if (w,) in self.logprobs else UNK for w in context)
+        context = context[len(context) - (self.order - 1) :] if self.order > 1 else ()
+        penalty = 0.0
+        while (*context, word) not in self.logprobs:
+            if not context:
+                raise KeyError(f"{word!r} has no unigram in this model")
+            penalty += self.backoffs.get(context, 0.0)
+            context = context[1:]
+        return penalty + self.logprobs[(*context, word)]
+
+    def sentence_log10_prob(self, sentence: str) -> float:
+        """log10 p(<s> words </s>): the sum over the words and the end of the sentence."""
+        tokens = [BOS, *normalize_text(sentence).split(), EOS]
+        return sum(self.log10_prob(w, tokens[:i]) for i, w in enumerate(tokens) if i > 0)
+
+    def write_arpa(self, path: str | Path) -> Path:
+        """Write the model as an ARPA text file (loadable by KenLM); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        by_order: dict[int, list[tuple[str, ...]]] = defaultdict(list)
+        for gram in self.logprobs:
+            by_order[len(gram)].append(gram)
+        lines = ["\\data\\"]
+        lines += [f"ngram {n}={len(by_order[n])}" for n in range(1, self.order + 1)]
+        for n in range(1, self.order + 1):
+            lines += ["", f"\\{n}-grams:"]
+            for gram in sorted(by_order[n]):
+                text = f"{self.logprobs[gram]:.7f}\t{' '.join(gram)}"
+                if n < self.order:
+                    text += f"\t{self.backoffs.get(gram, 0.0):.7f}"
+                lines.append(text)
+        lines += ["", "\\end\\", ""]
+        path.write_text("\n".join(lines), encoding="utf-8")
+        return path
+
+
+def _raw_counts(sentences: Iterable[str], order: int) -> list[Counter]:
+    """counts[n][gram] for n = 1..order over `<s> words </s>` (the unigram <s> not counted)."""
+    counts = [Counter() for _ in range(order + 1)]
+    for sentence in sentences:
+        words = normalize_text(sentence).split()
+        if not words:
+            continue
+        tokens = [BOS, *words, EOS]
+        for n in range(1, order + 1):
+            for i in range(len(tokens) - n + 1):
+                counts[n][tuple(tokens[i : i + n])] += 1
+        counts[1][(BOS,)] -= 1
+    del counts[1][(BOS,)]
+    return counts
+
+
+def _kneser_ney_counts(raw: list[Counter], order: int) -> list[Counter]:
+    """Raw counts at the top order and for grams starting with <s>; continuation counts below."""
+    adjusted = [Counter() for _ in range(order + 1)]
+    adjusted[order] = Counter(raw[order])
+    for n in range(order - 1, 0, -1):
+        for gram in raw[n + 1]:
+            adjusted[n][gram[1:]] += 1  # one more distinct word seen before gram[1:]
+        for gram, count in raw[n].items():
+            if gram[0] == BOS:
+                adjusted[n][gram] = count
+    return adjusted
+
+
+def _discount(counts: Counter) -> float:
+    """D = n1 / (n1 + 2 n2) (Ney et al. 1994) from the counts-of-counts, kept inside (0, 1)."""
+    n1 = sum(1 for c in counts.values() if c == 1)
+    n2 = sum(1 for c in counts.values() if c == 2)
+    if n1 == 0 or n2 == 0:
+        return 0.5
+    return min(max(n1 / (n1 + 2 * n2), 0.05), 0.95)
+
+
+def train_ngram(sentences: Iterable[str], order: int = 3) -> NgramLM:
+    """Interpolated Kneser-Ney n-gram model of the (normalized) `sentences`.
+
+    Sentences are scored as `<s> words </s>`; words never seen map to <unk>.
+    """
+    if order < 1:
+        raise ValueError(f"n-gram order must be >= 1, got {order}")
+    raw = _raw_counts(sentences, order)
+    if not raw[1]:
+        raise ValueError("cannot train an n-gram model: no sentences with words were given")
+    adjusted = _kneser_ney_counts(raw, order)
+    lm = NgramLM(order)
+    # Unigrams: discounted counts interpolated with the uniform distribution over the words
+    # that can be predicted (every seen word, </s> and <unk>; never <s>).
+    d = _discount(adjusted[1])
+    total = sum(adjusted[1].values())
+    vocab = len(adjusted[1]) + (0 if (UNK,) in adjusted[1] else 1)
+    uniform = d * len(adjusted[1]) / total / vocab
+    for gram, count in adjusted[1].items():
+        lm.logprobs[gram] = math.log10(max(count - d, 0.0) / total + uniform)
+    lm.logprobs.setdefault((UNK,), math.log10(uniform))
+    lm.logprobs[(BOS,)] = NEVER_LOG10
+    for n in range(2, order + 1):
+        d = _discount(adjusted[n])
+        context_total: Counter = Counter()
+        context_types: Counter = Counter()
+        for gram, count in adjusted[n].items():
+            context_total[gram[:-1]] += count
+            context_types[gram[:-1]] += 1
+        gamma = {h: d * context_types[h] / context_total[h] for h in context_total}
+        new = {}
+        for gram, count in adjusted[n].items():
+            h = gram[:-1]
+            lower = 10 ** lm.log10_prob(gram[-1], h[1:])
+            new[gram] = math.log10(max(count - d, 0.0) / context_total[h] + gamma[h] * lower)
+        lm.logprobs.update(new)
+        lm.backoffs.update({h: math.log10(g) for h, g in gamma.items()})
+    return lm
+
+
+def read_arpa(path: str | Path) -> NgramLM:
+    """An ARPA text file -> `NgramLM`; a malformed line raises ValueError naming it."""
+    path = Path(path)
+    lm = NgramLM(order=0)
+    section = 0
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith("ngram ") or line in ("\\data\\", "\\end\\"):
+                continue
+            if line.startswith("\\") and line.endswith("-grams:"):
+                section = int(line[1:].split("-")[0])
+                lm.order = max(lm.order, section)
+                continue
+            fields = line.split()
+            if section == 0 or len(fields) not in (section + 1, section + 2):
+                raise ValueError(f"{path}:{number}: not an ARPA {section}-gram line: {line!r}")
+            gram = tuple(fields[1 : section + 1])
+            lm.logprobs[gram] = float(fields[0])
+            if len(fields) == section + 2:
+                lm.backoffs[gram] = float(fields[-1])
+    if lm.order == 0:
+        raise ValueError(f"{path} holds no n-grams: is it an ARPA file?")
+    return lm
+
+
+def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | Path) -> list[str]:
+    """Write `word<TAB>piece piece ...` lines for the decoder; returns the words left out.
+
+    A character tokenizer spells a word letter by letter followed by the word separator "|";
+    SentencePiece spells it with its pieces. Words the tokenizer cannot spell (unknown
+    characters) and the markers <s>, </s>, <unk> are left out.
+    """
+    from asr.decoding import spell_word
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    skipped = []
+    with path.open("w", encoding="utf-8") as f:
+        for word in words:
+            if word in (BOS, EOS, UNK):
+                continue
+            spelling = spell_word(word, tokenizer)
+            if spelling is None:
+                skipped.append(word)
+                continue
+            f.write(f"{word}\t{' '.join(spelling)}\n")
+    return skipped
