@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite: sets up .venv (once), then lint and pytest. Extra arguments go to pytest.
 ASR_EXTRAS="dev,demo" source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-ruff check asr tests bench recipes
-ruff format --check asr tests bench recipes
+ruff check .
+ruff format --check .
 python -m pytest "$@"
