@@ -124,8 +124,11 @@ class AsrSystem(L.LightningModule):
         if self.trainer.world_size > 1:  # sum counts over ranks, then divide: never average rates
             words = self.all_gather(words).sum(0)
             chars = self.all_gather(chars).sum(0)
-        wer = ErrorCounts.from_tensor(words).error_rate
-        cer = ErrorCounts.from_tensor(chars).error_rate
+        words, chars = ErrorCounts.from_tensor(words), ErrorCounts.from_tensor(chars)
+        if words.ref_words == 0:  # nothing was scored: report the worst rate, never a false 0%
+            log.warning("validation at step %d scored no reference words", self.global_step)
+        wer = words.error_rate if words.ref_words else 1.0
+        cer = chars.error_rate if chars.ref_words else 1.0
         # Every rank holds the same summed counts, so every rank logs the same value.
         self.log("val_wer", 100 * wer, prog_bar=True)
         self.log("val_cer", 100 * cer, prog_bar=True)
