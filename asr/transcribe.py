@@ -421,9 +421,10 @@ def transcribe_command(args: argparse.Namespace) -> int:
             print(result.text if bare else f"{result.path}\t{result.text}", flush=True)
     seconds, audio = time.perf_counter() - began, sum(r.duration for r in results)
     succeeded = sum(r.error is None for r in results)
+    rtf = f" (real-time factor {seconds / audio:.3f})" if audio > 0 else ""
     print(
         f"asr transcribe: {succeeded} of {len(slots)} inputs, {audio:.1f} s of "
-        f"audio in {seconds:.1f} s (real-time factor {seconds / max(audio, 1e-9):.3f})",
+        f"audio in {seconds:.1f} s{rtf}",
         file=sys.stderr,
     )
     return 0 if succeeded == len(slots) else 1
