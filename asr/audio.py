@@ -22,6 +22,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from asr.config import FeatureConfig
+from asr.modules.masks import make_pad_mask
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".nist")
 LOG_OFFSET = 1e-6  # log(power + 1e-6): digital silence stays finite and does not dominate stats
@@ -220,7 +221,7 @@ class LogMelFeatures(nn.Module):
             power = self.mel(padded.float())  # (B, F, T)
         assert power.shape[-1] == T, (power.shape, T)
         feats = torch.log(power + LOG_OFFSET).transpose(1, 2)  # (B, T, F)
-        pad_mask = torch.arange(T, device=feats.device)[None, :] >= feat_lengths[:, None]  # (B, T)
+        pad_mask = make_pad_mask(feat_lengths, T)  # (B, T)
         feats = self._normalize(feats, pad_mask, feat_lengths)
         return feats.masked_fill(pad_mask[:, :, None], 0.0), feat_lengths
 

@@ -167,10 +167,8 @@ def export(
 ) -> Path:
     exp_dir = Path(config.exp_dir)
     k = config.trainer.average_last_k
-    paths = sorted(Path(p) for p in recent.best_k_models)
-    paths = sorted(
-        paths, key=lambda p: torch.load(p, map_location="cpu", weights_only=False)["global_step"]
-    )
+    # `recent` monitors "step", so each kept checkpoint's score is its step: oldest first.
+    paths = [Path(p) for p in sorted(recent.best_k_models, key=recent.best_k_models.get)]
     if k > 1 and len(paths) > 1:
         system.load_state_dict(average_checkpoints(paths[-k:]))
     info = {
