@@ -97,6 +97,7 @@ class BeamSearchDecoder:
     def __init__(self, tokenizer: Tokenizer, options: DecodingOptions) -> None:
         from torchaudio.models.decoder import ctc_decoder
 
+        self.tokenizer = tokenizer
         self.vocab_size = tokenizer.vocab_size
         self.is_char = isinstance(tokenizer, CharTokenizer)
         tokens = [BLANK_PIECE] + [tokenizer.id_to_piece(i) for i in range(1, self.vocab_size)]
@@ -104,6 +105,7 @@ class BeamSearchDecoder:
         if not self.is_char:
             tokens.append(EXTRA_SIL_PIECE)
         lexicon = _lexicon_for(tokenizer, options)
+        self.has_lexicon = lexicon is not None
         with tempfile.TemporaryDirectory() as tmp:
             lexicon_path = None
             if lexicon is not None:
@@ -141,9 +143,18 @@ class BeamSearchDecoder:
             # results[0].tokens is the best path, one label per frame between a start and an
             # end silence that flashlight adds (CTCDecoder's own output merges them with any
             # emitted "|", so it is not used).
+            if self.has_lexicon:
+                decoded.append(self._word_ids(results[0].words if results else []))
+                continue
             path = results[0].tokens[1 : T + 1] if results else []
             decoded.append([t for t in _collapse(path) if t < self.vocab_size])
         return decoded
+
+    def _word_ids(self, word_indices: list[int]) -> list[int]:
+        # With a lexicon the words are the result: the token path may omit the optional "|"
+        # between two words, which would merge them ("oscar must" -> "oscarmust").
+        words = [self._decoder.word_dict.get_entry(i) for i in word_indices if i >= 0]
+        return self.tokenizer.encode(" ".join(words)) if words else []
 
 
 def _collapse(path: list[int]) -> list[int]:

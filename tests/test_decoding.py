@@ -127,6 +127,15 @@ def test_lexicon_restricts_output_to_its_words(tmp_path):
     assert TOK.decode(free(log_probs, torch.tensor([7]))[0]).strip() == "the cet"
 
 
+def test_lexicon_decoding_keeps_words_apart_without_a_separator(tmp_path):
+    log_probs = posteriors([*"the_cat"])  # no "|" between the words: the lexicon still splits
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("the\ncat\n")
+    decoder = make_decoder(TOK, DecodingOptions(lexicon=str(lexicon), beam_size=10))
+    ids = decoder(log_probs, torch.tensor([7]))[0]
+    assert ids == TOK.encode("the cat") and len(split_words(ids, TOK)) == 2
+
+
 def test_lexicon_with_unknown_tokens_names_file_and_line(tmp_path):
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("the t h e |\ncat c a x |\n")
