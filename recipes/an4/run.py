@@ -1,0 +1,140 @@
+"""AN4 -> a small Conformer-CTC on 2 CPU cores -> test WER, in numbered stages.
+
+    python recipes/an4/run.py --work-dir exp/an4                    # every stage
+    python recipes/an4/run.py --data-dir /corpora/an4 --stage 2     # an extracted an4/ folder
+    python recipes/an4/run.py --stage 4 trainer.max_steps=3000      # training config overrides
+
+    1 download   an4_sphere.tar.gz from CMU (resumed, safely extracted: asr.an4); an an4/
+                 folder already under --data-dir is used as it is
+    2 manifests  WORK_DIR/manifests/{train,val,test}.jsonl: val holds whole training speakers
+                 (--val-fraction of the training utterances), never test speakers
+    3 tokenizer  `asr train-tokenizer`: the characters of the training transcripts
+    4 train      `asr train --config configs/an4.yaml`; resumes from its last checkpoint;
+                 model.pt = mean of the last trainer.average_last_k checkpoints
+    5 evaluate   `asr evaluate` on the validation and test sets; WORK_DIR/exp/RESULTS.md
+
+Every stage is idempotent (what exists is reused) and prints the `asr` command it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from asr import an4
+from asr.cli import main as asr
+from asr.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "an4.yaml"
+STAGES = ("download", "manifests", "tokenizer", "train", "evaluate")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--work-dir", type=Path, default=Path("exp/an4"))
+    p.add_argument("--data-dir", type=Path, help="holds an4/ (default: WORK_DIR/data)")
+    p.add_argument("--stage", type=int, default=1, help=f"first stage, 1-{len(STAGES)}")
+    p.add_argument("--stop-stage", type=int, default=len(STAGES), help="last stage")
+    p.add_argument("--url", default=an4.AN4_URL, help="where to fetch an4_sphere.tar.gz")
+    p.add_argument("--md5", help="check the tarball against this MD5 (CMU publishes none)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="of the training utterances")
+    p.add_argument("--seed", type=int, default=0, help="which training speakers are held out")
+    p.add_argument("--device", default="cpu", help="for stage 5")
+    p.add_argument("overrides", nargs="*", help="training config overrides, key=value")
+    args = p.parse_args(argv)
+    args.data_dir = args.data_dir or args.work_dir / "data"
+    return args
+
+
+def run(command: list[str]) -> None:
+    """One `asr` command, printed first, run in this process."""
+    print("asr " + " ".join(command), flush=True)
+    if asr(command) != 0:
+        raise SystemExit(f"failed: asr {' '.join(command)}")
+
+
+def train_overrides(args: argparse.Namespace) -> list[str]:
+    """This recipe's paths for configs/an4.yaml, then the user's overrides (which win)."""
+    manifests = args.work_dir / "manifests"
+    kind = load_config(CONFIG, args.overrides).tokenizer.kind
+    return [
+        f"exp_dir={args.work_dir / 'exp'}",
+        f"data.train_manifest={manifests / 'train.jsonl'}",
+        f"data.val_manifest={manifests / 'val.jsonl'}",
+        f"tokenizer.path={args.work_dir / f'tokenizer_{kind}.json'}",
+        *args.overrides,
+    ]
+
+
+def stage_manifests(args: argparse.Namespace) -> None:
+    corpus = an4.find_an4_dir(args.data_dir)
+    paths = an4.prepare_an4(corpus, args.work_dir / "manifests", args.val_fraction, args.seed)
+    print("manifests: " + ", ".join(str(p) for p in paths.values()))
+
+
+def stage_tokenizer(args: argparse.Namespace) -> None:
+    config = load_config(CONFIG, train_overrides(args))
+    if Path(config.tokenizer.path).is_file():
+        print(f"reusing the tokenizer {config.tokenizer.path}")
+        return
+    run(["train-tokenizer", "--manifest", config.data.train_manifest, "--kind",
+         config.tokenizer.kind, "--output", config.tokenizer.path])  # fmt: skip
+
+
+def stage_train(args: argparse.Namespace) -> None:
+    config = load_config(CONFIG, train_overrides(args))
+    model = Path(config.exp_dir) / "model.pt"
+    if model.is_file():
+        print(f"reusing the trained model {model} (delete it to train again)")
+        return
+    run(["train", "--config", str(CONFIG), *train_overrides(args)])
+
+
+def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """`asr evaluate` of model.pt on val and test; WER and CER also in exp/RESULTS.md."""
+    exp_dir = Path(load_config(CONFIG, train_overrides(args)).exp_dir)
+    model = exp_dir / "model.pt"
+    results = {}
+    for name in ("val", "test"):
+        out = exp_dir / "eval" / name
+        summary = out / "summary.json"
+        if not summary.is_file() or summary.stat().st_mtime < model.stat().st_mtime:
+            manifest = args.work_dir / "manifests" / f"{name}.jsonl"
+            run(["evaluate", "--model", str(model), "--manifest", str(manifest), "--output-dir",
+                 str(out), "--device", args.device])  # fmt: skip
+        scores = json.loads(summary.read_text())
+        results[name] = {"wer": 100 * scores["wer"], "cer": 100 * scores["cer"]}
+    lines = ["Produced by `recipes/an4/run.py` (model.pt, greedy CTC)", "",
+             "| set | WER % | CER % |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {r['wer']:.2f} | {r['cer']:.2f} |" for name, r in results.items()]
+    (exp_dir / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asr").setLevel(logging.INFO)
+    steps = {
+        1: lambda: an4.download_an4(args.data_dir, args.url, args.md5),
+        2: lambda: stage_manifests(args),
+        3: lambda: stage_tokenizer(args),
+        4: lambda: stage_train(args),
+        5: lambda: stage_evaluate(args),
+    }
+    if not 1 <= args.stage <= args.stop_stage <= len(STAGES):
+        raise SystemExit(f"need 1 <= --stage <= --stop-stage <= {len(STAGES)}")
+    for number in range(args.stage, args.stop_stage + 1):
+        print(f"\n== stage {number}: {STAGES[number - 1]}", flush=True)
+        steps[number]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
