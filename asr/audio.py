@@ -12,7 +12,10 @@ Shapes: B batch, N samples, T frames, F mel bands.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,13 @@ from asr.modules.masks import make_pad_mask
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".nist")
 LOG_OFFSET = 1e-6  # log(power + 1e-6): digital silence stays finite and does not dominate stats
 STD_FLOOR = 1e-5  # a feature that never varies is divided by this, not by zero
+MIN_RATE, MAX_RATE = 1000, 1_000_000  # sample rates outside: a damaged header, not audio
+# torchaudio's exact resampler builds a kernel of (target / g) x (rate / g) taps, g = gcd: for a
+# rate like 4001 Hz that is 64 million taps (1.5 GB), 44101 Hz would take 16 GB. Past 4 million
+# taps (32 MB) the ratio is approximated.
+MAX_RESAMPLE_TAPS = 4_000_000
+EMPTY_FILE_BYTES = 4096  # a header with no samples is at most this long; more bytes: damaged
+_WAV_DATA_LOG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
 class AudioError(ValueError):
@@ -48,18 +58,43 @@ def _check_file(path: Path) -> None:
 
 
 def _info(path: Path) -> soundfile._SoundFileInfo:
+    """The header of `path`, checked: readable, with samples, not truncated."""
     _check_file(path)
     try:
-        return soundfile.info(str(path))
+        info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError) as err:
         raise _fail(str(path), f"not a readable audio file ({err})") from None
+    if info.frames <= 0:
+        size = path.stat().st_size
+        hint = f" although it is {size} bytes long (truncated?)" if size > EMPTY_FILE_BYTES else ""
+        raise _fail(str(path), f"contains no samples{hint}")
+    _check_not_truncated(path, info)
+    return info
+
+
+def _check_not_truncated(path: Path, info: soundfile._SoundFileInfo) -> None:
+    """A WAV whose data chunk is cut short: libsndfile reads what is there without complaint.
+
+    Its log line `data : 32000 (should be 28795)` gives the promised and the present byte
+    counts. Sizes 0xFFFFFFFF and 0x7FFFFFFF are what streaming writers put in before they know
+    the length, so they promise nothing. (FLAC and Ogg fail to decode instead.)
+    """
+    found = _WAV_DATA_LOG.search(info.extra_info or "")
+    if not found:
+        return
+    promised, present = int(found[1]), int(found[2])
+    if promised > present > 0 and promised not in (0xFFFFFFFF, 0x7FFFFFFF):
+        seconds = info.frames / info.samplerate
+        raise _fail(
+            str(path),
+            f"truncated: its header promises {seconds * promised / present:.3f} s of audio but "
+            f"the file holds {seconds:.3f} s",
+        )
 
 
 def audio_duration(path: str | Path) -> float:
     """Seconds of audio in `path`, from the header only (no samples are decoded)."""
     info = _info(Path(path))
-    if info.frames <= 0:
-        raise _fail(str(path), "contains no samples")
     return info.frames / info.samplerate
 
 
@@ -80,8 +115,6 @@ def load_audio(
         raise _fail(str(path), f"offset must be >= 0 s, got {offset}")
     if duration is not None and duration <= 0:
         raise _fail(str(path), f"duration must be > 0 s, got {duration}")
-    if info.frames <= 0:
-        raise _fail(str(path), "contains no samples")
     start = round(offset * info.samplerate)
     if start >= info.frames:
         total = info.frames / info.samplerate
@@ -92,7 +125,7 @@ def load_audio(
             str(path), start=start, frames=frames, dtype="float32", always_2d=True
         )
     except (soundfile.LibsndfileError, RuntimeError) as err:
-        raise _fail(str(path), f"decoding failed ({err})") from None
+        raise _fail(str(path), f"decoding failed: truncated or corrupt ({err})") from None
     return _to_mono(data, file_rate, sample_rate, str(path))
 
 
@@ -119,22 +152,42 @@ def load_audio_array(
     elif np.issubdtype(array.dtype, np.signedinteger):
         array = array.astype(np.float32) / float(-np.iinfo(array.dtype).min)
     elif not np.issubdtype(array.dtype, np.floating):
-        raise _fail(name, f"samples must be float or integer, got dtype {array.dtype}")
-    if sample_rate <= 0:
-        raise _fail(name, f"sample rate must be positive, got {sample_rate}")
-    return _to_mono(array.astype(np.float32, copy=False), sample_rate, target_rate, name)
+        raise _fail(name, f"samples must be float, signed integer or uint8, got {array.dtype}")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
+        array = array.astype(np.float32, copy=False)
+    return _to_mono(array, sample_rate, target_rate, name)
 
 
 def _to_mono(data: np.ndarray, rate: int, target_rate: int, name: str) -> Tensor:
     """(N, C) float32 samples at `rate` -> checked mono (N',) tensor at `target_rate`."""
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise _fail(name, "contains no samples")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise _fail(name, f"sample rate {rate} Hz is outside [{MIN_RATE}, {MAX_RATE}] Hz")
     if not np.isfinite(data).all():
         raise _fail(name, "contains NaN or infinite samples")
     wave = torch.from_numpy(np.ascontiguousarray(data)).mean(dim=1)  # (N,)
     if rate != target_rate:
-        wave = torchaudio.functional.resample(wave, int(rate), int(target_rate))
+        wave = torchaudio.functional.resample(wave, *_resampling_ratio(int(rate), target_rate))
+    if not torch.isfinite(wave).all():  # float samples near 3e38 overflow when mixed
+        raise _fail(name, f"samples too large to use (up to {np.abs(data).max():.3g})")
     return wave.contiguous()
+
+
+def _resampling_ratio(rate: int, target_rate: int) -> tuple[int, int]:
+    """(orig, new) for `torchaudio.functional.resample`: the exact ratio when its kernel is small.
+
+    Otherwise the closest fraction whose kernel fits MAX_RESAMPLE_TAPS: 3999 / 1000 for 4001 ->
+    16000 Hz (6e-8 off), 673 / 1855 for 44101 Hz (1e-6 off); even the worst case (15999 Hz, 6e-5
+    off) changes pitch far less than an ear can hear.
+    """
+    g = math.gcd(rate, target_rate)
+    if (rate // g) * (target_rate // g) <= MAX_RESAMPLE_TAPS:
+        return rate // g, target_rate // g
+    ratio = Fraction(target_rate, rate)  # output samples per input sample
+    limit = math.isqrt(MAX_RESAMPLE_TAPS // math.ceil(ratio))
+    approx = ratio.limit_denominator(limit)
+    return approx.denominator, approx.numerator
 
 
 def find_audio_files(path: str | Path) -> list[Path]:

@@ -155,10 +155,12 @@ def optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 def user_errors() -> tuple[type[BaseException], ...]:
     from asr.audio import AudioError
     from asr.checkpoint import BundleError
+    from asr.system import NonFiniteLossError
 
     return (
         AudioError,
         BundleError,
+        NonFiniteLossError,
         ValueError,
         FileNotFoundError,
         IsADirectoryError,

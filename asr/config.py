@@ -42,8 +42,9 @@ class EncoderConfig:
     style_token_heads: int = 4
 
     def __post_init__(self) -> None:
-        _check_positive(self, "feat_dim", "d_model", "num_layers", "num_heads", "ff_mult")
-        _check_positive(self, "subsampling_channels", "num_style_tokens", "style_token_heads")
+        _check_positive(self, "encoder", "feat_dim", "d_model", "num_layers", "num_heads")
+        _check_positive(self, "encoder", "ff_mult", "subsampling_channels")
+        _check_positive(self, "encoder", "num_style_tokens", "style_token_heads")
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"encoder.d_model={self.d_model} is not divisible by "
@@ -63,8 +64,8 @@ class EncoderConfig:
             raise ValueError(
                 f"encoder.subsampling_factor must be 4 or 8, got {self.subsampling_factor}"
             )
-        _check_choice(self, "activation", ACTIVATIONS)
-        _check_choice(self, "conv_norm", CONV_NORMS)
+        _check_choice(self, "encoder", "activation", ACTIVATIONS)
+        _check_choice(self, "encoder", "conv_norm", CONV_NORMS)
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"encoder.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -99,8 +100,14 @@ class FeatureConfig:
     normalize: str = "utterance"  # "utterance" | "global" | "none"
 
     def __post_init__(self) -> None:
-        _check_positive(self, "sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft")
-        _check_choice(self, "normalize", ("utterance", "global", "none"))
+        _check_positive(self, "features", "sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft")
+        _check_choice(self, "features", "normalize", ("utterance", "global", "none"))
+        win, hop = (round(self.sample_rate * ms / 1000) for ms in (self.win_ms, self.hop_ms))
+        if not 1 <= win <= self.n_fft or hop < 1:
+            raise ValueError(
+                f"features.win_ms={self.win_ms} and features.hop_ms={self.hop_ms} give windows of "
+                f"{win} samples every {hop}; need 1 <= window <= features.n_fft={self.n_fft}"
+            )
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,16 @@ class AugmentConfig:
     noise_snr_db: tuple[float, float] = (10.0, 30.0)
     noise_manifest: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_at_least(self, "augment", 0, "freq_masks", "freq_mask_width", "time_masks")
+        _check_at_least(self, "augment", 0.0, "time_mask_max_ratio", "noise_prob", high=1.0)
+        if not self.speed_factors or not all(f > 0 for f in self.speed_factors):
+            raise ValueError(
+                f"augment.speed_factors must be positive numbers, got {list(self.speed_factors)}"
+            )
+        if self.noise_snr_db[0] > self.noise_snr_db[1]:
+            raise ValueError(f"augment.noise_snr_db must be [low, high], got {self.noise_snr_db}")
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -126,7 +143,8 @@ class TokenizerConfig:
     path: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice(self, "kind", ("char", "unigram", "bpe"))
+        _check_choice(self, "tokenizer", "kind", ("char", "unigram", "bpe"))
+        _check_positive(self, "tokenizer", "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,15 @@ class DataConfig:
     max_duration: float = 30.0
     num_workers: int = 2
 
+    def __post_init__(self) -> None:
+        _check_positive(self, "data", "max_batch_seconds", "num_buckets", "max_duration")
+        _check_at_least(self, "data", 0, "min_duration", "num_workers")
+        if self.min_duration >= self.max_duration:
+            raise ValueError(
+                f"data.min_duration={self.min_duration} must be below "
+                f"data.max_duration={self.max_duration}"
+            )
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -159,7 +186,12 @@ class OptimConfig:
     grad_clip: float = 5.0
 
     def __post_init__(self) -> None:
-        _check_choice(self, "schedule", ("noam", "cosine"))
+        _check_choice(self, "optim", "schedule", ("noam", "cosine"))
+        _check_positive(self, "optim", "lr")
+        _check_at_least(self, "optim", 0, "weight_decay", "warmup_steps", "grad_clip")
+        _check_at_least(self, "optim", 0.0, "min_lr_ratio", high=1.0)
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"optim.betas must both be in [0, 1), got {list(self.betas)}")
 
 
 @dataclass(frozen=True)
@@ -180,7 +212,11 @@ class TrainerConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice(self, "precision", ("32-true", "32", "bf16-mixed", "16-mixed"))
+        _check_choice(self, "trainer", "precision", ("32-true", "32", "bf16-mixed", "16-mixed"))
+        limited = [name for name in ("max_steps", "max_epochs") if getattr(self, name) != -1]
+        _check_positive(self, "trainer", "average_last_k", "log_every_n_steps", *limited)
+        _check_at_least(self, "trainer", 0, "val_every_n_steps")
+        _check_at_least(self, "trainer", -1, "save_top_k")
 
 
 @dataclass(frozen=True)
@@ -198,6 +234,8 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
+        if not self.exp_dir.strip():
+            raise ValueError(f"exp_dir must name a folder, got {self.exp_dir!r}")
         # Validate the encoder overrides now, so a bad key fails before any work starts.
         self.encoder_config()
 
@@ -338,12 +376,26 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     raise ValueError(f"config key {name!r} expects {expected}, got {value!r}")
 
 
-def _check_positive(config: Any, *names: str) -> None:
+def _check_positive(config: Any, section: str, *names: str) -> None:
+    """`section`: the dataclass's key in `TrainConfig`, so that messages name the whole key."""
     for name in names:
         if getattr(config, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
+            raise ValueError(f"{section}.{name} must be positive, got {getattr(config, name)}")
 
 
-def _check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+def _check_at_least(
+    config: Any, section: str, low: float, *names: str, high: float | None = None
+) -> None:
+    """low <= value (<= high, when given)."""
+    for name in names:
+        value = getattr(config, name)
+        if value < low or (high is not None and value > high):
+            limits = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ValueError(f"{section}.{name} must be {limits}, got {value}")
+
+
+def _check_choice(config: Any, section: str, name: str, choices: tuple[str, ...]) -> None:
     if getattr(config, name) not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(config, name)!r}")
+        raise ValueError(
+            f"{section}.{name} must be one of {list(choices)}, got {getattr(config, name)!r}"
+        )

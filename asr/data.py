@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 MAX_DURATION_S = 86400.0  # a "duration" above one day is a unit mistake (ms, samples), not audio
 MAX_LISTED = 20  # problems listed one by one in a warning; the rest are counted
+# Audio may end this much before its manifest duration says (durations rounded, or measured by
+# another decoder); more means a truncated file or a wrong manifest, and the utterance is skipped.
+DURATION_SLACK_S = 0.1
+UNKNOWN_CHARS = "text has characters unknown to the tokenizer"
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,12 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     utterances: dict[str, Utterance] = {}
     first_line: dict[str, int] = {}
     problems: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as f:  # decoded line by line: one bad byte costs one line, not the file
+        for line_no, raw in enumerate(f, start=1):
             try:
+                line = _decode_line(raw, line_no)
+                if not line.strip():
+                    continue
                 utt = _parse_line(line, folder)
             except ValueError as err:
                 problems.append(f"{path}:{line_no}: {err}")
@@ -91,11 +96,23 @@ def _problem_report(headline: str, problems: list[str]) -> str:
     return "\n  ".join(lines)
 
 
+def _decode_line(raw: bytes, line_no: int) -> str:
+    try:
+        # "utf-8-sig" on line 1: Windows editors put a byte-order mark in front of the file.
+        return raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+        ) from None
+
+
 def _parse_line(line: str, folder: Path) -> Utterance:
     try:
         item = json.loads(line)
     except json.JSONDecodeError as err:
         raise ValueError(f"invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise ValueError("invalid JSON (nested too deeply)") from None
     if not isinstance(item, dict):
         raise ValueError(f"expected a JSON object, got {type(item).__name__}")
     for key in ("audio", "text", "duration"):
@@ -186,6 +203,7 @@ def filter_utterances(
     """
     kept: list[Utterance] = []
     skipped: dict[str, list[str]] = {}
+    unknown: dict[str, list[str]] = {}  # character -> ids of the utterances that have it
     file_exists: dict[str, bool] = {}
     for utt in utterances:
         if check_files and utt.audio not in file_exists:
@@ -197,10 +215,18 @@ def filter_utterances(
             kept.append(utt)
         else:
             skipped.setdefault(reason, []).append(utt.id)
+        if reason == UNKNOWN_CHARS:
+            for char in tokenizer.unknown_chars(utt.text):
+                unknown.setdefault(char, []).append(utt.id)
     if skipped:
         total = len(kept) + sum(len(ids) for ids in skipped.values())
         parts = [
             f"{reason}: {len(ids)} (e.g. {', '.join(ids[:3])})" for reason, ids in skipped.items()
+        ]
+        parts += [
+            f"unknown character {char!r} (U+{ord(char):04X}) in {len(ids)} (e.g. "
+            f"{', '.join(ids[:3])})"
+            for char, ids in sorted(unknown.items(), key=lambda item: -len(item[1]))
         ]
         log.warning(_problem_report(f"kept {len(kept)} of {total} utterances; skipped", parts))
     return kept, skipped
@@ -218,7 +244,7 @@ def _skip_reason(
     if utt.duration > max_duration:
         return f"longer than max_duration={max_duration}s"
     if tokenizer.unknown_chars(utt.text):
-        return "text has characters unknown to the tokenizer"
+        return UNKNOWN_CHARS
     tokens = tokenizer.encode(utt.text)
     if not tokens:
         return "empty transcript"
@@ -280,6 +306,19 @@ class AudioDataset(torch.utils.data.Dataset):
             self.num_failed += 1
             log.warning("skipping utterance %r: %s", utt.id, err)
             return None
+        missing = utt.duration - wave.shape[0] / self.sample_rate
+        if missing > DURATION_SLACK_S:  # silently training on part of the audio: never
+            self.num_failed += 1
+            log.warning(
+                "skipping utterance %r: '%s' ends %.3f s after offset %g s, but the manifest says "
+                "%g s (a truncated file, or a wrong duration in the manifest)",
+                utt.id,
+                utt.audio,
+                wave.shape[0] / self.sample_rate,
+                utt.offset,
+                utt.duration,
+            )
+            return None
         return _make_item(self, utt.id, wave, utt.text, index)
 
 
@@ -292,7 +331,10 @@ def _make_item(
 ) -> dict[str, Any]:
     if dataset.wave_augment is not None:
         wave = dataset.wave_augment(wave, _augment_rng(dataset.seed, dataset.epoch, index))
-    tokens = torch.tensor(dataset.tokenizer.encode(text), dtype=torch.long)  # (S,)
+    try:
+        tokens = torch.tensor(dataset.tokenizer.encode(text), dtype=torch.long)  # (S,)
+    except ValueError as err:  # unknown characters: name the utterance, not only its text
+        raise ValueError(f"utterance {utt_id!r}: {err}") from None
     return {"id": utt_id, "wave": wave, "tokens": tokens, "text": normalize_text(text)}
 
 

@@ -86,6 +86,10 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._rank_batches()
+        if self.num_yielded >= len(batches):
+            # The last pass was stopped at len() without running the generator to its end (a
+            # DataLoader does that): it was complete, so this pass starts from the beginning.
+            self.num_yielded = 0
         self._start = self.num_yielded
         while self.num_yielded < len(batches):
             self.num_yielded += 1

@@ -76,15 +76,26 @@ class AsrSystem(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every utterance of the batch failed to load (already warned)
             return None
+        norm_stats = self._running_stats()
         feats, feat_lengths = self.features(batch, augment=True)
         log_probs, out_lengths = self.model(feats, feat_lengths)
         loss = ctc_loss(log_probs, out_lengths, batch.targets, batch.target_lengths)
         if not torch.isfinite(loss):
+            # The forward pass has already folded this batch into the batch-norm statistics.
+            self.model.load_state_dict(norm_stats, strict=False)
             return self._skip_step(batch)
         self.bad_steps = 0
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         return loss
+
+    def _running_stats(self) -> dict[str, torch.Tensor]:
+        """Copies of the model's batch-norm buffers (running mean/var, batch count): small."""
+        return {
+            k: v.clone()
+            for k, v in self.model.named_buffers()
+            if "running_" in k or "num_batches" in k
+        }
 
     def _skip_step(self, batch: Any) -> None:
         self.bad_steps += 1

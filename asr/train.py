@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from asr.audio import LogMelFeatures, compute_global_stats, load_audio
-from asr.checkpoint import save_bundle
+from asr.checkpoint import lightning_checkpoint_io, partial_files, safe_torch_load, save_bundle
 from asr.config import TrainConfig, from_dict, save_config
 from asr.data import read_manifest
 from asr.datamodule import AsrDataModule
@@ -70,7 +70,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
     """Element-wise mean of the model weights of Lightning checkpoints (integer buffers: last)."""
     if not paths:
         raise ValueError("no checkpoints to average")
-    states = [torch.load(p, map_location="cpu", weights_only=False)["state_dict"] for p in paths]
+    states = [safe_torch_load(p)["state_dict"] for p in paths]
     averaged = {}
     for key, value in states[-1].items():
         if value.is_floating_point():
@@ -85,6 +85,9 @@ def build_trainer(
 ) -> tuple[L.Trainer, ModelCheckpoint, ModelCheckpoint]:
     t = config.trainer
     ckpt_dir = exp_dir / "checkpoints"
+    for partial in partial_files(ckpt_dir):  # a save killed before its rename: never loaded
+        log.warning("removing %s, left by a checkpoint save that was interrupted", partial)
+        partial.unlink(missing_ok=True)
     best = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best-{step}-{val_wer:.2f}",
@@ -123,6 +126,8 @@ def build_trainer(
             CSVLogger(exp_dir / "logs", name="csv", version=""),
         ],
         callbacks=callbacks,
+        # Checkpoints written atomically (temp file, fsync, rename), loaded with weights_only.
+        plugins=[lightning_checkpoint_io()],
         use_distributed_sampler=False,  # our bucketing sampler shards by rank itself
         num_sanity_val_steps=0,
         enable_progress_bar=t.progress_bar,
@@ -186,8 +191,8 @@ def export(
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
     """A Lightning checkpoint of `AsrSystem` -> a `model.pt` bundle (`asr export`)."""
-    raw = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if "asr_config" not in raw:
+    raw = safe_torch_load(checkpoint)
+    if not isinstance(raw, dict) or "asr_config" not in raw:
         raise ValueError(f"{checkpoint} is not a checkpoint written by `asr train`")
     config = from_dict(TrainConfig, raw["asr_config"])
     system = AsrSystem(config, tokenizer_from_dict(raw["asr_tokenizer"]))

@@ -332,6 +332,17 @@ def test_sampler_same_seed_same_batches_and_epochs_differ():
     assert all_batches(DurationBucketSampler(durs, 60.0, seed=4)) != first
 
 
+def test_sampler_stopped_at_its_length_starts_over_on_the_next_pass():
+    # A DataLoader takes len(sampler) batches and never resumes the generator past the last one,
+    # as validation every N steps does: each pass must still see every batch.
+    sampler = DurationBucketSampler(durations_for_tests(50), 30.0, shuffle=False)
+    passes = []
+    for _ in range(3):
+        iterator = iter(sampler)
+        passes.append([next(iterator) for _ in range(len(sampler))])
+    assert len(passes[0]) > 1 and passes[0] == passes[1] == passes[2]
+
+
 def test_sampler_without_shuffle_is_sorted_by_duration():
     durs = durations_for_tests(50)
     flat = [i for b in DurationBucketSampler(durs, 30.0, shuffle=False) for i in b]
