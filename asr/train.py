@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from asr.audio import LogMelFeatures, compute_global_stats, load_audio
@@ -28,6 +28,7 @@ from asr.checkpoint import lightning_checkpoint_io, partial_files, safe_torch_lo
 from asr.config import TrainConfig, from_dict, save_config
 from asr.data import read_manifest
 from asr.datamodule import AsrDataModule
+from asr.progress import StepProgressBar
 from asr.system import AsrSystem
 from asr.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_dict, train_tokenizer
 
@@ -107,7 +108,7 @@ def build_trainer(
     )
     callbacks: list[Any] = [best, recent, LearningRateMonitor(logging_interval="step")]
     if t.progress_bar:
-        callbacks.append(RichProgressBar())
+        callbacks.append(StepProgressBar())
     val_every = t.val_every_n_steps
     trainer = L.Trainer(
         default_root_dir=exp_dir,

@@ -55,6 +55,18 @@ def test_asr_train_cli_writes_a_self_contained_model(corpus: Path, tmp_path: Pat
     assert load_config(exp / "config.yaml").trainer.max_steps == 2
 
 
+def test_progress_bar_counts_steps_across_epochs_to_max_steps(
+    corpus: Path, tmp_path: Path, capsys
+) -> None:
+    # 24 utterances in batches of <= 30 s: about 3 batches per epoch, so 7 steps span epochs.
+    args = overrides(corpus, tmp_path / "exp", 7, "trainer.progress_bar=true")
+    args += ["data.max_batch_seconds=30", "trainer.val_every_n_steps=3"]
+    assert main(["train", "--config", str(REPO / "configs/tiny.yaml"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "7/7 steps" in out
+    assert "step 3: val WER" in out and "step 6: val WER" in out
+
+
 def test_unknown_config_key_fails_before_any_work(corpus: Path, tmp_path: Path, capsys) -> None:
     exp = tmp_path / "exp"
     args = overrides(corpus, exp, 2, "optim.weight_decy=0.1")
