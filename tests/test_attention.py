@@ -37,7 +37,7 @@ def naive_relative_attention(
     return attn.out(y)
 
 
-@pytest.mark.parametrize("t", [1, 2, 7, 33])
+@pytest.mark.parametrize("t", [1, 2, 7, 33, 130])
 def test_relative_attention_equals_naive_reference_with_padding(t: int) -> None:
     torch.manual_seed(t)
     attn = RelativeMultiHeadAttention(d_model=32, num_heads=4).eval()

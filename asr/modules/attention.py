@@ -7,10 +7,11 @@ and key j is
     (q_i + u) . k_j  +  (q_i + v) . W_r r_{i-j},   divided by sqrt(Dh),
 
 with r_{i-j} a sinusoidal encoding of the relative distance i - j, W_r a learned projection and
-u, v learned per-head biases. The position term is computed against the 2T-1 distances once,
-(B, H, T, 2T-1), and moved into (B, H, T, T) by a zero-copy strided view (the "relative shift").
-Both attentions hand the softmax and the value product to `scaled_dot_product_attention`, the
-position term riding along as an additive bias.
+u, v learned per-head biases. The position term is computed against the distances, 64 queries
+at a time against the band of distances they meet (T + 63 of the 2T-1), and moved into
+(B, H, T, T) by a zero-copy strided view (the "relative shift"). Both attentions hand the
+softmax and the value product to `scaled_dot_product_attention`, the position term riding
+along as an additive bias (on CPU in training: the same math by hand, with a cheaper dropout).
 
 Symbols: B batch, T time, D model width, H heads, Dh = D / H.
 """
@@ -23,7 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asr.modules.dropout import dropout
 from asr.modules.masks import attn_bias_from_pad_mask
+
+# Queries per matmul of the position term: T/64 small matmuls cost less than one twice as big.
+POS_ROWS = 64
 
 
 def sinusoids(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -51,6 +56,9 @@ class RelativePositionalEncoding(nn.Module):
 
     def forward(self, length: int) -> torch.Tensor:
         """length T -> pos_emb (2T-1, D); row k encodes the distance (T-1) - k."""
+        if self.table.is_inference() and not torch.is_inference_mode_enabled():
+            # Built under inference_mode (validation, transcription): autograd may not save it.
+            self.table = self.table.clone()
         cached = (self.table.shape[0] + 1) // 2
         if cached < length:
             span = max(length, 2 * cached)
@@ -62,19 +70,49 @@ class RelativePositionalEncoding(nn.Module):
 
 
 def relative_shift(scores: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, 2T-1) scores against distances T-1..-(T-1) -> (B, H, T, T) with [i, j] = d i-j.
+    """(B, H, R, N) scores of R queries against N >= R distances -> (B, H, R, N - R + 1).
 
-    Entry [i, j] is column (T-1) - i + j of row i: a strided view, no copy, no loop over time.
+    Entry [r, j] is column (R-1) - r + j of row r: a strided view, no copy, no loop over time.
+    With R = T queries against the distances T-1..-(T-1) (N = 2T-1) this is the (B, H, T, T)
+    matrix with [i, j] = distance i - j; with R rows of a longer query it is their band.
     """
-    b, h, t, n = scores.shape
-    assert n == 2 * t - 1, f"expected 2T-1={2 * t - 1} distances, got {n}"
+    b, h, r, n = scores.shape
+    assert n >= r, f"expected at least {r} distances, got {n}"
     scores = scores.contiguous()
-    s_b, s_h, s_t, s_n = scores.stride()
+    s_b, s_h, s_r, s_n = scores.stride()
     return scores.as_strided(
-        size=(b, h, t, t),
-        stride=(s_b, s_h, s_t - s_n, s_n),
-        storage_offset=scores.storage_offset() + (t - 1) * s_n,
+        size=(b, h, r, n - r + 1),
+        stride=(s_b, s_h, s_r - s_n, s_n),
+        storage_offset=scores.storage_offset() + (r - 1) * s_n,
     )
+
+
+def relative_position_bias(
+    q_v: torch.Tensor, p: torch.Tensor, pad_bias: torch.Tensor | None, rows: int = POS_ROWS
+) -> torch.Tensor:
+    """The position term (q_i + v) . W_r r_{i-j} for all i, j, plus the key padding bias.
+
+    q_v (B, H, T, Dh), p (H, Dh, 2T-1) against distances T-1..-(T-1), pad_bias (B, 1, 1, T)
+    or None -> (B, H, T, T). Queries i0..i1 only meet the distances i0-(T-1)..i1-1, so they are
+    multiplied with those T + (i1 - i0) - 1 columns, not all 2T-1: `rows` queries at a time
+    this does T (T + rows) multiply-adds per head instead of 2T^2.
+    """
+    t = q_v.shape[2]
+    pieces = []
+    for i0 in range(0, t, rows):
+        i1 = min(i0 + rows, t)
+        scores = torch.matmul(q_v[:, :, i0:i1], p[:, :, t - i1 : 2 * t - 1 - i0])
+        pieces.append(relative_shift(scores))  # (B, H, i1 - i0, T), a strided view
+    if len(pieces) == 1:  # the add materializes the view and masks padded keys in one pass
+        return pieces[0] if pad_bias is None else pieces[0] + pad_bias
+    if torch.is_grad_enabled() and (q_v.requires_grad or p.requires_grad):
+        bias = torch.cat(pieces, dim=2)  # (B, H, T, T)
+        return bias if pad_bias is None else bias + pad_bias
+    bias = q_v.new_empty(q_v.shape[0], q_v.shape[1], t, t)  # (B, H, T, T)
+    for i0, piece in zip(range(0, t, rows), pieces):
+        out = bias[:, :, i0 : i0 + piece.shape[2]]
+        torch.add(piece, pad_bias, out=out) if pad_bias is not None else out.copy_(piece)
+    return bias
 
 
 class MultiHeadAttention(nn.Module):
@@ -138,13 +176,30 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         q = self.split_heads(self.query(x))  # (B, H, T, Dh)
         k = self.split_heads(self.key(x))  # (B, H, T, Dh)
         v = self.split_heads(self.value(x))  # (B, H, T, Dh)
-        p = self.pos(pos_emb.to(x.dtype)).view(2 * t - 1, self.num_heads, self.d_head)
-        p = p.permute(1, 2, 0)  # (H, Dh, 2T-1)
+        # 1/sqrt(Dh) goes into the (2T-1, D) projection, the smallest tensor it can ride on.
+        p = self.pos(pos_emb.to(x.dtype)) * (1.0 / math.sqrt(self.d_head))  # (2T-1, D)
+        p = p.view(2 * t - 1, self.num_heads, self.d_head).permute(1, 2, 0)  # (H, Dh, 2T-1)
         q_v = q + self.pos_bias_v.unsqueeze(1)  # (B, H, T, Dh)
-        bias = relative_shift(torch.matmul(q_v, p)) / math.sqrt(self.d_head)  # (B, H, T, T)
-        if pad_mask is not None:  # fill, not add: adding to the dtype's minimum could give -inf
-            bias = bias.masked_fill(pad_mask[:, None, None, :], torch.finfo(bias.dtype).min)
+        pad_bias = None if pad_mask is None else attn_bias_from_pad_mask(pad_mask, q.dtype)
+        bias = relative_position_bias(q_v, p, pad_bias)  # (B, H, T, T)
         q_u = q + self.pos_bias_u.unsqueeze(1)  # (B, H, T, Dh)
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            return self.merge_heads(self._attend_with_dropout(q_u, k, v, bias))
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q_u, k, v, attn_mask=bias, dropout_p=drop)
         return self.merge_heads(y)
+
+    def _attend_with_dropout(
+        self, q_u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """softmax(q_u k^T / sqrt(Dh) + bias) with dropout, times v: (B, H, T, Dh) each.
+
+        What `scaled_dot_product_attention` does on CPU in training (its math path), with
+        `dropout`'s cheaper mask and the bias added inside the matmul (`baddbmm`).
+        """
+        b, h, t, dh = q_u.shape
+        q_u = (q_u * (1.0 / math.sqrt(dh))).reshape(b * h, t, dh)  # (BH, T, Dh)
+        k = k.reshape(b * h, t, dh).transpose(1, 2)  # (BH, Dh, T)
+        scores = torch.baddbmm(bias.reshape(b * h, t, t), q_u, k)  # (BH, T, T)
+        weights = dropout(scores.softmax(dim=-1), self.dropout, training=True)
+        return torch.bmm(weights, v.reshape(b * h, t, dh)).view(b, h, t, dh)  # (B, H, T, Dh)

@@ -14,6 +14,7 @@ from torch import nn
 from asr.config import EncoderConfig
 from asr.modules.attention import RelativeMultiHeadAttention, RelativePositionalEncoding
 from asr.modules.conv import ConformerConvModule
+from asr.modules.dropout import Dropout
 from asr.modules.feed_forward import FeedForward
 from asr.modules.masks import make_pad_mask
 from asr.modules.style import GlobalStyleTokens
@@ -27,7 +28,7 @@ class ConformerMultiHeadedSelfAttention(nn.Module):
         super().__init__()
         self.layer_norm = nn.LayerNorm(d_model)
         self.attention = RelativeMultiHeadAttention(d_model, num_heads, attn_dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, x: torch.Tensor, pos_emb: torch.Tensor, pad_mask: torch.Tensor | None
@@ -61,10 +62,10 @@ class ConformerBlock(nn.Module):
         self, x: torch.Tensor, pos_emb: torch.Tensor, pad_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x (B, T, D), pos_emb (2T-1, D), pad_mask (B, T) -> (B, T, D)."""
-        x = x + 0.5 * self.ff1(x)
+        x = torch.add(x, self.ff1(x), alpha=0.5)  # x + FF/2 in one pass
         x = x + self.mhsa(x, pos_emb, pad_mask)
         x = x + self.conv(x, pad_mask)
-        x = x + 0.5 * self.ff2(x)
+        x = torch.add(x, self.ff2(x), alpha=0.5)
         return self.final_norm(x)
 
 
@@ -78,7 +79,7 @@ class ConformerEncoder(nn.Module):
         self.subsampling = Conv2dSubsampling(
             c.feat_dim, c.d_model, c.subsampling_channels, c.subsampling_factor
         )
-        self.input_dropout = nn.Dropout(c.dropout)
+        self.input_dropout = Dropout(c.dropout)
         self.pos_enc = RelativePositionalEncoding(c.d_model)
         self.style = (
             GlobalStyleTokens(c.feat_dim, c.d_model, c.num_style_tokens, c.style_token_heads)
@@ -114,9 +115,15 @@ class ConformerEncoder(nn.Module):
         if self.style is not None:
             embedding, _ = self.style(feats, feat_lengths)  # (B, D)
             x = x + embedding.unsqueeze(1)
-        x = self.input_dropout(x)
-        pad_mask = make_pad_mask(out_lengths, x.shape[1])  # (B, T')
+        return self.forward_blocks(self.input_dropout(x), out_lengths), out_lengths
+
+    def forward_blocks(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The Conformer blocks alone: x (B, T', D) after subsampling, lengths (B,) -> (B, T', D).
+
+        Padded output frames (t >= lengths[b]) are zero.
+        """
+        pad_mask = make_pad_mask(lengths, x.shape[1])  # (B, T')
         pos_emb = self.pos_enc(x.shape[1])  # (2T'-1, D)
         for block in self.blocks:
             x = block(x, pos_emb, pad_mask)
-        return x.masked_fill(pad_mask.unsqueeze(-1), 0.0), out_lengths
+        return x.masked_fill(pad_mask.unsqueeze(-1), 0.0)

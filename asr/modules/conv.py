@@ -9,8 +9,10 @@ leaks into valid frames, in training or in evaluation.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from asr.modules.dropout import Dropout
 from asr.modules.feed_forward import make_activation
 
 
@@ -31,6 +33,12 @@ class MaskedBatchNorm1d(nn.Module):
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C), pad_mask (B, T) -> (B, T, C)."""
+        if self.training and self._unpadded_cpu_float32(x, pad_mask):
+            # torch's fused kernel: the same statistics and update rule, 7x faster on CPU
+            return F.batch_norm(
+                x.reshape(-1, x.shape[-1]), self.running_mean, self.running_var, self.weight,
+                self.bias, training=True, momentum=self.momentum, eps=self.eps,
+            ).view_as(x)  # fmt: skip
         if self.training:
             valid = x.flatten(0, 1) if pad_mask is None else x[~pad_mask]  # (N, C)
             n = valid.shape[0]
@@ -46,6 +54,12 @@ class MaskedBatchNorm1d(nn.Module):
             mean, var = self.running_mean, self.running_var
         scale = self.weight * torch.rsqrt(var + self.eps)  # (C,)
         return (x * scale + (self.bias - mean * scale)).to(x.dtype)
+
+    @staticmethod
+    def _unpadded_cpu_float32(x: torch.Tensor, pad_mask: torch.Tensor | None) -> bool:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or x.shape[0] * x.shape[1] < 2:
+            return False
+        return pad_mask is None or not bool(pad_mask.any())  # a sync only on CPU: free
 
 
 class ConformerConvModule(nn.Module):
@@ -78,17 +92,42 @@ class ConformerConvModule(nn.Module):
         self.norm = MaskedBatchNorm1d(d_model) if norm == "batch_norm" else nn.LayerNorm(d_model)
         self.activation = make_activation(activation)
         self.pointwise_out = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, D), pad_mask (B, T) -> (B, T, D)."""
         x = self.glu(self.pointwise_in(self.layer_norm(x)))  # (B, T, D)
         if pad_mask is not None:
             x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
-        x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)  # (B, T, D)
-        if isinstance(self.norm, MaskedBatchNorm1d):
-            x = self.norm(x, pad_mask)
+        if isinstance(self.norm, MaskedBatchNorm1d) and not self.norm.training:
+            x = self._depthwise(x, *self._folded_batch_norm())  # conv and norm in one op
         else:
-            x = self.norm(x)
+            x = self._depthwise(x, self.depthwise.weight, self.depthwise.bias)  # (B, T, D)
+            x = self.norm(x, pad_mask) if isinstance(self.norm, MaskedBatchNorm1d) else self.norm(x)
         x = self.pointwise_out(self.activation(x))
         return self.dropout(x)
+
+    def _depthwise(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D): the depthwise conv over time, weight (D, 1, K), bias (D,).
+
+        Run as a Conv2d of height 1 on the channels-last view of x: (B, T, D) memory is already
+        NHWC for (B, D, 1, T), and oneDNN's NHWC depthwise kernel is 20-40x faster on CPU than
+        `conv1d` (which first reorders to channels-first). Same weights, same result.
+        """
+        k = weight.shape[-1]
+        y = F.conv2d(
+            x.transpose(1, 2).unsqueeze(2),  # (B, D, 1, T), a view: no copy
+            weight.unsqueeze(2),  # (D, 1, 1, K)
+            bias,
+            padding=(0, k // 2),
+            groups=weight.shape[0],
+        )  # (B, D, 1, T)
+        return y.squeeze(2).transpose(1, 2)  # (B, T, D)
+
+    def _folded_batch_norm(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation batch norm folded into the depthwise conv: (weight (D, 1, K), bias (D,))."""
+        norm = self.norm
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)  # (D,)
+        weight = self.depthwise.weight * scale[:, None, None]
+        bias = (self.depthwise.bias - norm.running_mean) * scale + norm.bias
+        return weight, bias

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from asr.modules.dropout import Dropout
+
 
 def make_activation(name: str) -> nn.Module:
     """ "swish" (SiLU, the paper's choice) or "leaky_relu"."""
@@ -29,9 +31,9 @@ class FeedForward(nn.Module):
             nn.LayerNorm(d_model),
             nn.Linear(d_model, ff_mult * d_model),
             make_activation(activation),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(ff_mult * d_model, d_model),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

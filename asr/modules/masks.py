@@ -24,11 +24,12 @@ def pad_mask_to_attn_mask(pad_mask: torch.Tensor) -> torch.Tensor:
 
 
 def attn_bias_from_pad_mask(pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Key pad_mask (B, T) -> additive bias (B, 1, 1, T): 0 for valid keys, -inf-like for padding.
+    """Key pad_mask (B, T) -> additive bias (B, 1, 1, T): 0 for valid keys, -max/2 for padding.
 
-    Uses the dtype's most negative finite value rather than -inf so that a fully padded row
-    (a zero-length item) gives a uniform softmax instead of NaN.
+    Half the dtype's largest value rather than -inf or the minimum: adding any finite score
+    cannot overflow to -inf, so a fully padded row (a zero-length item) gives a uniform softmax
+    instead of NaN, while a padded key next to any valid one still gets exactly zero weight.
     """
     bias = torch.zeros(pad_mask.shape, dtype=dtype, device=pad_mask.device)
-    bias.masked_fill_(pad_mask, torch.finfo(dtype).min)
+    bias.masked_fill_(pad_mask, -0.5 * torch.finfo(dtype).max)
     return bias[:, None, None, :]

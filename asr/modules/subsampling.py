@@ -8,6 +8,7 @@ item's valid length, so padding never changes valid outputs.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 KERNEL, STRIDE = 3, 2
@@ -46,7 +47,27 @@ class Conv2dSubsampling(nn.Module):
         self, feats: torch.Tensor, feat_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, F), feat_lengths (B,) -> (x (B, T', D), out_lengths (B,))."""
-        x = self.conv(feats.unsqueeze(1))  # (B, C, T', F')
+        x = self._first_conv(feats)  # (B, C, T1, F1), channels-last memory
+        for conv in self.conv[2::2]:  # the later convs, on channels-last input (oneDNN NHWC)
+            x = torch.relu(conv(x))  # (B, C, T', F')
         b, c, t, f = x.shape
-        x = self.out(x.transpose(1, 2).reshape(b, t, c * f))  # (B, T', D)
-        return x, self.output_lengths(feat_lengths)
+        # Channels-last memory is (B, T', F', C): flatten (F', C) as it lies, and order the
+        # projection's input features the same way, instead of copying x to (B, T', C, F').
+        weight = self.out.weight.view(-1, c, f).transpose(1, 2).reshape(-1, f * c)  # (D, F'C)
+        x = F.linear(x.permute(0, 2, 3, 1).reshape(b, t, f * c), weight, self.out.bias)
+        return x, self.output_lengths(feat_lengths)  # (B, T', D)
+
+    def _first_conv(self, feats: torch.Tensor) -> torch.Tensor:
+        """The 1-channel first conv + ReLU as one matmul over 3x3 patches: (B, C, T1, F1).
+
+        With a single input channel a convolution kernel does 9 multiply-adds per output and is
+        bound by writing its output; a matmul into (B, T1, F1, C) writes it once, already in
+        the channels-last layout the next conv wants.
+        """
+        conv = self.conv[0]
+        b = feats.shape[0]
+        patches = feats.unfold(1, KERNEL, STRIDE).unfold(2, KERNEL, STRIDE)  # (B, T1, F1, 3, 3)
+        t1, f1 = patches.shape[1], patches.shape[2]
+        weight = conv.weight.view(conv.out_channels, KERNEL * KERNEL)  # (C, 9)
+        y = F.linear(patches.reshape(b, t1, f1, KERNEL * KERNEL), weight, conv.bias)
+        return torch.relu_(y).permute(0, 3, 1, 2)  # (B, C, T1, F1)

@@ -1,0 +1,140 @@
+"""Shared helpers of the `bench/` scripts: interleaved timing, the matmul peak, FLOP counting.
+
+Timing on shared machines: every case is run once per round, rounds repeat, and each case's
+median over rounds is reported with its spread (min, max). Cases that are compared are timed
+in the same rounds, so a noisy neighbour slows all of them alike and their ratio stays honest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
+
+
+def set_threads(threads: int) -> None:
+    """Intra-op threads for torch (and MKL/oneDNN through it)."""
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def interleave(
+    cases: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(wall seconds, process CPU seconds) of each case per round; rounds alternate the cases.
+
+    `warmup` untimed rounds first (allocator, oneDNN primitive caches, lazy init). With one
+    thread, CPU time is the noise-proof measure on a shared machine: time spent descheduled
+    while a neighbour runs does not count. With more threads it also counts threads spinning
+    while they wait for each other, so there wall time on a quiet machine is the measure.
+    """
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
+def summarize(seconds: list[float], work: float) -> dict[str, float]:
+    """Times of one case -> median/min/max seconds and `work` per second at the median.
+
+    `work` is what one call does (audio seconds, FLOPs): rate = work / median seconds. The
+    spread is given as the rate at the slowest and fastest round.
+    """
+    median = statistics.median(seconds)
+    return {
+        "median_s": round(median, 4),
+        "min_s": round(min(seconds), 4),
+        "max_s": round(max(seconds), 4),
+        "rate": round(work / median, 2),
+        "rate_range": [round(work / max(seconds), 2), round(work / min(seconds), 2)],
+        "rounds": len(seconds),
+    }
+
+
+def matmul_peak(size: int = 2048) -> Callable[[], float]:
+    """A case that runs one fp32 `size` x `size` GEMM: 2 * size^3 FLOPs per call."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    c = torch.empty(size, size)
+
+    def run() -> float:
+        torch.mm(a, b, out=c)
+        return float(2 * size**3)
+
+    return run
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """FLOPs of one call of `fn` (matmuls, convolutions, attention), total and per operator.
+
+    `FlopCounterMode` has no formula for the CPU attention kernel
+    (`_scaled_dot_product_flash_attention_for_cpu`), so one is added here: QK^T and AV, the same
+    count torch uses for the GPU kernels. Element-wise work (softmax, norms, activations) is not
+    counted, by the usual convention; it is a few percent of the matmul FLOPs here. And torch's
+    formula for the convolution backward ignores groups (it counts a depthwise conv's gradients
+    as a dense conv's, D times too many): here each gradient computed costs the forward's FLOPs.
+    """
+    aten = torch.ops.aten
+    extra = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+        aten.convolution_backward: _conv_backward_flops,
+    }
+    counter = FlopCounterMode(display=False, custom_mapping=extra)
+    with counter:
+        fn()
+    per_op = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+    return int(counter.get_total_flops()), per_op
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _conv_backward_flops(
+    grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+    _output_padding, _groups, output_mask, out_shape=None,
+) -> int:  # fmt: skip
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on, and how busy it was."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def write_json(path: str | Path, result: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
