@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 from asr import an4
 from asr.cli import main as asr
 from asr.config import load_config
+from asr.recipe import run_stages
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "an4.yaml"
@@ -119,21 +119,14 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("asr").setLevel(logging.INFO)
-    steps = {
-        1: lambda: an4.download_an4(args.data_dir, args.url, args.md5),
-        2: lambda: stage_manifests(args),
-        3: lambda: stage_tokenizer(args),
-        4: lambda: stage_train(args),
-        5: lambda: stage_evaluate(args),
-    }
-    if not 1 <= args.stage <= args.stop_stage <= len(STAGES):
-        raise SystemExit(f"need 1 <= --stage <= --stop-stage <= {len(STAGES)}")
-    for number in range(args.stage, args.stop_stage + 1):
-        print(f"\n== stage {number}: {STAGES[number - 1]}", flush=True)
-        steps[number]()
-    return 0
+    stages = [
+        ("download", lambda: an4.download_an4(args.data_dir, args.url, args.md5)),
+        ("manifests", lambda: stage_manifests(args)),
+        ("tokenizer", lambda: stage_tokenizer(args)),
+        ("train", lambda: stage_train(args)),
+        ("evaluate", lambda: stage_evaluate(args)),
+    ]
+    return run_stages(stages, args.stage, args.stop_stage)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import sys
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import torch
 from asr import librispeech
 from asr.cli import main as asr
 from asr.config import TrainConfig, load_config
+from asr.recipe import run_stages
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("download", "manifests", "tokenizer", "train", "average", "evaluate")
@@ -191,23 +191,16 @@ def write_results(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("asr").setLevel(logging.INFO)
     parts = list(dict.fromkeys([*args.train_parts, *args.dev_parts, *args.test_parts]))
-    steps = {
-        1: lambda: stage_download(args, parts),
-        2: lambda: stage_manifests(args, parts),
-        3: lambda: stage_tokenizer(args),
-        4: lambda: stage_train(args),
-        5: lambda: stage_average(args),
-        6: lambda: stage_evaluate(args),
-    }
-    if not 1 <= args.stage <= args.stop_stage <= len(STAGES):
-        raise SystemExit(f"need 1 <= --stage <= --stop-stage <= {len(STAGES)}")
-    for number in range(args.stage, args.stop_stage + 1):
-        print(f"\n== stage {number}: {STAGES[number - 1]}", flush=True)
-        steps[number]()
-    return 0
+    stages = [
+        ("download", lambda: stage_download(args, parts)),
+        ("manifests", lambda: stage_manifests(args, parts)),
+        ("tokenizer", lambda: stage_tokenizer(args)),
+        ("train", lambda: stage_train(args)),
+        ("average", lambda: stage_average(args)),
+        ("evaluate", lambda: stage_evaluate(args)),
+    ]
+    return run_stages(stages, args.stage, args.stop_stage)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,24 @@
+"""What every recipe's `run.py` shares: numbered stages run from `--stage` to `--stop-stage`.
+
+A recipe (recipes/<corpus>/run.py) lists its stages as (name, function) pairs; `run_stages`
+checks the range, prints a header per stage and runs them in order, with the `asr` loggers at
+INFO so each stage's own messages show.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+
+def run_stages(stages: Sequence[tuple[str, Callable[[], object]]], first: int, last: int) -> int:
+    """Run stages[first - 1 : last] (numbered from 1) in order; 0 when all of them finished."""
+    if not 1 <= first <= last <= len(stages):
+        raise SystemExit(f"need 1 <= --stage <= --stop-stage <= {len(stages)}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asr").setLevel(logging.INFO)
+    for number in range(first, last + 1):
+        name, stage = stages[number - 1]
+        print(f"\n== stage {number}: {name}", flush=True)
+        stage()
+    return 0
