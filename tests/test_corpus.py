@@ -179,8 +179,8 @@ def test_interrupted_run_leaves_no_corpus_and_the_next_run_completes(
     assert not (tmp_path / "demo.partial").exists()
 
 
-def speech(voice: str, text: str = "the old farmer carried a heavy box") -> corpus._Speech:
-    return corpus._Speech(voice, text, 170, 50, 50, 7)
+def speech(voice: str, text: str = "the old farmer carried a heavy box") -> corpus.Speech:
+    return corpus.Speech(voice, text, 170, 50, 50, 7)
 
 
 def test_different_voices_differ_and_the_same_request_repeats_exactly(synthesizer):

@@ -34,7 +34,7 @@ def spoken_digits(folder: Path, count: int, seed: int = 0) -> Path:
     utterances = []
     for i in range(count):
         text = " ".join(rng.choice(DIGITS) for _ in range(rng.randint(2, 4)))
-        speech = corpus._Speech("en-us", text, rng.randint(160, 190), rng.randint(40, 60), 50, i)
+        speech = corpus.Speech("en-us", text, rng.randint(160, 190), rng.randint(40, 60), 50, i)
         pcm = synthesizer.synthesize(speech).astype(np.float32) / 32768
         wave = resample(torch.from_numpy(pcm)).numpy()
         path = folder / f"digits{i:03d}.wav"
