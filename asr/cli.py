@@ -98,8 +98,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="tokenizer JSON file to write")
     p.set_defaults(func=cmd_train_tokenizer)
 
-    p = sub.add_parser("export", help="turn a training checkpoint into a model.pt bundle")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("export", help="turn training checkpoints into a model.pt bundle")
+    p.add_argument("--checkpoint", nargs="+", required=True, help="several: their average")
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_export)
 

@@ -1,4 +1,6 @@
-"""What every recipe's `run.py` shares: numbered stages run from `--stage` to `--stop-stage`.
+"""What every recipe's `run.py` shares: numbered stages run from `--stage` to `--stop-stage`,
+`asr` commands printed and run in-process, and the test that decides whether a stage's output
+must be made again.
 
 A recipe (recipes/<corpus>/run.py) lists its stages as (name, function) pairs; `run_stages`
 checks the range, prints a header per stage and runs them in order, with the `asr` loggers at
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def run_stages(stages: Sequence[tuple[str, Callable[[], object]]], first: int, last: int) -> int:
@@ -22,3 +25,17 @@ def run_stages(stages: Sequence[tuple[str, Callable[[], object]]], first: int, l
         print(f"\n== stage {number}: {name}", flush=True)
         stage()
     return 0
+
+
+def run_asr(command: list[str]) -> None:
+    """One `asr` command, printed first (so a run can be replayed by hand), run in this process."""
+    from asr.cli import main
+
+    print("asr " + " ".join(command), flush=True)
+    if main(command) != 0:
+        raise SystemExit(f"failed: asr {' '.join(command)}")
+
+
+def up_to_date(output: Path, source: Path) -> bool:
+    """Whether `output` exists and was written after `source` (e.g. a WER summary and its model)."""
+    return output.is_file() and output.stat().st_mtime >= source.stat().st_mtime

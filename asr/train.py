@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,13 +191,23 @@ def export(
     return path
 
 
-def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
-    """A Lightning checkpoint of `AsrSystem` -> a `model.pt` bundle (`asr export`)."""
-    raw = safe_torch_load(checkpoint)
+def export_checkpoint(checkpoints: str | Path | Sequence[str | Path], output: str | Path) -> Path:
+    """Lightning checkpoint(s) of `AsrSystem` -> a `model.pt` bundle (`asr export`).
+
+    Several checkpoints of one run are averaged (`average_checkpoints`); the configuration and
+    tokenizer come from the last one.
+    """
+    paths = (
+        [Path(checkpoints)] if isinstance(checkpoints, str | Path) else list(map(Path, checkpoints))
+    )
+    if not paths:
+        raise ValueError("no checkpoints to export")
+    raw = safe_torch_load(paths[-1])
     if not isinstance(raw, dict) or "asr_config" not in raw:
-        raise ValueError(f"{checkpoint} is not a checkpoint written by `asr train`")
+        raise ValueError(f"{paths[-1]} is not a checkpoint written by `asr train`")
     config = from_dict(TrainConfig, raw["asr_config"])
     system = AsrSystem(config, tokenizer_from_dict(raw["asr_tokenizer"]))
-    system.load_state_dict(raw["state_dict"])
-    save_bundle(output, system.model, system.frontend, system.tokenizer, {"from": str(checkpoint)})
+    system.load_state_dict(average_checkpoints(paths) if len(paths) > 1 else raw["state_dict"])
+    info = {"from": [str(p) for p in paths] if len(paths) > 1 else str(paths[0])}
+    save_bundle(output, system.model, system.frontend, system.tokenizer, info)
     return Path(output)

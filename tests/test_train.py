@@ -159,6 +159,25 @@ def test_checkpoint_averaging_is_the_elementwise_mean(tmp_path: Path) -> None:
     assert int(averaged["count"]) == 2
 
 
+def test_asr_export_of_several_checkpoints_equals_the_averaged_model_of_training(
+    corpus: Path, tmp_path: Path
+) -> None:
+    exp = tmp_path / "exp"
+    args = overrides(corpus, exp, 4, "trainer.average_last_k=2")
+    assert main(["train", "--config", str(REPO / "configs/tiny.yaml"), *args]) == 0
+    steps = [exp / "checkpoints" / f"step-step={n}.ckpt" for n in (2, 4)]
+    exported = tmp_path / "exported.pt"
+    assert main(["export", "--checkpoint", *map(str, steps), "--output", str(exported)]) == 0
+    trained = load_bundle(exp / "model.pt").model.state_dict()
+    single = tmp_path / "single.pt"
+    assert main(["export", "--checkpoint", str(steps[1]), "--output", str(single)]) == 0
+    averaged = load_bundle(exported).model.state_dict()
+    assert trained.keys() == averaged.keys()
+    assert all(torch.equal(trained[k], averaged[k]) for k in trained)
+    last = load_bundle(single).model.state_dict()
+    assert any(not torch.equal(last[k], averaged[k]) for k in last)
+
+
 @pytest.mark.parametrize("schedule", ["noam", "cosine"])
 def test_lr_warms_up_linearly_then_decays(schedule: str) -> None:
     lrs = [lr_lambda(s, 10, schedule, 100, 0.01) for s in range(100)]

@@ -25,9 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from asr import an4
-from asr.cli import main as asr
 from asr.config import load_config
-from asr.recipe import run_stages
+from asr.recipe import run_asr, run_stages, up_to_date
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "an4.yaml"
@@ -49,13 +48,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or args.work_dir / "data"
     return args
-
-
-def run(command: list[str]) -> None:
-    """One `asr` command, printed first, run in this process."""
-    print("asr " + " ".join(command), flush=True)
-    if asr(command) != 0:
-        raise SystemExit(f"failed: asr {' '.join(command)}")
 
 
 def train_overrides(args: argparse.Namespace) -> list[str]:
@@ -82,7 +74,7 @@ def stage_tokenizer(args: argparse.Namespace) -> None:
     if Path(config.tokenizer.path).is_file():
         print(f"reusing the tokenizer {config.tokenizer.path}")
         return
-    run(["train-tokenizer", "--manifest", config.data.train_manifest, "--kind",
+    run_asr(["train-tokenizer", "--manifest", config.data.train_manifest, "--kind",
          config.tokenizer.kind, "--output", config.tokenizer.path])  # fmt: skip
 
 
@@ -92,7 +84,7 @@ def stage_train(args: argparse.Namespace) -> None:
     if model.is_file():
         print(f"reusing the trained model {model} (delete it to train again)")
         return
-    run(["train", "--config", str(CONFIG), *train_overrides(args)])
+    run_asr(["train", "--config", str(CONFIG), *train_overrides(args)])
 
 
 def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -103,9 +95,9 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     for name in ("val", "test"):
         out = exp_dir / "eval" / name
         summary = out / "summary.json"
-        if not summary.is_file() or summary.stat().st_mtime < model.stat().st_mtime:
+        if not up_to_date(summary, model):
             manifest = args.work_dir / "manifests" / f"{name}.jsonl"
-            run(["evaluate", "--model", str(model), "--manifest", str(manifest), "--output-dir",
+            run_asr(["evaluate", "--model", str(model), "--manifest", str(manifest), "--output-dir",
                  str(out), "--device", args.device])  # fmt: skip
         scores = json.loads(summary.read_text())
         results[name] = {"wer": 100 * scores["wer"], "cer": 100 * scores["cer"]}

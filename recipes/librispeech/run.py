@@ -32,9 +32,8 @@ from pathlib import Path
 import torch
 
 from asr import librispeech
-from asr.cli import main as asr
 from asr.config import TrainConfig, load_config
-from asr.recipe import run_stages
+from asr.recipe import run_asr, run_stages, up_to_date
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("download", "manifests", "tokenizer", "train", "average", "evaluate")
@@ -64,13 +63,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _comma_list(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
-
-
-def run(command: list[str]) -> None:
-    """One `asr` command, printed first, run in this process."""
-    print("asr " + " ".join(command), flush=True)
-    if asr(command) != 0:
-        raise SystemExit(f"failed: asr {' '.join(command)}")
 
 
 def config_path(args: argparse.Namespace) -> Path:
@@ -116,7 +108,7 @@ def stage_tokenizer(args: argparse.Namespace) -> None:
     if Path(tok.path).is_file():
         print(f"reusing the tokenizer {tok.path}")
         return
-    run(["train-tokenizer", "--manifest", config.data.train_manifest, "--kind", tok.kind,
+    run_asr(["train-tokenizer", "--manifest", config.data.train_manifest, "--kind", tok.kind,
          "--vocab-size", str(tok.vocab_size), "--output", tok.path])  # fmt: skip
 
 
@@ -125,13 +117,13 @@ def stage_train(args: argparse.Namespace) -> None:
     if model.is_file():
         print(f"reusing the trained model {model} (delete it to train again)")
         return
-    run(["train", "--config", str(config_path(args)), *train_overrides(args)])
+    run_asr(["train", "--config", str(config_path(args)), *train_overrides(args)])
 
 
 def stage_average(args: argparse.Namespace) -> None:
     """Mean of the (up to --num-average) checkpoints with the best validation WER, exported as
     model_best<k>.pt, k the number averaged."""
-    from asr.train import average_checkpoints, export_checkpoint
+    from asr.train import export_checkpoint
 
     exp_dir = Path(training_config(args).exp_dir)
     best = sorted(exp_dir.glob("checkpoints/best-*.ckpt"), key=_val_wer)[: args.num_average]
@@ -142,15 +134,7 @@ def stage_average(args: argparse.Namespace) -> None:
     if len(best) < 2:
         print(f"nothing to average: {len(best)} best-*.ckpt in {exp_dir / 'checkpoints'}")
         return
-    first = torch.load(best[0], map_location="cpu", weights_only=False)
-    # export_checkpoint reads a file: a temporary one, removed once model_best<k>.pt is written
-    averaged = exp_dir / f".averaged-best{len(best)}.ckpt"
-    keep = {key: first[key] for key in ("asr_config", "asr_tokenizer")}
-    torch.save({**keep, "state_dict": average_checkpoints(best)}, averaged)
-    try:
-        export_checkpoint(averaged, output)
-    finally:
-        averaged.unlink()
+    export_checkpoint(best, output)
     print(f"mean of {[p.name for p in best]} -> {output}")
 
 
@@ -168,9 +152,9 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         for part in [*args.dev_parts, *args.test_parts]:
             out = exp_dir / "eval" / model.stem / part
             summary = out / "summary.json"
-            if not summary.is_file() or summary.stat().st_mtime < model.stat().st_mtime:
+            if not up_to_date(summary, model):
                 manifest = args.work_dir / "manifests" / f"{part}.jsonl"
-                run(["evaluate", "--model", str(model), "--manifest", str(manifest),
+                run_asr(["evaluate", "--model", str(model), "--manifest", str(manifest),
                      "--output-dir", str(out), "--device", args.device])  # fmt: skip
             results[model.name][part] = 100 * json.loads(summary.read_text())["wer"]
     write_results(exp_dir / "RESULTS.md", results, args)
