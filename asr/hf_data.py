@@ -114,7 +114,27 @@ def load_hf_utterances(
     return HFUtterances(loaded, audio_column, text_column)
 
 
-class HFAudioDataset(torch.utils.data.Dataset):
+class _HFRows:
+    """What both Hugging Face datasets keep: the rows, how to make items of them (the tokenizer,
+    the sample rate, the waveform augmentation and its seed), the epoch and the failure count."""
+
+    def __init__(
+        self,
+        source: HFUtterances,
+        tokenizer: Tokenizer,
+        sample_rate: int = 16000,
+        wave_augment: Callable[[Tensor, random.Random], Tensor] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.source, self.tokenizer, self.sample_rate = source, tokenizer, sample_rate
+        self.wave_augment, self.seed = wave_augment, seed
+        self.epoch = self.num_failed = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class HFAudioDataset(_HFRows, torch.utils.data.Dataset):
     """`AudioDataset` for a map-style Hugging Face dataset (`HFUtterances`, not streaming).
 
     A row whose audio cannot be decoded, or whose text is empty or has characters the tokenizer
@@ -131,15 +151,10 @@ class HFAudioDataset(torch.utils.data.Dataset):
     ) -> None:
         if source.streaming:
             raise ValueError("HFAudioDataset needs a map-style dataset; use HFIterableAudioDataset")
-        self.source, self.tokenizer, self.sample_rate = source, tokenizer, sample_rate
-        self.wave_augment, self.seed = wave_augment, seed
-        self.epoch = self.num_failed = 0
+        super().__init__(source, tokenizer, sample_rate, wave_augment, seed)
 
     def __len__(self) -> int:
         return len(self.source)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def durations(self) -> list[float]:
         return self.source.durations()
@@ -148,9 +163,7 @@ class HFAudioDataset(torch.utils.data.Dataset):
         return _hf_item(self, self.source.dataset[index], index)
 
 
-def _hf_item(
-    dataset: HFAudioDataset | HFIterableAudioDataset, row: dict[str, Any], index: int
-) -> dict[str, Any] | None:
+def _hf_item(dataset: _HFRows, row: dict[str, Any], index: int) -> dict[str, Any] | None:
     try:
         # No filter_utterances runs before a Hugging Face dataset: the text is checked here.
         text = _checked_text(row[dataset.source.text_column], dataset.tokenizer)
@@ -174,7 +187,7 @@ def _checked_text(text: Any, tokenizer: Tokenizer) -> str:
     return text
 
 
-class HFIterableAudioDataset(torch.utils.data.IterableDataset):
+class HFIterableAudioDataset(_HFRows, torch.utils.data.IterableDataset):
     """The items of `AudioDataset` from a streaming (or map-style) Hugging Face dataset.
 
     Each row is produced exactly once across distributed ranks and DataLoader workers. Streaming:
@@ -199,12 +212,7 @@ class HFIterableAudioDataset(torch.utils.data.IterableDataset):
         initialized = dist.is_available() and dist.is_initialized()
         self.num_replicas = num_replicas or (dist.get_world_size() if initialized else 1)
         self.rank = rank if rank is not None else (dist.get_rank() if initialized else 0)
-        self.source, self.tokenizer, self.sample_rate = source, tokenizer, sample_rate
-        self.wave_augment, self.seed = wave_augment, seed
-        self.epoch = self.num_failed = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(source, tokenizer, sample_rate, wave_augment, seed)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
