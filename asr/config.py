@@ -40,8 +40,15 @@ class EncoderConfig:
     style_tokens: bool = False
     num_style_tokens: int = 10
     style_token_heads: int = 4
+    # Intermediate CTC (Lee & Watanabe 2021): blocks (1-based, before the last) whose outputs
+    # also feed the CTC head during training, each with its own loss.
+    inter_ctc_layers: tuple[int, ...] = ()
+    # Self-conditioned CTC (Nozaki & Komatsu 2021): at those blocks, add Linear(V, D) of the
+    # head's softmax back into the stream, so later blocks refine an explicit guess.
+    self_conditioning: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "inter_ctc_layers", tuple(self.inter_ctc_layers))
         _check_positive(self, "encoder", "feat_dim", "d_model", "num_layers", "num_heads")
         _check_positive(self, "encoder", "ff_mult", "subsampling_channels")
         _check_positive(self, "encoder", "num_style_tokens", "style_token_heads")
@@ -64,6 +71,14 @@ class EncoderConfig:
             raise ValueError(
                 f"encoder.subsampling_factor must be 4 or 8, got {self.subsampling_factor}"
             )
+        layers = self.inter_ctc_layers
+        if any(not 1 <= i < self.num_layers for i in layers) or len(set(layers)) != len(layers):
+            raise ValueError(
+                f"encoder.inter_ctc_layers must be distinct blocks in [1, num_layers - 1] = "
+                f"[1, {self.num_layers - 1}], got {list(layers)}"
+            )
+        if self.self_conditioning and not layers:
+            raise ValueError("encoder.self_conditioning needs encoder.inter_ctc_layers")
         _check_choice(self, "encoder", "activation", ACTIVATIONS)
         _check_choice(self, "encoder", "conv_norm", CONV_NORMS)
         for name in ("dropout", "attn_dropout"):
@@ -184,9 +199,12 @@ class OptimConfig:
     schedule: str = "noam"  # "noam" | "cosine"
     min_lr_ratio: float = 0.01
     grad_clip: float = 5.0
+    # The objective: (1 - w) * CTC of the last block + w * mean CTC of encoder.inter_ctc_layers.
+    inter_ctc_weight: float = 0.3
 
     def __post_init__(self) -> None:
         _check_choice(self, "optim", "schedule", ("noam", "cosine"))
+        _check_at_least(self, "optim", 0.0, "inter_ctc_weight", high=1.0)
         _check_positive(self, "optim", "lr")
         _check_at_least(self, "optim", 0, "weight_decay", "warmup_steps", "grad_clip")
         _check_at_least(self, "optim", 0.0, "min_lr_ratio", high=1.0)

@@ -1,5 +1,12 @@
 """`CtcModel`: the Conformer encoder with a linear CTC head (Graves et al. 2006), and its loss.
 
+Optionally with intermediate CTC (Lee & Watanabe 2021, "Intermediate Loss Regularization for
+CTC-based Speech Recognition"): the outputs of `config.inter_ctc_layers` go through the same head
+and get their own CTC loss in training; and self-conditioning (Nozaki & Komatsu 2021,
+"Relaxing the Conditional Independence Assumption of CTC-based ASR by Conditioning on
+Intermediate Predictions"): the softmax of those intermediate predictions is projected back to
+D and added to the stream, in training and inference alike.
+
 Plain `nn.Module`; the features front end and the tokenizer travel beside it in the model bundle.
 Symbols: B batch, T feature frames, T' encoder frames, F feature bins, D width, V vocabulary.
 """
@@ -29,6 +36,8 @@ class CtcModel(nn.Module):
         self.vocab_size = vocab_size
         self.encoder = ConformerEncoder(config)
         self.head = nn.Linear(config.d_model, vocab_size)
+        # One projection shared by all conditioned blocks, as in the paper and ESPnet.
+        self.condition = nn.Linear(vocab_size, config.d_model) if config.self_conditioning else None
 
     def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder.output_lengths(feat_lengths)
@@ -37,9 +46,34 @@ class CtcModel(nn.Module):
         self, feats: torch.Tensor, feat_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, F), feat_lengths (B,) -> (log_probs (B, T', V) float32, out_lengths (B,))."""
-        x, out_lengths = self.encoder(feats, feat_lengths)  # (B, T', D)
-        logits = self.head(x).float()  # (B, T', V): the softmax in float32 even under autocast
-        return logits.log_softmax(dim=-1), out_lengths
+        if self.condition is None:  # nothing happens between blocks: no hook
+            x, out_lengths = self.encoder(feats, feat_lengths)  # (B, T', D)
+            return self.log_probs(x), out_lengths
+        log_probs, out_lengths, _ = self.forward_intermediate(feats, feat_lengths)
+        return log_probs, out_lengths
+
+    def forward_intermediate(
+        self, feats: torch.Tensor, feat_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """As `forward`, plus the log-probs (B, T', V) of each of `config.inter_ctc_layers`."""
+        layers = set(self.config.inter_ctc_layers)
+        intermediate: list[torch.Tensor] = []
+
+        def after_block(i: int, x: torch.Tensor) -> torch.Tensor:
+            if i not in layers:
+                return x
+            log_probs = self.log_probs(x)  # (B, T', V)
+            intermediate.append(log_probs)
+            if self.condition is None:
+                return x
+            return x + self.condition(log_probs.exp().to(x.dtype))
+
+        x, out_lengths = self.encoder(feats, feat_lengths, after_block if layers else None)
+        return self.log_probs(x), out_lengths, intermediate
+
+    def log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T', D) -> log-softmax of the head (B, T', V), in float32 even under autocast."""
+        return self.head(x).float().log_softmax(dim=-1)
 
 
 def ctc_loss(

@@ -78,8 +78,16 @@ class AsrSystem(L.LightningModule):
             return None
         norm_stats = self._running_stats()
         feats, feat_lengths = self.features(batch, augment=True)
-        log_probs, out_lengths = self.model(feats, feat_lengths)
+        log_probs, out_lengths, intermediate = self.model.forward_intermediate(feats, feat_lengths)
         loss = ctc_loss(log_probs, out_lengths, batch.targets, batch.target_lengths)
+        if intermediate:
+            inter = sum(
+                ctc_loss(lp, out_lengths, batch.targets, batch.target_lengths)
+                for lp in intermediate
+            ) / len(intermediate)
+            weight = self.config.optim.inter_ctc_weight
+            self.log("train_inter_ctc", inter, batch_size=len(batch))
+            loss = (1 - weight) * loss + weight * inter
         if not torch.isfinite(loss):
             # The forward pass has already folded this batch into the batch-norm statistics.
             self.model.load_state_dict(norm_stats, strict=False)

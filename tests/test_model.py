@@ -9,6 +9,7 @@ import torch
 
 from asr import ConformerEncoder, CtcModel, EncoderConfig
 from asr.model import ctc_loss
+from asr.modules.masks import make_pad_mask
 
 TINY = EncoderConfig(
     feat_dim=20, d_model=32, num_layers=2, num_heads=4, ff_mult=2, conv_kernel_size=5,
@@ -31,8 +32,9 @@ def padded_batch(lengths: list[int], feat_dim: int, seed: int = 0) -> tuple[list
         TINY,
         dataclasses.replace(TINY, subsampling_factor=8),
         dataclasses.replace(TINY, style_tokens=True),
+        dataclasses.replace(TINY, inter_ctc_layers=(1,), self_conditioning=True),
     ],
-    ids=["4x", "8x", "style"],
+    ids=["4x", "8x", "style", "self-conditioned"],
 )
 def test_each_padded_item_equals_the_item_alone(config: EncoderConfig) -> None:
     torch.manual_seed(0)
@@ -61,30 +63,36 @@ FIELD_CHANGES = {
     "conv_kernel_size": 7, "subsampling_factor": 8, "subsampling_channels": 4, "dropout": 0.3,
     "attn_dropout": 0.5, "activation": "leaky_relu", "conv_norm": "layer_norm",
     "style_tokens": True, "num_style_tokens": 4, "style_token_heads": 2,
+    "inter_ctc_layers": (1,), "self_conditioning": True,
 }  # fmt: skip
 
 
 def fingerprint(config: EncoderConfig) -> tuple:
-    """Parameter names and shapes, plus a train-mode output under a fixed seed."""
+    """Parameter names and shapes, plus the train-mode outputs (final and intermediate
+    log-probs) of a CtcModel under a fixed seed."""
     torch.manual_seed(0)
-    encoder = ConformerEncoder(config).train()
-    shapes = tuple((k, tuple(v.shape)) for k, v in encoder.state_dict().items())
+    model = CtcModel(config, vocab_size=7).train()
+    shapes = tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
     torch.manual_seed(1)
-    out, _ = encoder(torch.ones(2, 40, config.feat_dim).cumsum(1).sin(), torch.tensor([40, 33]))
-    return shapes, out.detach()
+    feats = torch.ones(2, 40, config.feat_dim).cumsum(1).sin()
+    log_probs, _, inter = model.forward_intermediate(feats, torch.tensor([40, 33]))
+    return shapes, [t.detach() for t in (log_probs, *inter)]
 
 
 def test_every_encoder_config_field_changes_the_model_or_its_output() -> None:
     assert set(FIELD_CHANGES) == {f.name for f in dataclasses.fields(EncoderConfig)}
     for name, value in FIELD_CHANGES.items():
         base = dataclasses.replace(
-            TINY, style_tokens=name.startswith(("num_style", "style_token_"))
+            TINY,
+            style_tokens=name.startswith(("num_style", "style_token_")),
+            inter_ctc_layers=(1,) if name == "self_conditioning" else (),
         )
         changed = dataclasses.replace(base, **{name: value})
-        (shapes_a, out_a), (shapes_b, out_b) = fingerprint(base), fingerprint(changed)
-        assert (
-            shapes_a != shapes_b or out_a.shape != out_b.shape or not torch.allclose(out_a, out_b)
-        ), f"changing {name} changed nothing"
+        (shapes_a, outs_a), (shapes_b, outs_b) = fingerprint(base), fingerprint(changed)
+        same_outputs = len(outs_a) == len(outs_b) and all(
+            a.shape == b.shape and torch.allclose(a, b) for a, b in zip(outs_a, outs_b)
+        )
+        assert shapes_a != shapes_b or not same_outputs, f"changing {name} changed nothing"
 
 
 def test_default_encoder_has_no_style_weights() -> None:
@@ -115,12 +123,72 @@ def batch_for_ctc(seed: int = 0) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("style", [False, True])
 def test_gradients_reach_every_parameter(style: bool) -> None:
     model = CtcModel(dataclasses.replace(TINY, style_tokens=style), vocab_size=11).train()
+    assert model.condition is None
     feats, feat_lengths, targets, target_lengths = batch_for_ctc()
     log_probs, out_lengths = model(feats, feat_lengths)
     ctc_loss(log_probs, out_lengths, targets, target_lengths).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None, name
         assert param.grad.abs().sum() > 0, name
+
+
+def test_intermediate_ctc_is_the_shared_head_on_that_blocks_output() -> None:
+    config = dataclasses.replace(TINY, num_layers=3, inter_ctc_layers=(2, 1))
+    model = CtcModel(config, vocab_size=11).eval()
+    feats, feat_lengths = batch_for_ctc()[:2]
+    log_probs, _, inter = model.forward_intermediate(feats, feat_lengths)
+    torch.testing.assert_close(log_probs, model(feats, feat_lengths)[0])  # no conditioning
+    # Reference: run the blocks by hand and apply the head after blocks 1 and 2.
+    x, lengths = model.encoder.subsampling(feats, feat_lengths)
+    pad_mask = make_pad_mask(lengths, x.shape[1])
+    pos_emb = model.encoder.pos_enc(x.shape[1])
+    expected = []
+    for block in model.encoder.blocks[:2]:
+        x = block(x, pos_emb, pad_mask)
+        expected.append(model.head(x).log_softmax(-1))
+    assert len(inter) == 2  # in block order, whatever the order in the config
+    for got, want in zip(inter, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_self_conditioning_adds_the_projected_intermediate_posteriors() -> None:
+    torch.manual_seed(0)
+    plain = CtcModel(dataclasses.replace(TINY, inter_ctc_layers=(1,)), vocab_size=11).eval()
+    config = dataclasses.replace(TINY, inter_ctc_layers=(1,), self_conditioning=True)
+    conditioned = CtcModel(config, vocab_size=11).eval()
+    missing = conditioned.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["condition.weight", "condition.bias"]
+    feats, feat_lengths = batch_for_ctc()[:2]
+    with torch.no_grad():
+        assert not torch.allclose(
+            plain(feats, feat_lengths)[0], conditioned(feats, feat_lengths)[0]
+        )
+        conditioned.condition.weight.zero_()
+        conditioned.condition.bias.zero_()  # adds nothing: the plain model again
+        torch.testing.assert_close(
+            plain(feats, feat_lengths)[0], conditioned(feats, feat_lengths)[0]
+        )
+
+
+def test_tiny_self_conditioned_model_with_intermediate_losses_overfits() -> None:
+    torch.manual_seed(0)
+    config = dataclasses.replace(
+        TINY, dropout=0.0, attn_dropout=0.0, inter_ctc_layers=(1,), self_conditioning=True
+    )
+    model = CtcModel(config, vocab_size=11).train()
+    feats, feat_lengths, targets, target_lengths = batch_for_ctc()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        optimizer.zero_grad()
+        log_probs, out_lengths, (inter,) = model.forward_intermediate(feats, feat_lengths)
+        final = ctc_loss(log_probs, out_lengths, targets, target_lengths)
+        loss = 0.5 * final + 0.5 * ctc_loss(inter, out_lengths, targets, target_lengths)
+        loss.backward()
+        optimizer.step()
+        losses.append(final.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_log_probs_are_normalized_and_blank_is_id_zero() -> None:

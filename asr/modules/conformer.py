@@ -8,6 +8,8 @@ features 4x (or 8x) with convolutions first. `EncoderConfig` unpacks into module
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -105,25 +107,38 @@ class ConformerEncoder(nn.Module):
         return self.subsampling.output_lengths(feat_lengths)
 
     def forward(
-        self, feats: torch.Tensor, feat_lengths: torch.Tensor
+        self,
+        feats: torch.Tensor,
+        feat_lengths: torch.Tensor,
+        after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, F), feat_lengths (B,) -> (out (B, T', D), out_lengths (B,)).
 
-        Padded output frames (t >= out_lengths[b]) are zero.
+        Padded output frames (t >= out_lengths[b]) are zero. `after_block`: see `forward_blocks`.
         """
         x, out_lengths = self.subsampling(feats, feat_lengths)  # (B, T', D)
         if self.style is not None:
             embedding, _ = self.style(feats, feat_lengths)  # (B, D)
             x = x + embedding.unsqueeze(1)
-        return self.forward_blocks(self.input_dropout(x), out_lengths), out_lengths
+        x = self.forward_blocks(self.input_dropout(x), out_lengths, after_block)
+        return x, out_lengths
 
-    def forward_blocks(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward_blocks(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The Conformer blocks alone: x (B, T', D) after subsampling, lengths (B,) -> (B, T', D).
 
+        `after_block(i, x)`, if given, sees the output of block i (1-based, (B, T', D)) and
+        returns the input of the next one: the hook of intermediate CTC and self-conditioning.
         Padded output frames (t >= lengths[b]) are zero.
         """
         pad_mask = make_pad_mask(lengths, x.shape[1])  # (B, T')
         pos_emb = self.pos_enc(x.shape[1])  # (2T'-1, D)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks, start=1):
             x = block(x, pos_emb, pad_mask)
+            if after_block is not None and i < len(self.blocks):
+                x = after_block(i, x)
         return x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
