@@ -34,6 +34,7 @@ FULL_CORPUS = dict(num_train=4000, num_val=100, num_test=200)
 QUICK_CORPUS = dict(num_train=60, num_val=6, num_test=6, num_voices=12)
 QUICK_OVERRIDES = (
     "encoder.num_layers=2",
+    "encoder.inter_ctc_layers=[1]",
     "data.max_batch_seconds=15",
     "trainer.max_steps=12",
     "trainer.val_every_n_steps=6",

@@ -97,3 +97,28 @@ def ctc_loss(
         reduction="mean",
         zero_infinity=True,
     )
+
+
+def ctc_objective(
+    model: CtcModel,
+    feats: torch.Tensor,
+    feat_lengths: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    inter_weight: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss: (1 - w) * CTC(last block) + w * mean CTC(intermediate blocks), or the
+    plain CTC loss when the model has no `inter_ctc_layers`; plus its parts for logging.
+
+    feats (B, T, F), feat_lengths (B,), targets (B, S) padded, target_lengths (B,) -> (loss (),
+    {"ctc": (), "inter_ctc": ()}).
+    """
+    log_probs, out_lengths, intermediate = model.forward_intermediate(feats, feat_lengths)
+    final = ctc_loss(log_probs, out_lengths, targets, target_lengths)
+    if not intermediate:
+        return final, {"ctc": final}
+    inter = torch.stack(
+        [ctc_loss(lp, out_lengths, targets, target_lengths) for lp in intermediate]
+    ).mean()
+    loss = (1 - inter_weight) * final + inter_weight * inter
+    return loss, {"ctc": final, "inter_ctc": inter}

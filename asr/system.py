@@ -23,7 +23,7 @@ from asr.augment import SpecAugment
 from asr.config import TrainConfig, to_dict
 from asr.decoding import greedy_decode
 from asr.evaluate import ErrorCounts, count_char_errors, count_word_errors
-from asr.model import CtcModel, ctc_loss
+from asr.model import CtcModel, ctc_loss, ctc_objective
 from asr.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -78,22 +78,23 @@ class AsrSystem(L.LightningModule):
             return None
         norm_stats = self._running_stats()
         feats, feat_lengths = self.features(batch, augment=True)
-        log_probs, out_lengths, intermediate = self.model.forward_intermediate(feats, feat_lengths)
-        loss = ctc_loss(log_probs, out_lengths, batch.targets, batch.target_lengths)
-        if intermediate:
-            inter = sum(
-                ctc_loss(lp, out_lengths, batch.targets, batch.target_lengths)
-                for lp in intermediate
-            ) / len(intermediate)
-            weight = self.config.optim.inter_ctc_weight
-            self.log("train_inter_ctc", inter, batch_size=len(batch))
-            loss = (1 - weight) * loss + weight * inter
+        loss, parts = ctc_objective(
+            self.model,
+            feats,
+            feat_lengths,
+            batch.targets,
+            batch.target_lengths,
+            self.config.optim.inter_ctc_weight,
+        )
         if not torch.isfinite(loss):
             # The forward pass has already folded this batch into the batch-norm statistics.
             self.model.load_state_dict(norm_stats, strict=False)
             return self._skip_step(batch)
         self.bad_steps = 0
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
+        if "inter_ctc" in parts:  # the two parts of the objective, to see each one learn
+            self.log("train_ctc", parts["ctc"], batch_size=len(batch))
+            self.log("train_inter_ctc", parts["inter_ctc"], batch_size=len(batch))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         return loss
 

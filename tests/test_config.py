@@ -36,7 +36,10 @@ def test_config_round_trips_through_yaml(tmp_path) -> None:
         ("encoder.conv_kernel_size=4", "conv_kernel_size must be a positive odd number"),
         ("model=huge", "unknown encoder preset 'huge'"),
         ("optim.schedule=linear", "schedule must be one of"),
-        ("encoder.inter_ctc_layers=[2]", r"inter_ctc_layers must be distinct blocks in .* = \[1, 1\], got \[2\]"),
+        (
+            "encoder.inter_ctc_layers=[2]",
+            r"inter_ctc_layers must be distinct blocks in .* = \[1, 1\], got \[2\]",
+        ),
         ("encoder.inter_ctc_layers=[1,1]", r"got \[1, 1\]"),
         ("encoder.self_conditioning=true", "self_conditioning needs encoder.inter_ctc_layers"),
         ("optim.inter_ctc_weight=1.5", "optim.inter_ctc_weight"),

@@ -64,13 +64,15 @@ def test_voices_and_their_variants_are_disjoint_between_splits(small_corpus):
     assert len(speakers["train"]) == 4
 
 
-def test_default_config_has_48_voices_with_disjoint_variants():
+def test_default_config_has_400_voices_with_disjoint_variants():
     voices = make_voices(CorpusConfig())
-    assert {s: len(v) for s, v in voices.items()} == {"train": 36, "val": 5, "test": 7}
+    assert {s: len(v) for s, v in voices.items()} == {"train": 300, "val": 40, "test": 60}
     variants = {s: {v.variant for v in voices[s]} for s in SPLITS}
     assert not variants["train"] & (variants["val"] | variants["test"])
     assert not variants["val"] & variants["test"]
-    assert len({v.id for s in SPLITS for v in voices[s]}) == 48
+    assert len({v.id for s in SPLITS for v in voices[s]}) == 400
+    # Every variant of a split speaks, in several accents.
+    assert all(len(variants[s]) * 5 <= len(voices[s]) for s in SPLITS)
 
 
 def test_test_sentences_never_occur_in_train_or_val(small_corpus):

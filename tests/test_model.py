@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from asr import ConformerEncoder, CtcModel, EncoderConfig
-from asr.model import ctc_loss
+from asr.model import ctc_loss, ctc_objective
 from asr.modules.masks import make_pad_mask
 
 TINY = EncoderConfig(
@@ -189,6 +189,24 @@ def test_tiny_self_conditioned_model_with_intermediate_losses_overfits() -> None
         losses.append(final.item())
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_objective_mixes_final_and_intermediate_ctc_by_the_weight(weight: float) -> None:
+    config = dataclasses.replace(TINY, num_layers=3, inter_ctc_layers=(1, 2))
+    model = CtcModel(config, vocab_size=11).eval()
+    feats, feat_lengths, targets, target_lengths = batch_for_ctc()
+    loss, parts = ctc_objective(model, feats, feat_lengths, targets, target_lengths, weight)
+    log_probs, out_lengths, inter = model.forward_intermediate(feats, feat_lengths)
+    final = ctc_loss(log_probs, out_lengths, targets, target_lengths)
+    mean_inter = sum(ctc_loss(lp, out_lengths, targets, target_lengths) for lp in inter) / 2
+    torch.testing.assert_close(loss, (1 - weight) * final + weight * mean_inter)
+    torch.testing.assert_close(parts["inter_ctc"], mean_inter)
+    assert not torch.allclose(final, mean_inter)  # the weight matters
+    plain = CtcModel(TINY, vocab_size=11).eval()  # no intermediate layers: plain CTC
+    loss, parts = ctc_objective(plain, feats, feat_lengths, targets, target_lengths, weight)
+    torch.testing.assert_close(loss, ctc_loss(*plain(feats, feat_lengths), targets, target_lengths))
+    assert set(parts) == {"ctc"}
 
 
 def test_log_probs_are_normalized_and_blank_is_id_zero() -> None:
