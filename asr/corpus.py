@@ -34,15 +34,9 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
+from asr.bars import stage_columns
 from asr.corpus_words import generate_sentences, vocabulary
 from asr.espeak import ESPEAK_SAMPLE_RATE, Speech, Synthesizer, find_synthesizer
 
@@ -313,8 +307,6 @@ def _existing_corpus(out_dir: Path, config: CorpusConfig) -> bool:
 def _render_all(jobs: list[_Job], synthesizer: Synthesizer, root: Path, config: CorpusConfig,
                 progress: bool) -> dict[str, float]:  # fmt: skip
     """Render every job into root; returns {relative path: duration}."""
-    columns = (TextColumn("synthesizing corpus"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())  # fmt: skip
     durations: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
         if config.num_workers == 1:
@@ -330,7 +322,9 @@ def _render_all(jobs: list[_Job], synthesizer: Synthesizer, root: Path, config: 
             pool = ProcessPoolExecutor(config.num_workers, context, _init_worker, init)
             stack.callback(pool.shutdown, cancel_futures=True)  # Ctrl-C stops at once
             results = pool.map(_render, jobs, chunksize=8)  # workers start before any thread
-        bar = stack.enter_context(Progress(*columns, disable=not progress))
+        bar = stack.enter_context(
+            Progress(*stage_columns("synthesizing corpus"), disable=not progress)
+        )
         task = bar.add_task("synthesize", total=len(jobs))
         for path, duration in results:
             durations[path] = duration

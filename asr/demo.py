@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
+from asr.bars import stage_columns
 from asr.corpus import CorpusConfig, make_demo_corpus
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -129,9 +130,7 @@ def build_lm(work_dir: Path, corpus_dir: Path, model_path: Path) -> tuple[Path, 
 def transcribe_with_progress(model: Any, segments: list, label: str, **decoding: Any) -> list:
     """`model.transcribe` over `segments` in slices, with a progress bar and an ETA."""
     results = []
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns) as bar:
+    with Progress(*stage_columns(label)) as bar:
         task = bar.add_task(label, total=len(segments))
         for start in range(0, len(segments), EVAL_BATCH):
             chunk = segments[start : start + EVAL_BATCH]

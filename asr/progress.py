@@ -14,14 +14,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, TextColumn
+
+from asr.bars import stage_columns
 
 
 class StepProgressBar(ProgressBar):
@@ -46,13 +41,7 @@ class StepProgressBar(ProgressBar):
             return
         total = trainer.estimated_stepping_batches  # max_steps, or epochs x batches per epoch
         self._progress = Progress(
-            TextColumn("training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("steps"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            *stage_columns("training", "steps"),
             TextColumn("{task.fields[metrics]}"),
             console=self.console,
         )
