@@ -7,18 +7,21 @@ print(model.transcribe(["audio.flac"])[0].text)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from asr.config import EncoderConfig
 from asr.model import CtcModel
 from asr.modules.conformer import ConformerEncoder
 
+if TYPE_CHECKING:
+    from asr.inference.transcribe import Transcriber
+
 __all__ = ["ConformerEncoder", "CtcModel", "EncoderConfig", "load_model"]
 __version__ = "0.1.0"
 
 
-def load_model(path: str, device: str = "cpu") -> Any:
-    """Load a self-contained model bundle (`model.pt`) for transcription. See `asr.transcribe`."""
-    from asr.transcribe import load_model as _load
+def load_model(path: str, device: str = "cpu") -> Transcriber:
+    """Load a model bundle (`model.pt`) for transcription: see `asr.inference.transcribe`."""
+    from asr.inference.transcribe import load_model as _load
 
     return _load(path, device=device)

@@ -1,6 +1,6 @@
 """The columns of every progress bar the toolkit shows (corpus synthesis, training, evaluation).
 
-Kept apart from `asr.progress`, which imports Lightning, so that making a corpus or transcribing
+Kept apart from `asr.training.progress`, which imports Lightning, so that making a corpus or transcribing
 does not pay for importing it.
 """
 

@@ -1,10 +1,10 @@
 """`asr demo`: the whole toolkit on a laptop CPU, no download and no GPU, in numbered stages.
 
-    1. corpus      synthesize a spoken corpus with eSpeak NG (`asr.corpus.make_demo_corpus`)
-    2. train       a small Conformer-CTC with `configs/demo.yaml`, through `asr.train.train`:
+    1. corpus      synthesize a spoken corpus with eSpeak NG (`asr.corpora.synthetic.make_demo_corpus`)
+    2. train       a small Conformer-CTC with `configs/demo.yaml`, through `asr.training.train.train`:
                    the code `asr train` runs
     3. lm          a word 3-gram (interpolated Kneser-Ney) and a lexicon from the training
-                   transcripts only (`asr.lm`)
+                   transcripts only (`asr.inference.lm`)
     4. evaluate    the held-out test voices and sentences: greedy CTC, then beam search with the
                    lexicon and the LM; each writes an `asr evaluate` report folder
     5. transcribe  one test file, printed with its word timings
@@ -17,18 +17,16 @@ resumes from its last checkpoint if it was interrupted) and the LM, and says so.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.progress import Progress
+from asr.corpora.synthetic import CorpusConfig, make_demo_corpus
 
-from asr.bars import stage_columns
-from asr.corpus import CorpusConfig, make_demo_corpus
+if TYPE_CHECKING:
+    from asr.inference.decoding import DecodingOptions
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 FULL_CORPUS = dict(num_train=4000, num_val=100, num_test=200)
@@ -42,9 +40,6 @@ QUICK_OVERRIDES = (
     "trainer.average_last_k=2",
 )
 LM_ORDER = 3
-# Beam search with the lexicon and the 3-gram LM (flashlight's ctc_decoder).
-BEAM = dict(beam_size=50, lm_weight=1.0, word_score=0.0)
-EVAL_BATCH = 25  # utterances per transcription call: one progress bar tick
 
 
 def _stage(number: int, title: str) -> float:
@@ -74,7 +69,7 @@ def train_model(work_dir: Path, corpus_dir: Path, seed: int, quick: bool,
     """Stage 2: `asr train --config configs/demo.yaml` on the corpus, unless model.pt exists."""
     from asr.checkpoint import load_bundle
     from asr.config import load_config
-    from asr.train import train
+    from asr.training.train import train
 
     exp_dir = work_dir / "exp"
     config = load_config(
@@ -105,8 +100,9 @@ def train_model(work_dir: Path, corpus_dir: Path, seed: int, quick: bool,
 def build_lm(work_dir: Path, corpus_dir: Path, model_path: Path) -> tuple[Path, Path]:
     """Stage 3: word 3-gram ARPA and lexicon from the training transcripts only."""
     from asr.checkpoint import load_bundle
-    from asr.data import read_manifest
-    from asr.lm import read_arpa, train_ngram, write_lexicon
+    from asr.data.manifest import read_manifest
+    from asr.inference.lexicon import write_lexicon
+    from asr.inference.lm import read_arpa, train_ngram
 
     lm_dir = work_dir / "lm"
     arpa, lexicon = lm_dir / f"words.{LM_ORDER}gram.arpa", lm_dir / "lexicon.txt"
@@ -127,45 +123,22 @@ def build_lm(work_dir: Path, corpus_dir: Path, model_path: Path) -> tuple[Path, 
     return arpa, lexicon
 
 
-def transcribe_with_progress(model: Any, segments: list, label: str, **decoding: Any) -> list:
-    """`model.transcribe` over `segments` in slices, with a progress bar and an ETA."""
-    results = []
-    with Progress(*stage_columns(label)) as bar:
-        task = bar.add_task(label, total=len(segments))
-        for start in range(0, len(segments), EVAL_BATCH):
-            chunk = segments[start : start + EVAL_BATCH]
-            results += model.transcribe(chunk, **decoding)
-            bar.advance(task, len(chunk))
-    return results
-
-
 def evaluate_split(model: Any, corpus_dir: Path, out_dir: Path, label: str,
-                   **decoding: Any) -> dict[str, float]:  # fmt: skip
-    """Transcribe test.jsonl, score it with `asr.evaluate.evaluate_files`, write the report."""
-    from asr.data import read_manifest
-    from asr.evaluate import evaluate_files, format_summary
-    from asr.transcribe import AudioSegment
+                   options: DecodingOptions) -> dict[str, float]:  # fmt: skip
+    """Decode and score test.jsonl (`asr.scoring.evaluate.decode_and_score`), with a report."""
+    from asr.scoring.evaluate import decode_and_score, format_summary
 
-    manifest = corpus_dir / "test.jsonl"
-    utterances = read_manifest(manifest)
-    segments = [AudioSegment(u.audio, u.offset, u.duration, id=u.id) for u in utterances]
-    results = transcribe_with_progress(model, segments, label, **decoding)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hyp_path = out_dir / "hypotheses.jsonl"
-    with hyp_path.open("w", encoding="utf-8") as f:
-        for utt, result in zip(utterances, results):
-            f.write(json.dumps({"id": utt.id, "text": result.text}) + "\n")
-    result = evaluate_files(hyp_path, manifest, output_dir=out_dir)
+    result = decode_and_score(model, corpus_dir / "test.jsonl", out_dir, options, label=label)
     print(format_summary(result))
     return {"wer": round(100 * result.wer, 2), "cer": round(100 * result.cer, 2)}
 
 
-def show_transcript(model: Any, corpus_dir: Path, **decoding: Any) -> dict[str, Any]:
+def show_transcript(model: Any, corpus_dir: Path, options: DecodingOptions) -> dict[str, Any]:
     """Stage 5: transcribe the first test file and print its text and word timings."""
-    from asr.data import read_manifest
+    from asr.data.manifest import read_manifest
 
     utt = read_manifest(corpus_dir / "test.jsonl")[0]
-    result = model.transcribe([utt.audio], **decoding)[0]
+    result = model.transcribe([utt.audio], options=options)[0]
     print(f"file:       {utt.audio}\nreference:  {utt.text}\ntranscript: {result.text}")
     for w in result.words:
         print(f"  {w.start:6.2f} - {w.end:6.2f} s  {w.word:<14} confidence {w.confidence:.2f}")
@@ -198,7 +171,8 @@ def run_demo(
     model_path, info = train_model(work_dir, corpus_dir, seed, quick, overrides)
     times["train"] = time.perf_counter() - start
 
-    from asr.transcribe import load_model
+    from asr.inference.decoding import DecodingOptions
+    from asr.inference.transcribe import load_model
 
     model = load_model(model_path)
     arpa = lexicon = None
@@ -211,15 +185,17 @@ def run_demo(
 
     start = _stage(4, "evaluate: the held-out test voices and sentences")
     eval_dir = work_dir / "eval"
-    scores = {"greedy": evaluate_split(model, corpus_dir, eval_dir / "greedy", "greedy CTC")}
-    best = {}
+    best = greedy = DecodingOptions()
+    scores = {
+        "greedy": evaluate_split(model, corpus_dir, eval_dir / "greedy", "greedy CTC", greedy)
+    }
     if arpa is not None:
-        best = dict(lm=str(arpa), lexicon=str(lexicon), **BEAM)
-        scores["lm"] = evaluate_split(model, corpus_dir, eval_dir / "lm", "beam + LM", **best)
+        best = DecodingOptions(lm=str(arpa), lexicon=str(lexicon))  # beam 50, weight 1
+        scores["lm"] = evaluate_split(model, corpus_dir, eval_dir / "lm", "beam + LM", best)
     times["evaluate"] = time.perf_counter() - start
 
     start = _stage(5, "transcribe: one test file, with word timings")
-    example = show_transcript(model, corpus_dir, **best)
+    example = show_transcript(model, corpus_dir, best)
     times["transcribe"] = time.perf_counter() - start
     times["total"] = time.perf_counter() - began
 
@@ -264,28 +240,3 @@ def format_demo_summary(summary: dict[str, Any]) -> str:
         f"try:     asr transcribe --model {summary['model']} YOUR_FILE.wav",
     ]
     return "\n".join(lines)
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `asr demo` (and `python -m asr.demo`)."""
-    parser.add_argument("--work-dir", default="demo", help="where the corpus, model, reports go")
-    parser.add_argument("--quick", action="store_true", help="tiny corpus, few steps (tests)")
-    parser.add_argument("--seed", type=int, default=0, help="corpus and training seed")
-    parser.add_argument("--no-lm", action="store_true", help="greedy decoding only")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value changes to demo.yaml")
-
-
-def demo_command(args: argparse.Namespace) -> int:
-    run_demo(args.work_dir, quick=args.quick, seed=args.seed, overrides=args.overrides,
-             lm=not args.no_lm)  # fmt: skip
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asr.demo", description=__doc__.splitlines()[0])
-    add_demo_arguments(parser)
-    return demo_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,8 +19,7 @@ from torch import nn
 
 from asr.config import EncoderConfig
 from asr.modules.conformer import ConformerEncoder
-
-BLANK_ID = 0
+from asr.tokenizer import BLANK_ID
 
 
 class CtcModel(nn.Module):

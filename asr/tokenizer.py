@@ -30,6 +30,7 @@ from asr.text import normalize_text
 BLANK_ID = 0
 BLANK_PIECE = "<blank>"
 SPACE_PIECE = "|"  # how the word boundary is shown by `id_to_piece`
+SP_WORD_START = "▁"  # SentencePiece marks the first piece of a word with it
 
 
 class Tokenizer:
@@ -37,6 +38,13 @@ class Tokenizer:
 
     blank_id: int = BLANK_ID
     kind: str = ""
+    # How words are found in a token sequence: a separator token between words (characters:
+    # id 1, shown "|"), or None when a piece begins a word itself (`begins_word`).
+    space_id: int | None = None
+
+    def begins_word(self, i: int) -> bool:
+        """Whether token `i` starts a new word (tokenizers without a separator token)."""
+        return False
 
     @property
     def vocab_size(self) -> int:
@@ -89,6 +97,7 @@ class CharTokenizer(Tokenizer):
     """One token per character; id 0 is the blank, id 1 the word boundary (space, shown "|")."""
 
     kind = "char"
+    space_id = 1
 
     def __init__(self, chars: Iterable[str]):
         chars = sorted(set(chars) - {" "})
@@ -151,6 +160,9 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
+
+    def begins_word(self, i: int) -> bool:
+        return self.id_to_piece(i).startswith(SP_WORD_START)
 
     def id_to_piece(self, i: int) -> str:
         return self._sp.id_to_piece(i)

@@ -36,11 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, set_threads, write_json
 
 from asr.config import DataConfig, TrainConfig, TrainerConfig
-from asr.data import Batch, Utterance, write_manifest
-from asr.datamodule import AsrDataModule
+from asr.data.dataset import Batch
+from asr.data.manifest import Utterance, write_manifest
 from asr.model import ctc_loss
-from asr.system import AsrSystem
 from asr.tokenizer import CharTokenizer
+from asr.training.datamodule import AsrDataModule
+from asr.training.system import AsrSystem
 
 SAMPLE_RATE = 16000
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

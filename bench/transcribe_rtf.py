@@ -29,7 +29,7 @@ import soundfile as sf
 SCRIPT = """
 import resource, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
-from asr.transcribe import load_model
+from asr.inference.transcribe import load_model
 model = load_model(sys.argv[1])
 start = time.perf_counter()
 result = model.transcribe([sys.argv[2]])[0]

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.data import Utterance, write_manifest
+from asr.data.manifest import Utterance, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH_MINI = REPO.parent / "shared" / "data" / "librispeech-mini"

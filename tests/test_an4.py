@@ -1,4 +1,4 @@
-"""asr.an4 and recipes/an4 on a small AN4-layout corpus built here (SPHERE and WAV audio)."""
+"""asr.corpora.an4 and recipes/an4 on a small AN4-layout corpus built here (SPHERE and WAV audio)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from asr.an4 import (
+from asr.corpora.an4 import (
     download_an4,
     hold_out_speakers,
     parse_transcription_line,
@@ -24,7 +24,7 @@ from asr.an4 import (
     read_transcription,
     split_utterances,
 )
-from asr.data import read_manifest
+from asr.data.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000

@@ -28,11 +28,12 @@ from asr.audio import (
 from asr.checkpoint import save_bundle
 from asr.cli import main
 from asr.config import EncoderConfig, FeatureConfig, load_config
-from asr.data import AudioDataset, Utterance, filter_utterances
-from asr.datamodule import AsrDataModule
+from asr.data.dataset import AudioDataset
+from asr.data.manifest import Utterance, filter_utterances
+from asr.inference.transcribe import AudioSegment, load_model
 from asr.model import CtcModel
 from asr.tokenizer import CharTokenizer
-from asr.transcribe import AudioSegment, load_model
+from asr.training.datamodule import AsrDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16000
@@ -169,7 +170,7 @@ def test_audio_shorter_than_its_manifest_duration_is_skipped_with_a_warning(
     dataset = AudioDataset(
         [Utterance("cut", str(path), "a", 2.0), Utterance("fine", str(path), "a", 0.5)], LETTERS
     )
-    with caplog.at_level(logging.WARNING, logger="asr.data"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         assert dataset[0] is None and dataset[1] is not None
     assert dataset.num_failed == 1
     (message,) = [r.getMessage() for r in caplog.records]
@@ -256,7 +257,7 @@ def test_bad_manifest_lines_are_reported_by_line_and_the_valid_ones_train(
     manifest.write_bytes("\ufeff".encode() + b"\r\n".join(encoded) + b"\r\n")
     config = load_config(REPO / "configs/tiny.yaml", [f"data.train_manifest={manifest}"])
     datamodule = AsrDataModule(config, LETTERS, frames_for_duration)
-    with caplog.at_level(logging.WARNING, logger="asr.data"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         datamodule.setup("fit")
     assert [u.id for u in datamodule.train_set.utterances] == ["a", "b", "c"]
     report = caplog.text
@@ -322,7 +323,7 @@ def test_characters_outside_the_tokenizer_are_reported_with_their_utterances(
         Utterance("route", str(path), "Route 66", 2.0),
         Utterance("creme", str(path), "crème brûlée", 2.0),
     ]
-    with caplog.at_level(logging.WARNING, logger="asr.data"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         kept, skipped = filter_utterances(utts, LETTERS, frames_for_duration, 0.1, 30.0)
     assert [u.id for u in kept] == ["fine"]
     assert skipped == {"text has characters unknown to the tokenizer": ["cafe", "route", "creme"]}

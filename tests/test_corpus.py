@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr import corpus
-from asr.corpus import (
+from asr.corpora import synthetic as corpus
+from asr.corpora.sentences import number_words, plural, third_person
+from asr.corpora.synthetic import (
     CorpusConfig,
     find_synthesizer,
     generate_sentences,
@@ -23,7 +24,6 @@ from asr.corpus import (
     make_voices,
     vocabulary,
 )
-from asr.corpus_words import number_words, plural, third_person
 from asr.text import normalize_text
 
 SMALL = CorpusConfig(

@@ -18,17 +18,16 @@ from hypothesis import strategies as st
 from asr.audio import audio_duration
 from asr.augment import WaveAugment
 from asr.config import AugmentConfig
-from asr.data import (
-    AudioDataset,
+from asr.data.dataset import AudioDataset, collate
+from asr.data.hf import HFAudioDataset, HFIterableAudioDataset, HFUtterances, load_hf_utterances
+from asr.data.manifest import (
     Utterance,
-    collate,
     ctc_min_frames,
     filter_utterances,
     read_manifest,
     write_manifest,
 )
-from asr.hf_data import HFAudioDataset, HFIterableAudioDataset, HFUtterances, load_hf_utterances
-from asr.sampler import DurationBucketSampler
+from asr.data.sampler import DurationBucketSampler
 from asr.tokenizer import CharTokenizer
 
 LIBRISPEECH_MINI = Path(__file__).resolve().parents[1].parent / "shared/data/librispeech-mini"
@@ -107,7 +106,7 @@ def test_each_bad_line_is_reported_with_file_and_line_and_valid_lines_load(tmp_p
             '{"audio": "ok1.wav", "text": "again", "duration": 2.0}',  # 12: duplicate id
         ],
     )
-    with caplog.at_level(logging.WARNING, logger="asr.data"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         utts = read_manifest(manifest)
     assert [(u.id, u.text) for u in utts] == [("ok1", "fine"), ("ok2", "fine")]
     (message,) = warnings_of(caplog)
@@ -129,7 +128,7 @@ def test_each_bad_line_is_reported_with_file_and_line_and_valid_lines_load(tmp_p
 
 def test_bad_line_listing_is_capped_and_counted(tmp_path, caplog):
     manifest = write_lines(tmp_path / "m.jsonl", ["not json"] * 30)
-    with caplog.at_level(logging.WARNING, logger="asr.data"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         assert read_manifest(manifest) == []
     (message,) = warnings_of(caplog)
     assert f"{manifest}:20:" in message and f"{manifest}:21:" not in message
@@ -205,7 +204,7 @@ def test_filter_reports_each_reason_with_its_ids(tmp_path, caplog):
         Utterance("repeats", wav, "a" * 14, 1.0),  # 14 tokens, but 14 + 13 repeats = 27 frames
         Utterance("fits", wav, "a" * 14, 1.08),  # 27 frames
     ]
-    with caplog.at_level(logging.WARNING, logger="asr.data"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         kept, skipped = filter_utterances(utts, tok, frames, 0.1, 30.0)
     assert [u.id for u in kept] == ["ok", "fits"]
     assert skipped == {
@@ -254,7 +253,7 @@ def test_dataset_returns_none_and_counts_unreadable_audio(tmp_path, caplog):
     ds = AudioDataset(
         [Utterance("bad", str(bad), "a", 1.0), Utterance("ok", str(ok), "a", 0.2)], tok
     )
-    with caplog.at_level(logging.WARNING, logger="asr.data"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         assert ds[0] is None
     assert ds.num_failed == 1 and ds[1] is not None and ds.num_failed == 1
     (message,) = warnings_of(caplog)

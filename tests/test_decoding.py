@@ -10,18 +10,15 @@ import pytest
 import torch
 
 from asr.config import TokenizerConfig
-from asr.decoding import (
+from asr.inference.alignment import align_words, split_words
+from asr.inference.decoding import (
     BeamSearchDecoder,
     DecodingOptions,
-    align_words,
-    arpa_words,
     greedy_decode,
     make_decoder,
-    read_lexicon,
-    spell_word,
-    split_words,
-    write_arpa,
 )
+from asr.inference.lexicon import read_lexicon, spell_word
+from asr.inference.lm import NgramLM
 from asr.tokenizer import CharTokenizer, train_tokenizer
 
 TOK = CharTokenizer("thecap")  # ids: 0 blank, 1 space "|", a c e h p t = 2..7
@@ -110,8 +107,8 @@ def test_language_model_decides_between_acoustically_tied_words(tmp_path):
     chosen = {}
     for favoured, other in (("cat", "cap"), ("cap", "cat")):
         lm = tmp_path / f"{favoured}.arpa"
-        write_arpa(lm, {("the",): -1.0, ("cat",): -1.0, ("cap",): -1.0,
-                        ("the", favoured): -0.1, ("the", other): -2.0})  # fmt: skip
+        NgramLM.from_ngrams({("the",): -1.0, ("cat",): -1.0, ("cap",): -1.0,
+                             ("the", favoured): -0.1, ("the", other): -2.0}).write_arpa(lm)  # fmt: skip
         decoder = make_decoder(TOK, DecodingOptions(beam_size=10, lm=str(lm)))
         chosen[favoured] = TOK.decode(decoder(log_probs, lengths)[0]).strip()
     assert chosen == {"cat": "the cat", "cap": "the cap"}
@@ -152,16 +149,6 @@ def test_binary_lm_without_lexicon_is_refused_with_a_clear_message(tmp_path):
         make_decoder(TOK, DecodingOptions(lm=str(binary)))
     with pytest.raises(ValueError, match="lm file not found"):
         DecodingOptions(lm=str(tmp_path / "missing.arpa"))
-
-
-def test_write_arpa_round_trips_words_and_checks_histories(tmp_path):
-    path = tmp_path / "lm.arpa"
-    write_arpa(path, {("the",): -0.5, ("cat",): -1.0, ("the", "cat"): -0.2})
-    assert arpa_words(path) == ["the", "cat"]
-    text = path.read_text()
-    assert "ngram 1=5" in text and "ngram 2=1" in text and "-0.200000\tthe cat" in text
-    with pytest.raises(ValueError, match=r"history \('a',\)"):
-        write_arpa(path, {("a", "b"): -1.0})
 
 
 def test_word_timings_follow_the_alignment():

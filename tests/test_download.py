@@ -1,4 +1,4 @@
-"""asr.download against a real HTTP server on 127.0.0.1: MD5 checks, resumption, safe tar."""
+"""asr.corpora.download against a real HTTP server on 127.0.0.1: MD5 checks, resumption, safe tar."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from asr.download import DownloadError, UnsafeArchiveError, download, md5sum, safe_extract
+from asr.corpora.download import DownloadError, UnsafeArchiveError, download, md5sum, safe_extract
 
 PAYLOAD = bytes(range(256)) * 4000  # 1 MB minus a bit: several read blocks
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()

@@ -10,19 +10,17 @@ import jiwer
 import pytest
 import torch
 
-from asr.evaluate import (
+from asr.scoring.evaluate import evaluate_files, format_summary, load_result
+from asr.scoring.metrics import (
     ErrorCounts,
     bootstrap_ci,
     count_char_errors,
     count_word_errors,
-    evaluate_files,
-    format_summary,
-    load_result,
     paired_bootstrap,
-    read_transcripts,
     score,
 )
-from asr.report import write_report
+from asr.scoring.report import write_report
+from asr.scoring.transcripts import read_transcripts
 from asr.text import TextNormalizer
 
 LIBRISPEECH = Path(__file__).resolve().parents[1].parent / "shared/data/librispeech-mini"

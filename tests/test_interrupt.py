@@ -18,18 +18,14 @@ import pytest
 import torch
 from conftest import tone_corpus
 
-from asr.checkpoint import (
-    AtomicCheckpointIO,
-    atomic_torch_save,
-    partial_files,
-    safe_torch_load,
-)
+from asr.checkpoint import atomic_torch_save, partial_files, safe_torch_load
 from asr.cli import main
 from asr.config import load_config
-from asr.data import Batch
-from asr.system import MAX_CONSECUTIVE_BAD_STEPS, AsrSystem, NonFiniteLossError
+from asr.data.dataset import Batch
 from asr.tokenizer import CharTokenizer
-from asr.train import build_trainer
+from asr.training.checkpoint_io import AtomicCheckpointIO
+from asr.training.system import MAX_CONSECUTIVE_BAD_STEPS, AsrSystem, NonFiniteLossError
+from asr.training.train import build_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -218,7 +214,7 @@ def test_a_nan_batch_is_skipped_with_a_warning_and_a_count(caplog) -> None:
     untrained = AsrSystem(
         load_config(TINY, ["trainer.progress_bar=false"]), CharTokenizer("abc")
     ).state_dict()
-    with caplog.at_level(logging.WARNING, logger="asr.system"):
+    with caplog.at_level(logging.WARNING, logger="asr.training.system"):
         system = fit_on([make_batch(1), make_batch(2, nan=True), make_batch(3)])
     assert system.skipped_steps == 1 and system.bad_steps == 0
     (warning,) = [r.getMessage() for r in caplog.records if "non-finite loss" in r.getMessage()]

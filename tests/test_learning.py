@@ -13,16 +13,16 @@ import soundfile as sf
 import torch
 
 from asr.config import load_config
-from asr.data import Utterance, write_manifest
-from asr.train import train
-from asr.transcribe import load_model
+from asr.data.manifest import Utterance, write_manifest
+from asr.inference.transcribe import load_model
+from asr.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def spoken_digits(folder: Path, count: int, seed: int = 0) -> Path:
-    corpus = pytest.importorskip("asr.corpus")
+    corpus = pytest.importorskip("asr.corpora.synthetic")
     try:
         synthesizer = corpus.find_synthesizer().open()
     except RuntimeError as err:

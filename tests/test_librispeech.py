@@ -1,4 +1,4 @@
-"""asr.librispeech and recipes/librispeech on the real LibriSpeech sample (librispeech-mini)."""
+"""asr.corpora.librispeech and recipes/librispeech on the real LibriSpeech sample (librispeech-mini)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from types import ModuleType
 import pytest
 import soundfile
 
-from asr.data import read_manifest
-from asr.librispeech import (
+from asr.corpora.librispeech import (
     download_librispeech,
     part_utterances,
     prepare_manifests,
     read_transcripts,
     write_hf_part,
 )
+from asr.data.manifest import read_manifest
 from asr.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ import random
 import pytest
 import torch
 
-from asr.corpus_words import generate_sentences
-from asr.lm import BOS, EOS, UNK, read_arpa, train_ngram, write_lexicon
+from asr.corpora.sentences import generate_sentences
+from asr.inference.lexicon import write_lexicon
+from asr.inference.lm import BOS, EOS, UNK, NgramLM, arpa_words, read_arpa, train_ngram
 from asr.tokenizer import CharTokenizer
 
 SENTENCES = [
@@ -133,3 +134,14 @@ def test_arpa_and_lexicon_load_in_the_flashlight_decoder_and_steer_it(tmp_path):
     best = decoder(emissions.log_softmax(-1))[0][0]
     assert decoder.idxs_to_tokens(best.tokens).count("|") >= 2
     assert best.words == ["the", "cat", "sat"]
+
+
+def test_from_ngrams_round_trips_words_and_checks_histories(tmp_path):
+    path = NgramLM.from_ngrams({("the",): -0.5, ("cat",): -1.0, ("the", "cat"): -0.2}).write_arpa(
+        tmp_path / "lm.arpa"
+    )
+    assert sorted(arpa_words(path)) == ["cat", "the"]
+    text = path.read_text()
+    assert "ngram 1=5" in text and "ngram 2=1" in text and "-0.2000000\tthe cat" in text
+    with pytest.raises(ValueError, match=r"history \('a',\)"):
+        NgramLM.from_ngrams({("a", "b"): -1.0})

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from asr.audio import AudioError, _resampling_ratio, load_audio, load_audio_array
-from asr.data import Utterance, read_manifest, write_manifest
+from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.text import normalize_text
 
 SETTINGS = settings(
@@ -96,7 +96,7 @@ def test_garbage_lines_are_reported_never_raised_and_good_lines_still_load(
         b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines)
     )
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="asr.data"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.manifest"):
         utts = read_manifest(manifest)
     ids = [u.id for u in utts]
     assert [i for i in ids if i.startswith("#good")] == sorted(

@@ -9,8 +9,8 @@ import subprocess
 import matplotlib.image
 import pytest
 
-from asr.evaluate import score
-from asr.report import confusions, render_html, worst_utterances, write_report
+from asr.scoring.metrics import score
+from asr.scoring.report import confusions, render_html, worst_utterances, write_report
 from asr.text import TextNormalizer
 
 REFS = {

@@ -18,9 +18,9 @@ import torch
 from asr.checkpoint import load_bundle
 from asr.cli import main
 from asr.config import load_config
-from asr.data import Utterance, write_manifest
-from asr.system import lr_lambda
-from asr.train import average_checkpoints, train
+from asr.data.manifest import Utterance, write_manifest
+from asr.training.system import lr_lambda
+from asr.training.train import average_checkpoints, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,9 +102,9 @@ DDP_SCRIPT = """
 import json, sys
 import lightning as L
 from asr.config import load_config
-from asr.datamodule import AsrDataModule
-from asr.system import AsrSystem
-from asr.train import build_trainer, prepare_tokenizer
+from asr.training.datamodule import AsrDataModule
+from asr.training.system import AsrSystem
+from asr.training.train import build_trainer, prepare_tokenizer
 
 class RecordIds(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):

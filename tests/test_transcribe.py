@@ -14,22 +14,17 @@ import soundfile
 import torch
 
 import asr
-import asr.transcribe as transcribe_module
+import asr.inference.transcribe as transcribe_module
 from asr.audio import LogMelFeatures
 from asr.checkpoint import BundleError, save_bundle
+from asr.cli.transcribe import add_transcribe_arguments, transcribe_command
 from asr.config import EncoderConfig, FeatureConfig
-from asr.decoding import Word, write_arpa
+from asr.inference.alignment import Word
+from asr.inference.formats import format_result, subtitle_cues
+from asr.inference.lm import NgramLM
+from asr.inference.transcribe import AudioSegment, plan_chunks, stitch_chunks
 from asr.model import CtcModel
 from asr.tokenizer import CharTokenizer
-from asr.transcribe import (
-    AudioSegment,
-    add_transcribe_arguments,
-    format_result,
-    plan_chunks,
-    stitch_chunks,
-    subtitle_cues,
-    transcribe_command,
-)
 
 RATE = 16000
 LENGTHS = {"a": 1.3, "b": 2.7, "c": 0.9, "d": 3.6, "e": 2.0}
@@ -269,7 +264,7 @@ def test_cli_beam_search_with_an_arpa_lm_outputs_only_its_words(
 ):
     lm = tmp_path / "lm.arpa"
     vocabulary = ["a", "i", "y", "ab", "cd", "ef", "po"]
-    write_arpa(lm, {(word,): -1.0 for word in vocabulary})
+    NgramLM.from_ngrams({(word,): -1.0 for word in vocabulary}).write_arpa(lm)
     argv = ["--model", model_path, "--lm", str(lm), "--beam-size", "8", "--format", "json"]
     assert run_cli([*argv, str(files[3])]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -18,7 +18,7 @@ from asr.audio import LogMelFeatures
 from asr.checkpoint import BundleError, load_bundle, safe_torch_load, save_bundle
 from asr.cli import main
 from asr.config import EncoderConfig, FeatureConfig
-from asr.data import Utterance, write_manifest
+from asr.data.manifest import Utterance, write_manifest
 from asr.model import CtcModel
 from asr.tokenizer import CharTokenizer
 

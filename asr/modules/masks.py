@@ -1,6 +1,7 @@
 """Padding masks: the one place where lengths become masks and masks change convention.
 
-`pad_mask` is True at padded positions; `attn_mask` is True where a query may attend.
+`pad_mask` is True at padded positions; attention takes it as an additive bias
+(`attn_bias_from_pad_mask`), 0 where a key may be attended to.
 """
 
 from __future__ import annotations
@@ -13,14 +14,6 @@ def make_pad_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Te
     max_len = int(lengths.max()) if max_len is None else max_len
     positions = torch.arange(max_len, device=lengths.device)  # (T,)
     return positions.unsqueeze(0) >= lengths.unsqueeze(1)  # (B, T)
-
-
-def pad_mask_to_attn_mask(pad_mask: torch.Tensor) -> torch.Tensor:
-    """Key pad_mask (B, T) -> attn_mask (B, 1, 1, T), True where a key may be attended to.
-
-    Broadcasts over heads and queries, as `scaled_dot_product_attention` expects.
-    """
-    return (~pad_mask)[:, None, None, :]
 
 
 def attn_bias_from_pad_mask(pad_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -4,7 +4,7 @@
     python recipes/an4/run.py --data-dir /corpora/an4 --stage 2     # an extracted an4/ folder
     python recipes/an4/run.py --stage 4 trainer.max_steps=3000      # training config overrides
 
-    1 download   an4_sphere.tar.gz from CMU (resumed, safely extracted: asr.an4); an an4/
+    1 download   an4_sphere.tar.gz from CMU (resumed, safely extracted: asr.corpora.an4); an an4/
                  folder already under --data-dir is used as it is
     2 manifests  WORK_DIR/manifests/{train,val,test}.jsonl: val holds whole training speakers
                  (--val-fraction of the training utterances), never test speakers
@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from asr import an4
+from asr.corpora import an4
 from asr.config import load_config
 from asr.recipe import run_asr, run_stages, up_to_date
 

@@ -4,7 +4,7 @@
     python recipes/librispeech/run.py --data-dir /corpora/LibriSpeech --stage 2      # no download
     python recipes/librispeech/run.py --size m --stage 4 --stop-stage 4 trainer.devices=4
 
-    1 download   OpenSLR tarballs (resumed, MD5-checked, safely extracted: asr.librispeech), or
+    1 download   OpenSLR tarballs (resumed, MD5-checked, safely extracted: asr.corpora.librispeech), or
                  with --hf the `openslr/librispeech_asr` Hugging Face dataset written to the same
                  layout; parts already under --data-dir are used as they are
     2 manifests  work_dir/manifests/<part>.jsonl, train.jsonl (training parts), dev.jsonl
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from asr import librispeech
+from asr.corpora import librispeech
 from asr.config import TrainConfig, load_config
 from asr.recipe import run_asr, run_stages, up_to_date
 
@@ -123,7 +123,7 @@ def stage_train(args: argparse.Namespace) -> None:
 def stage_average(args: argparse.Namespace) -> None:
     """Mean of the (up to --num-average) checkpoints with the best validation WER, exported as
     model_best<k>.pt, k the number averaged."""
-    from asr.train import export_checkpoint
+    from asr.training.train import export_checkpoint
 
     exp_dir = Path(training_config(args).exp_dir)
     best = sorted(exp_dir.glob("checkpoints/best-*.ckpt"), key=_val_wer)[: args.num_average]

@@ -1,6 +1,6 @@
-"""Evaluation reports: terminal summary, summary.json, utterances.jsonl, worst.txt, report.html.
+"""Evaluation reports: summary.json, utterances.jsonl, worst.txt and a self-contained report.html.
 
-`write_report` turns a `ScoreResult` (asr/evaluate.py) into files a person wants to read. The
+`write_report` turns a `ScoreResult` (`asr.scoring.metrics`) into files a person wants to read. The
 HTML page is self-contained (inline CSS, no JavaScript, plots as base64 PNG drawn with
 matplotlib's Agg canvas) and stays readable for thousands of utterances: utterances with errors
 come first, worst first; correct ones sit in a collapsed section.
@@ -15,14 +15,12 @@ import io
 import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-if TYPE_CHECKING:  # only for annotations: asr/evaluate.py imports this module
-    from asr.evaluate import AlignOp, Comparison, ScoreResult, UtteranceScore
+from asr.scoring.metrics import AlignOp, Comparison, ScoreResult, UtteranceScore
 
 # Reference-length bins (words) for the WER-by-length plot: (label, lowest, highest).
 _LENGTH_BINS = [("1-5", 1, 5), ("6-10", 6, 10), ("11-20", 11, 20), ("21-40", 21, 40),

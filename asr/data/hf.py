@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from asr.audio import AudioError, load_audio_array
-from asr.data import _make_item
+from asr.data.dataset import make_item
 from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
 
@@ -175,7 +175,7 @@ def _hf_item(dataset: _HFRows, row: dict[str, Any], index: int) -> dict[str, Any
         dataset.num_failed += 1
         log.warning("skipping dataset row %d: %s", index, err)
         return None
-    return _make_item(dataset, item["id"], wave, text, index)
+    return make_item(dataset, item["id"], wave, text, index)
 
 
 def _checked_text(text: Any, tokenizer: Tokenizer) -> str:

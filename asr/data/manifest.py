@@ -1,14 +1,12 @@
-"""Utterances in, padded batches out: manifests, filtering, datasets, `Batch`, bucketing sampler.
+"""Manifests: the utterances of a corpus, read, written and filtered for CTC training.
 
 A manifest is a JSONL file, one utterance a line:
 `{"audio": path, "text": str, "duration": seconds}` with optional `"offset"` (seconds into the
 file), `"speaker"` and `"id"`. Relative audio paths are relative to the manifest's folder.
 
-Shapes: B batch, N samples (padded to the longest wave), S tokens (padded to the longest target).
-
-Here, in pipeline order: `Utterance`, `read_manifest` / `write_manifest`, `filter_utterances`
-(drops what a CTC model cannot learn from), `AudioDataset`, `Batch` and `collate`. The batch sampler is in `asr.sampler`, Hugging Face
-datasets in `asr.hf_data`.
+Here: `Utterance`, `read_manifest` / `write_manifest`, `ctc_min_frames` and `filter_utterances`
+(drops what a CTC model cannot learn from). Datasets and collation are in `asr.data.dataset`,
+the duration-bucketing sampler in `asr.data.sampler`, Hugging Face sources in `asr.data.hf`.
 """
 
 from __future__ import annotations
@@ -18,26 +16,17 @@ import json
 import logging
 import math
 import os
-import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from asr.audio import AudioError, load_audio
-from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 MAX_DURATION_S = 86400.0  # a "duration" above one day is a unit mistake (ms, samples), not audio
 MAX_LISTED = 20  # problems listed one by one in a warning; the rest are counted
-# Audio may end this much before its manifest duration says (durations rounded, or measured by
-# another decoder); more means a truncated file or a wrong manifest, and the utterance is skipped.
-DURATION_SLACK_S = 0.1
 UNKNOWN_CHARS = "text has characters unknown to the tokenizer"
 
 
@@ -251,130 +240,3 @@ def _skip_reason(
     if frames_for_duration(utt.duration) < ctc_min_frames(tokens):
         return "audio too short for its transcript under CTC"
     return None
-
-
-# --------------------------------------------------------------------------------------------
-# Datasets, Batch, collate
-
-
-def _augment_rng(seed: int, epoch: int, index: int) -> random.Random:
-    # A string seed is hashed with SHA-512: the same stream in every process and every run.
-    return random.Random(f"{seed}:{epoch}:{index}")
-
-
-class AudioDataset(torch.utils.data.Dataset):
-    """Utterances -> `{"id", "wave" (N,), "tokens" (S,), "text"}`, or None if audio is unreadable.
-
-    `text` is the normalized transcript the tokens encode. Pass the utterances through
-    `filter_utterances` first: text the tokenizer cannot encode raises `ValueError`. Waveform
-    augmentation draws from a `random.Random` seeded by (seed, epoch, index), so a resumed run
-    sees the same perturbations; call `set_epoch` each epoch (DataLoader workers that are not
-    persistent get the new epoch, persistent ones keep the old). `num_failed` counts the
-    unreadable files of this process (each DataLoader worker has its own count).
-    """
-
-    def __init__(
-        self,
-        utterances: Sequence[Utterance],
-        tokenizer: Tokenizer,
-        sample_rate: int = 16000,
-        wave_augment: Callable[[Tensor, random.Random], Tensor] | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.utterances = list(utterances)
-        self.tokenizer = tokenizer
-        self.sample_rate = sample_rate
-        self.wave_augment = wave_augment
-        self.seed = seed
-        self.epoch = 0
-        self.num_failed = 0
-
-    def __len__(self) -> int:
-        return len(self.utterances)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def durations(self) -> list[float]:
-        return [utt.duration for utt in self.utterances]
-
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        utt = self.utterances[index]
-        try:
-            wave = load_audio(utt.audio, self.sample_rate, offset=utt.offset, duration=utt.duration)
-        except AudioError as err:
-            self.num_failed += 1
-            log.warning("skipping utterance %r: %s", utt.id, err)
-            return None
-        missing = utt.duration - wave.shape[0] / self.sample_rate
-        if missing > DURATION_SLACK_S:  # silently training on part of the audio: never
-            self.num_failed += 1
-            log.warning(
-                "skipping utterance %r: '%s' ends %.3f s after offset %g s, but the manifest says "
-                "%g s (a truncated file, or a wrong duration in the manifest)",
-                utt.id,
-                utt.audio,
-                wave.shape[0] / self.sample_rate,
-                utt.offset,
-                utt.duration,
-            )
-            return None
-        return _make_item(self, utt.id, wave, utt.text, index)
-
-
-def _make_item(
-    dataset: Any,  # AudioDataset or one of asr.hf_data's datasets
-    utt_id: str,
-    wave: Tensor,
-    text: str,
-    index: int,
-) -> dict[str, Any]:
-    if dataset.wave_augment is not None:
-        wave = dataset.wave_augment(wave, _augment_rng(dataset.seed, dataset.epoch, index))
-    try:
-        tokens = torch.tensor(dataset.tokenizer.encode(text), dtype=torch.long)  # (S,)
-    except ValueError as err:  # unknown characters: name the utterance, not only its text
-        raise ValueError(f"utterance {utt_id!r}: {err}") from None
-    return {"id": utt_id, "wave": wave, "tokens": tokens, "text": normalize_text(text)}
-
-
-@dataclass
-class Batch:
-    """Padded waveforms and targets, each with its lengths (padding is 0)."""
-
-    waves: Tensor  # (B, N) float32
-    wave_lengths: Tensor  # (B,) long
-    targets: Tensor  # (B, S) long
-    target_lengths: Tensor  # (B,) long
-    texts: list[str]
-    ids: list[str]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(
-            waves=self.waves.to(device, non_blocking=non_blocking),
-            wave_lengths=self.wave_lengths.to(device, non_blocking=non_blocking),
-            targets=self.targets.to(device, non_blocking=non_blocking),
-            target_lengths=self.target_lengths.to(device, non_blocking=non_blocking),
-            texts=self.texts,
-            ids=self.ids,
-        )
-
-
-def collate(items: Sequence[dict[str, Any] | None]) -> Batch | None:
-    """Dataset items -> a `Batch`; `None` items (unreadable audio) are dropped, all None -> None."""
-    items = [item for item in items if item is not None]
-    if not items:
-        return None
-    waves = [item["wave"].float() for item in items]
-    tokens = [item["tokens"].long() for item in items]
-    return Batch(
-        waves=torch.nn.utils.rnn.pad_sequence(waves, batch_first=True),  # (B, N)
-        wave_lengths=torch.tensor([w.shape[0] for w in waves], dtype=torch.long),
-        targets=torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True),  # (B, S)
-        target_lengths=torch.tensor([t.shape[0] for t in tokens], dtype=torch.long),
-        texts=[item["text"] for item in items],
-        ids=[item["id"] for item in items],
-    )

@@ -37,8 +37,8 @@ import torchaudio
 from rich.progress import Progress
 
 from asr.bars import stage_columns
-from asr.corpus_words import generate_sentences, vocabulary
-from asr.espeak import ESPEAK_SAMPLE_RATE, Speech, Synthesizer, find_synthesizer
+from asr.corpora.espeak import ESPEAK_SAMPLE_RATE, Speech, Synthesizer, find_synthesizer
+from asr.corpora.sentences import generate_sentences, vocabulary
 
 __all__ = [
     "CorpusConfig",

@@ -25,13 +25,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from asr.audio import LogMelFeatures, compute_global_stats, load_audio
-from asr.checkpoint import lightning_checkpoint_io, partial_files, safe_torch_load, save_bundle
+from asr.checkpoint import partial_files, safe_torch_load, save_bundle
 from asr.config import TrainConfig, from_dict, save_config
-from asr.data import read_manifest
-from asr.datamodule import AsrDataModule
-from asr.progress import StepProgressBar
-from asr.system import AsrSystem
+from asr.data.manifest import read_manifest
 from asr.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_dict, train_tokenizer
+from asr.training.checkpoint_io import lightning_checkpoint_io
+from asr.training.datamodule import AsrDataModule
+from asr.training.progress import StepProgressBar
+from asr.training.system import AsrSystem
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,9 @@
 """Word and character error rates with jiwer, bootstrap confidence intervals, paired comparison.
 
-Everything that turns references + hypotheses into numbers lives here; `asr/report.py` turns
-those numbers into files (summary.json, utterances.jsonl, worst.txt, report.html).
+Everything that turns references + hypotheses into numbers lives here; `asr.scoring.report`
+turns those numbers into files (summary.json, utterances.jsonl, worst.txt, report.html),
+`asr.scoring.transcripts` reads hypothesis and reference files, `asr.scoring.evaluate` runs a
+whole evaluation.
 
 Conventions, chosen once and used everywhere (training-time validation included):
 - Every text passes through `asr.text.normalize_text` (a `TextNormalizer`) before scoring.
@@ -20,16 +22,13 @@ Conventions, chosen once and used everywhere (training-time validation included)
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import jiwer
 import numpy as np
 import torch
 
-from asr.report import write_report
 from asr.text import DEFAULT_NORMALIZER, TextNormalizer, normalize_text
 
 # One aligned position: ("equal" | "sub" | "del" | "ins", reference token, hypothesis token).
@@ -344,137 +343,3 @@ def paired_bootstrap(
         baseline, result_a.wer, result_b.wer, prob, float(diff.mean()),
         (float(low), float(high)), num_resamples, len(ids),
     )  # fmt: skip
-
-
-_AUDIO_KEYS = ("audio_filepath", "audio", "audio_path", "path")
-
-
-def read_transcripts(path: str | Path) -> dict[str, str]:
-    """Read `{id: text}` from Kaldi `id text` lines or a JSONL manifest, detected by content.
-
-    JSONL: id is the "id" field, else the stem of the audio path ("audio_filepath", "audio",
-    "audio_path" or "path"); text is the "text" field. Kaldi: text may be empty. Blank lines are
-    skipped; a duplicate id is a ValueError naming the file, the id and both line numbers.
-    """
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    first = next((line.strip() for line in lines if line.strip()), "")
-    parse = _parse_jsonl_line if first.startswith("{") else _parse_kaldi_line
-    texts: dict[str, str] = {}
-    seen_at: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        utt_id, text = parse(line, path, number)
-        if utt_id in seen_at:
-            first = seen_at[utt_id]
-            raise ValueError(
-                f"{path}:{number}: duplicate utterance id {utt_id!r} (first: line {first})"
-            )
-        seen_at[utt_id] = number
-        texts[utt_id] = text
-    return texts
-
-
-def _parse_kaldi_line(line: str, path: Path, number: int) -> tuple[str, str]:
-    parts = line.strip().split(maxsplit=1)
-    return parts[0], parts[1] if len(parts) > 1 else ""
-
-
-def _parse_jsonl_line(line: str, path: Path, number: int) -> tuple[str, str]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}): {line[:80]!r}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}:{number}: expected a JSON object, got {line[:80]!r}")
-    if not isinstance(record.get("text"), str):
-        raise ValueError(f'{path}:{number}: missing or non-string "text" field')
-    if record.get("id") is not None:
-        return str(record["id"]), record["text"]
-    audio = next((record[k] for k in _AUDIO_KEYS if isinstance(record.get(k), str)), None)
-    if audio is None:
-        raise ValueError(f'{path}:{number}: no "id" field and no audio path {_AUDIO_KEYS}')
-    return Path(audio).stem, record["text"]
-
-
-def load_result(path: str | Path, num_resamples: int = 1000, seed: int = 0) -> ScoreResult:
-    """A previous evaluation: its output folder, or the utterances.jsonl inside it.
-
-    The normalizer is read from summary.json next to utterances.jsonl when it is there.
-    """
-    path = Path(path)
-    utt_path = path / "utterances.jsonl" if path.is_dir() else path
-    if not utt_path.is_file():
-        raise FileNotFoundError(f"no utterances.jsonl at {utt_path} (give an evaluation folder)")
-    utts = []
-    for number, line in enumerate(utt_path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            utts.append(UtteranceScore.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{utt_path}:{number}: not an utterances.jsonl line ({err})") from None
-    summary_path = utt_path.parent / "summary.json"
-    normalizer = DEFAULT_NORMALIZER
-    if summary_path.is_file():
-        normalizer = TextNormalizer(**json.loads(summary_path.read_text())["normalizer"])
-    return result_from_utterances(utts, normalizer, num_resamples, seed)
-
-
-def evaluate_files(
-    hyp_path: str | Path,
-    ref_path: str | Path,
-    output_dir: str | Path | None = None,
-    compare_path: str | Path | None = None,
-    normalizer: TextNormalizer = DEFAULT_NORMALIZER,
-    num_resamples: int = 1000,
-    seed: int = 0,
-    worst_n: int = 20,
-) -> ScoreResult:
-    """`asr evaluate`: score a hypothesis file against a reference file, write the report.
-
-    `compare_path` is a previous evaluation (its output folder or utterances.jsonl) scored on
-    the same references with the same normalizer; the result then holds a paired `Comparison`.
-    """
-    refs, hyps = read_transcripts(ref_path), read_transcripts(hyp_path)
-    try:
-        check_same_ids(refs, hyps)
-    except ValueError as err:
-        raise ValueError(f"{err} (references: {ref_path}, hypotheses: {hyp_path})") from None
-    result = score(refs, hyps, normalizer, num_resamples, seed)
-    if compare_path is not None:
-        baseline = load_result(compare_path, num_resamples, seed)
-        if baseline.normalizer != normalizer:
-            raise ValueError(
-                f"{compare_path} was scored with {baseline.normalizer}, this run uses "
-                f"{normalizer}: re-score both with the same normalizer"
-            )
-        comparison = paired_bootstrap(
-            baseline, result, num_resamples, seed, baseline=str(compare_path)
-        )
-        result = dataclasses.replace(result, comparison=comparison)
-    if output_dir is not None:
-        write_report(result, output_dir, worst_n=worst_n)
-    return result
-
-
-def format_summary(result: ScoreResult) -> str:
-    """A few lines for the terminal: WER with its CI, CER, S/D/I, SER, counts, comparison."""
-    w, c = result.words, result.chars
-    lo, hi = result.wer_ci
-    lines = [
-        f"WER {100 * result.wer:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%)"
-        f"  S={w.substitutions} D={w.deletions} I={w.insertions} / N={w.ref_words} words",
-        f"CER {100 * result.cer:.2f}%  {c.errors} errors / {c.ref_words} characters",
-        f"SER {100 * result.sentence_error_rate:.2f}% of {result.num_utterances} utterances",
-    ]
-    cmp = result.comparison
-    if cmp is not None:
-        dlo, dhi = cmp.diff_ci
-        lines.append(
-            f"vs {cmp.baseline}: WER {100 * cmp.wer_a:.2f}% -> {100 * cmp.wer_b:.2f}%, "
-            f"diff {100 * cmp.mean_diff:+.2f} (95% CI {100 * dlo:+.2f} to {100 * dhi:+.2f}), "
-            f"P(better) = {cmp.prob_b_better:.3f}"
-        )
-    return "\n".join(lines)

@@ -21,9 +21,9 @@ import torch
 from asr.audio import LogMelFeatures
 from asr.augment import SpecAugment
 from asr.config import TrainConfig, to_dict
-from asr.decoding import greedy_decode
-from asr.evaluate import ErrorCounts, count_char_errors, count_word_errors
+from asr.inference.decoding import greedy_decode
 from asr.model import CtcModel, ctc_loss, ctc_objective
+from asr.scoring.metrics import ErrorCounts, count_char_errors, count_word_errors
 from asr.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

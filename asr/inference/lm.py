@@ -2,9 +2,10 @@
 
 Here: `NgramLM` (log10 probabilities and backoff weights, scored exactly as KenLM scores an ARPA
 file), `train_ngram` (interpolated Kneser-Ney, Kneser & Ney 1995, in the form of Chen & Goodman
-1998, section 3.5, with one discount per order), `read_arpa` / `NgramLM.write_arpa`, and
-`write_lexicon` (each word with its token spelling for a model's tokenizer, as the decoder's
-lexicon file wants it).
+1998, section 3.5, with one discount per order), `NgramLM.from_ngrams` (a hand-made model:
+tests, examples), `read_arpa` / `NgramLM.write_arpa`, and `is_arpa` / `arpa_words` (an ARPA
+file's word list, read without loading the model, for LMs of any size). Lexicons are in
+`asr.inference.lexicon`.
 
 Interpolated Kneser-Ney in backoff form: for a context h seen in training,
 
@@ -22,12 +23,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from asr.text import normalize_text
-from asr.tokenizer import Tokenizer
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 NEVER_LOG10 = -99.0  # ARPA convention for "never predicted" (<s>)
@@ -63,6 +63,22 @@ class NgramLM:
         """log10 p(<s> words </s>): the sum over the words and the end of the sentence."""
         tokens = [BOS, *normalize_text(sentence).split(), EOS]
         return sum(self.log10_prob(w, tokens[:i]) for i, w in enumerate(tokens) if i > 0)
+
+    @classmethod
+    def from_ngrams(cls, ngrams: Mapping[tuple[str, ...], float]) -> NgramLM:
+        """A model of `{(w1, ..., wn): log10 probability}` with backoff weights 0.
+
+        <s>, </s> and <unk> are added as unigrams when missing (<s> is never predicted: -99).
+        Every n-gram's history must itself be listed, as ARPA requires. KenLM needs at least
+        bigrams: a unigram model gets the bigram "<s> </s>" with the probability of "</s>".
+        """
+        grams = {(BOS,): NEVER_LOG10, (EOS,): -1.0, (UNK,): NEVER_LOG10, **dict(ngrams)}
+        if max(len(g) for g in grams) == 1:
+            grams[BOS, EOS] = grams[EOS,]
+        for gram in grams:
+            if len(gram) > 1 and gram[:-1] not in grams:
+                raise ValueError(f"n-gram {gram} has no entry for its history {gram[:-1]}")
+        return cls(max(len(g) for g in grams), grams)
 
     def write_arpa(self, path: str | Path) -> Path:
         """Write the model as an ARPA text file (loadable by KenLM); returns the path."""
@@ -189,25 +205,24 @@ def read_arpa(path: str | Path) -> NgramLM:
     return lm
 
 
-def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | Path) -> list[str]:
-    """Write `word<TAB>piece piece ...` lines for the decoder; returns the words left out.
+def is_arpa(path: str | Path) -> bool:
+    """True for an ARPA text model (it starts with `\\data\\`), False for a KenLM binary."""
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip().startswith(b"\\data\\")
 
-    A character tokenizer spells a word letter by letter followed by the word separator "|";
-    SentencePiece spells it with its pieces. Words the tokenizer cannot spell (unknown
-    characters) and the markers <s>, </s>, <unk> are left out.
-    """
-    from asr.decoding import spell_word
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    skipped = []
-    with path.open("w", encoding="utf-8") as f:
-        for word in words:
-            if word in (BOS, EOS, UNK):
-                continue
-            spelling = spell_word(word, tokenizer)
-            if spelling is None:
-                skipped.append(word)
-                continue
-            f.write(f"{word}\t{' '.join(spelling)}\n")
-    return skipped
+def arpa_words(path: str | Path) -> list[str]:
+    """The words of an ARPA model's unigram section, without <s>, </s> and <unk>."""
+    words, in_unigrams = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                if in_unigrams:
+                    break
+                in_unigrams = line == "\\1-grams:"
+            elif in_unigrams and line:
+                word = line.split()[1]
+                if word not in (BOS, EOS, UNK):
+                    words.append(word)
+    return words

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import soundfile
 
-from asr.data import Utterance, write_manifest
-from asr.download import download, safe_extract
+from asr.corpora.download import download, safe_extract
+from asr.data.manifest import Utterance, write_manifest
 
 log = logging.getLogger(__name__)
 

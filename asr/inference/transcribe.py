@@ -1,11 +1,11 @@
-"""Transcription of any audio of any length: `load_model`, `Transcriber`, and `asr transcribe`.
+"""Transcription of any audio of any length: `load_model` and `Transcriber`.
 
 An input is a file path, an `AudioSegment` (a stretch of a file, as in a manifest) or a
 `(samples, sample_rate)` pair. Inputs longer than `chunk_seconds` are cut into chunks of that
 length overlapping by `chunk_overlap`; a file is read one chunk at a time (never whole), so
 memory stays flat however long it is. Chunks of all inputs are sorted by length and batched up to
 `batch_seconds` of padded audio; padding never changes a result. Each chunk is decoded
-(`asr.decoding`), its words timed by forced alignment, and the chunks of an input are stitched
+(`asr.inference.decoding`), its words timed by forced alignment, and the chunks of an input are stitched
 (`stitch_chunks`): each word is kept from the one chunk that owns its centre.
 
 A failing input (missing, empty, corrupt, not audio) gives a `Result` whose `error` is a one-line
@@ -14,13 +14,9 @@ message naming it; the other inputs are transcribed all the same.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 import numbers
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.audio import AudioError, audio_duration, find_audio_files, load_audio, load_audio_array
-from asr.checkpoint import BundleError, ModelBundle, atomic_write, load_bundle
-from asr.decoding import Decoder, DecodingOptions, Word, align_words, make_decoder
+from asr.audio import AudioError, audio_duration, load_audio, load_audio_array
+from asr.checkpoint import ModelBundle, load_bundle
+from asr.inference.alignment import Word, align_words
+from asr.inference.decoding import Decoder, DecodingOptions, make_decoder
 
 DEFAULT_BATCH_SECONDS = 120.0
 # Self-attention is quadratic in length: on 2 busy CPU cores the "s" model ran a 60 s file at
@@ -39,8 +36,6 @@ DEFAULT_BATCH_SECONDS = 120.0
 # 20 s keeps most of the speed while staying close to the length of training utterances.
 DEFAULT_CHUNK_SECONDS = 20.0
 DEFAULT_CHUNK_OVERLAP = 4.0
-FORMATS = ("txt", "json", "srt", "vtt")
-CUE_MAX_SECONDS, CUE_MAX_CHARS, CUE_MAX_GAP = 7.0, 42, 1.0
 
 __all__ = ["AudioSegment", "Result", "Transcriber", "Word", "load_model", "stitch_chunks"]
 
@@ -118,19 +113,18 @@ class Transcriber:
         chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
         chunk_overlap: float = DEFAULT_CHUNK_OVERLAP,
         *,
-        beam_size: int = 1,
-        lm: str | None = None,
-        lexicon: str | None = None,
-        lm_weight: float = DecodingOptions.lm_weight,
-        word_score: float = DecodingOptions.word_score,
-        beam_threshold: float = DecodingOptions.beam_threshold,
+        options: DecodingOptions | None = None,
+        **decoding: Any,
     ) -> list[Result]:
         """Results in input order for paths, `AudioSegment`s or `(samples, rate)` pairs (or one).
 
-        beam_size 1 without lm or lexicon is greedy decoding; see `DecodingOptions` for the rest.
-        Bad options raise ValueError; a bad input gets a `Result` with its `error` set.
+        Decoding: `options`, or its fields as keywords (`lm=..., beam_size=...`); neither is
+        greedy decoding. Bad options raise ValueError; a bad input gets a `Result` with its
+        `error` set.
         """
-        options = DecodingOptions(beam_size, lm, lexicon, lm_weight, word_score, beam_threshold)
+        if options is not None and decoding:
+            raise ValueError("give either options=DecodingOptions(...) or its fields, not both")
+        options = options or DecodingOptions(**decoding)
         if not 0 <= chunk_overlap < chunk_seconds:
             raise ValueError(
                 f"need 0 <= chunk_overlap < chunk_seconds, got {chunk_overlap} and {chunk_seconds}"
@@ -288,155 +282,3 @@ def _cut(words: list[Word], lo: float, hi: float) -> float:
     candidates = [mid] + [t for w in words for t in (w.start, w.end) if abs(t - mid) <= quarter]
     free = [t for t in candidates if not any(w.start < t < w.end for w in words)]
     return min(free, key=lambda t: abs(t - mid)) if free else mid
-
-
-# --------------------------------------------------------------------------------------------
-# Output formats
-
-
-def format_result(result: Result, fmt: str) -> str:
-    """`result` as the text of a .txt, .json, .srt or .vtt file."""
-    if fmt == "txt":
-        return result.text + "\n"
-    if fmt == "json":
-        return json.dumps(result.to_dict(), ensure_ascii=False, indent=1) + "\n"
-    cues = [
-        f"{_timestamp(ws[0].start, fmt)} --> {_timestamp(ws[-1].end, fmt)}\n"
-        f"{' '.join(w.word for w in ws)}\n"
-        for ws in subtitle_cues(result.words)
-    ]
-    if fmt == "srt":
-        return "\n".join(f"{n}\n{cue}" for n, cue in enumerate(cues, start=1))
-    return "WEBVTT\n\n" + "\n".join(cues)
-
-
-def subtitle_cues(words: list[Word]) -> list[list[Word]]:
-    """Words grouped into cues of at most 7 s and 42 characters, split at pauses over 1 s."""
-    cues: list[list[Word]] = []
-    for w in words:
-        cue = cues[-1] if cues else None
-        if (
-            cue is None
-            or w.end - cue[0].start > CUE_MAX_SECONDS
-            or len(" ".join(x.word for x in [*cue, w])) > CUE_MAX_CHARS
-            or w.start - cue[-1].end > CUE_MAX_GAP
-        ):
-            cues.append([w])
-        else:
-            cue.append(w)
-    return cues
-
-
-def _timestamp(seconds: float, fmt: str) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, m, s = ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60
-    return f"{h:02d}:{m:02d}:{s:02d}{',' if fmt == 'srt' else '.'}{ms % 1000:03d}"
-
-
-# --------------------------------------------------------------------------------------------
-# `asr transcribe`
-
-
-def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `asr transcribe`."""
-    parser.description = (
-        "Transcribe audio files of any length. Without --output-dir the text goes to stdout: "
-        "just the text for a single file argument, otherwise one `path<TAB>text` line per file "
-        "(--format json: one JSON object per line). Errors go to stderr, one line per failed "
-        "input, and make the exit status 1; the other inputs are still transcribed."
-    )
-    parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR",
-                        help="audio files, or folders searched for audio files")  # fmt: skip
-    parser.add_argument("--model", required=True, help="model bundle (model.pt)")
-    parser.add_argument("--output-dir", type=Path,
-                        help="write <stem>.<format> per input here (sub-folders kept)")  # fmt: skip
-    parser.add_argument("--format", nargs="+", default=["txt"], metavar="FORMAT",
-                        help="one or more of txt json srt vtt (srt/vtt need --output-dir); "
-                        "files may follow: --format txt json a.wav")  # fmt: skip
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch-seconds", type=float, default=DEFAULT_BATCH_SECONDS,
-                        help="padded audio per forward pass (default %(default)s)")  # fmt: skip
-    parser.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS,
-                        help="longer inputs go in windows this long (default %(default)s)")  # fmt: skip
-    parser.add_argument("--chunk-overlap", type=float, default=DEFAULT_CHUNK_OVERLAP,
-                        help="seconds shared by neighbouring windows (default %(default)s)")  # fmt: skip
-    defaults = DecodingOptions()
-    parser.add_argument("--beam-size", type=int, default=defaults.beam_size,
-                        help="1: greedy; more: beam search (so are --lm, --lexicon)")  # fmt: skip
-    parser.add_argument("--lm", help="KenLM n-gram model, ARPA or binary")
-    parser.add_argument("--lexicon", help="words to decode: `word [token ...]` per line "
-                        "(default with an ARPA --lm: its words)")  # fmt: skip
-    parser.add_argument("--lm-weight", type=float, default=defaults.lm_weight,
-                        help="LM log-probability scale (default %(default)s)")  # fmt: skip
-    parser.add_argument("--word-score", type=float, default=defaults.word_score,
-                        help="added per word (default %(default)s)")  # fmt: skip
-    parser.add_argument("--beam-threshold", type=float, default=defaults.beam_threshold)
-
-
-def transcribe_command(args: argparse.Namespace) -> int:
-    """Run `asr transcribe`; 0 when every input was transcribed, else 1."""
-    formats, inputs = _split_formats(args.format)
-    args.inputs = [*args.inputs, *inputs]  # `--format txt json a.wav`: a.wav is an input
-    if not formats:
-        return _error(f"--format {args.format[0]!r} is not one of {', '.join(FORMATS)}")
-    if not args.inputs:
-        return _error("no audio files or folders given")
-    if args.output_dir is None and (len(formats) > 1 or formats[0] in ("srt", "vtt")):
-        return _error("without --output-dir, choose one --format of txt or json for stdout")
-    slots: list[tuple[Path, Path] | str] = []  # (input, output name) or an error, in order
-    for arg in args.inputs:
-        try:
-            found = find_audio_files(arg)
-        except AudioError as err:
-            slots.append(str(err))
-            continue
-        for path in found:
-            slots.append((path, path.relative_to(arg) if Path(arg).is_dir() else Path(path.name)))
-    inputs = [slot[0] for slot in slots if not isinstance(slot, str)]
-    decoding = dict(beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon,
-                lm_weight=args.lm_weight, word_score=args.word_score,
-                beam_threshold=args.beam_threshold)  # fmt: skip
-    try:
-        transcriber = load_model(args.model, device=args.device)
-        began = time.perf_counter()  # the real-time factor leaves model loading out
-        results = transcriber.transcribe(
-            inputs, args.batch_seconds, args.chunk_seconds, args.chunk_overlap, **decoding
-        )
-    except (BundleError, ValueError) as err:
-        return _error(str(err))
-    bare = len(args.inputs) == 1 and len(slots) == 1 and not Path(args.inputs[0]).is_dir()
-    done = iter(results)
-    for slot in slots:
-        result = None if isinstance(slot, str) else next(done)
-        if result is None or result.error is not None:
-            _error(slot if result is None else result.error)
-        elif args.output_dir is not None:
-            for fmt in formats:
-                out = args.output_dir / slot[1].with_suffix(f".{fmt}")
-                text = format_result(result, fmt)
-                atomic_write(out, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
-        elif formats[0] == "json":
-            print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
-        else:
-            print(result.text if bare else f"{result.path}\t{result.text}", flush=True)
-    seconds, audio = time.perf_counter() - began, sum(r.duration for r in results)
-    succeeded = sum(r.error is None for r in results)
-    rtf = f" (real-time factor {seconds / audio:.3f})" if audio > 0 else ""
-    print(
-        f"asr transcribe: {succeeded} of {len(slots)} inputs, {audio:.1f} s of "
-        f"audio in {seconds:.1f} s{rtf}",
-        file=sys.stderr,
-    )
-    return 0 if succeeded == len(slots) else 1
-
-
-def _split_formats(values: list[str]) -> tuple[list[str], list[str]]:
-    """--format values -> (format names, the inputs argparse put after them)."""
-    names = [name for value in values for name in value.split(",") if name]
-    count = next((i for i, name in enumerate(names) if name not in FORMATS), len(names))
-    return list(dict.fromkeys(names[:count])), names[count:]
-
-
-def _error(message: str) -> int:
-    print(f"asr transcribe: error: {' '.join(message.split())}", file=sys.stderr)
-    return 1

@@ -1,20 +1,16 @@
-"""The `asr` command line: thin wrappers over the library. `asr COMMAND --help` for each.
+"""`asr train`, `asr train-tokenizer`, `asr export`, `asr presets` and `asr make-corpus`.
 
-User errors (a missing file, a bad config key, unreadable audio) end with one line
-`asr: error: ...` and exit status 2, never a traceback.
+Each command imports what it drives when it runs, so `asr transcribe` never loads Lightning.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-from collections.abc import Callable, Sequence
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from asr.config import load_config
-    from asr.train import train
+    from asr.training.train import train
 
     config = load_config(args.config, args.overrides)
     path = train(config, resume=not args.no_resume)
@@ -24,7 +20,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from asr.config import TokenizerConfig
-    from asr.data import read_manifest
+    from asr.data.manifest import read_manifest
     from asr.tokenizer import train_tokenizer
 
     texts = [utt.text for path in args.manifest for utt in read_manifest(path)]
@@ -35,14 +31,14 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from asr.train import export_checkpoint
+    from asr.training.train import export_checkpoint
 
     print(f"model written to {export_checkpoint(args.checkpoint, args.output)}")
     return 0
 
 
 def cmd_make_corpus(args: argparse.Namespace) -> int:
-    from asr.corpus import CorpusConfig, make_demo_corpus
+    from asr.corpora.synthetic import CorpusConfig, make_demo_corpus
 
     config = CorpusConfig(
         num_train=args.num_train,
@@ -54,12 +50,6 @@ def cmd_make_corpus(args: argparse.Namespace) -> int:
     )
     print(f"corpus ready in {make_demo_corpus(args.output_dir, config)}")
     return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from asr.evaluate_cli import evaluate_command
-
-    return evaluate_command(args)
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -82,7 +72,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """train, train-tokenizer, export, presets, make-corpus."""
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("--config", required=True, help="YAML file (see configs/)")
     p.add_argument(
@@ -116,75 +107,3 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_make_corpus)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asr", description="Conformer-CTC speech recognition")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_train(sub)
-    for register in optional_commands():
-        register(sub)
-    return parser
-
-
-def optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands defined next to the code they drive."""
-    from asr.demo import add_demo_arguments, demo_command
-    from asr.evaluate_cli import add_evaluate_arguments
-    from asr.transcribe import add_transcribe_arguments, transcribe_command
-
-    def add_transcribe(sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser("transcribe", help="transcribe audio files or folders")
-        add_transcribe_arguments(p)
-        p.set_defaults(func=transcribe_command)
-
-    def add_evaluate(sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest, or of hyp vs ref")
-        add_evaluate_arguments(p)
-        p.set_defaults(func=cmd_evaluate)
-
-    def add_demo(sub: argparse._SubParsersAction) -> None:
-        p = sub.add_parser("demo", help="the built-in demo: synthesize a corpus, train, evaluate")
-        add_demo_arguments(p)
-        p.set_defaults(func=demo_command)
-
-    return [add_transcribe, add_evaluate, add_demo]
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    from asr.audio import AudioError
-    from asr.checkpoint import BundleError
-    from asr.system import NonFiniteLossError
-
-    return (
-        AudioError,
-        BundleError,
-        NonFiniteLossError,
-        ValueError,
-        FileNotFoundError,
-        IsADirectoryError,
-        PermissionError,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Warnings from every library; INFO (DEBUG with -v) only from our own `asr.*` loggers.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("asr").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        return int(args.func(args) or 0)
-    except user_errors() as err:
-        if args.verbose:
-            raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"asr: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("asr: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

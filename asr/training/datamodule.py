@@ -1,7 +1,7 @@
 """The LightningDataModule: manifests (or a Hugging Face dataset) -> filtered, bucketed batches.
 
 Unusable utterances are dropped before training with one warning per reason (see
-`asr.data.filter_utterances`); audio that fails to load mid-epoch is skipped by the dataset.
+`asr.data.manifest.filter_utterances`); audio that fails to load mid-epoch is skipped by the dataset.
 The batch sampler's position in the epoch is saved in every checkpoint, so a resumed run sees
 exactly the batches an uninterrupted run would have seen.
 """
@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from asr.augment import WaveAugment
 from asr.config import TrainConfig
-from asr.data import AudioDataset, Utterance, collate, filter_utterances, read_manifest
-from asr.hf_data import HFAudioDataset, HFIterableAudioDataset, load_hf_utterances
-from asr.sampler import DurationBucketSampler
+from asr.data.dataset import AudioDataset, collate
+from asr.data.hf import HFAudioDataset, HFIterableAudioDataset, load_hf_utterances
+from asr.data.manifest import Utterance, filter_utterances, read_manifest
+from asr.data.sampler import DurationBucketSampler
 from asr.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ The corpus on disk, as the OpenSLR tarballs extract it:
     LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt   "ID TEXT" lines
 
 Here: the seven parts with their OpenSLR MD5 sums (`PARTS`), `download_librispeech` (resumable,
-verified, safely extracted: `asr.download`), `read_transcripts`, `part_utterances` and
+verified, safely extracted: `asr.corpora.download`), `read_transcripts`, `part_utterances` and
 `prepare_manifests` (one JSONL manifest per part, durations from the FLAC headers), and the
 Hugging Face route (`download_librispeech_hf`: the `openslr/librispeech_asr` rows written back
 into the same layout, so every later step is the same whichever way the corpus arrived).
@@ -23,8 +23,8 @@ from typing import Any
 
 import soundfile
 
-from asr.data import Utterance, read_manifest, write_manifest
-from asr.download import download, safe_extract
+from asr.corpora.download import download, safe_extract
+from asr.data.manifest import Utterance, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 

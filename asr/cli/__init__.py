@@ -1,0 +1,69 @@
+"""The `asr` command line: thin wrappers over the library. `asr COMMAND --help` for each.
+
+User errors (a missing file, a bad config key, unreadable audio) end with one line
+`asr: error: ...` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from asr.cli import demo, evaluate, train, transcribe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr", description="Conformer-CTC speech recognition")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train.add_commands(sub)
+    p = sub.add_parser("transcribe", help="transcribe audio files or folders")
+    transcribe.add_transcribe_arguments(p)
+    p.set_defaults(func=transcribe.transcribe_command)
+    p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest, or of hyp vs ref")
+    evaluate.add_evaluate_arguments(p)
+    p.set_defaults(func=evaluate.evaluate_command)
+    p = sub.add_parser("demo", help="the built-in demo: synthesize a corpus, train, evaluate")
+    demo.add_demo_arguments(p)
+    p.set_defaults(func=demo.demo_command)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from asr.audio import AudioError
+    from asr.checkpoint import BundleError
+    from asr.training.system import NonFiniteLossError
+
+    return (
+        AudioError,
+        BundleError,
+        NonFiniteLossError,
+        ValueError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Warnings from every library; INFO (DEBUG with -v) only from our own `asr.*` loggers.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("asr").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as err:
+        if args.verbose:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"asr: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("asr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""`asr transcribe`: audio files or folders -> text, JSON, SRT or VTT files (or stdout)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from asr.audio import AudioError, find_audio_files
+from asr.checkpoint import BundleError, atomic_write
+from asr.cli.decoding import add_decoding_arguments, decoding_options
+from asr.inference.formats import FORMATS, format_result
+from asr.inference.transcribe import (
+    DEFAULT_BATCH_SECONDS,
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SECONDS,
+    load_model,
+)
+
+
+def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `asr transcribe`."""
+    parser.description = (
+        "Transcribe audio files of any length. Without --output-dir the text goes to stdout: "
+        "just the text for a single file argument, otherwise one `path<TAB>text` line per file "
+        "(--format json: one JSON object per line). Errors go to stderr, one line per failed "
+        "input, and make the exit status 1; the other inputs are still transcribed."
+    )
+    parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR",
+                        help="audio files, or folders searched for audio files")  # fmt: skip
+    parser.add_argument("--model", required=True, help="model bundle (model.pt)")
+    parser.add_argument("--output-dir", type=Path,
+                        help="write <stem>.<format> per input here (sub-folders kept)")  # fmt: skip
+    parser.add_argument("--format", nargs="+", default=["txt"], metavar="FORMAT",
+                        help="one or more of txt json srt vtt (srt/vtt need --output-dir); "
+                        "files may follow: --format txt json a.wav")  # fmt: skip
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-seconds", type=float, default=DEFAULT_BATCH_SECONDS,
+                        help="padded audio per forward pass (default %(default)s)")  # fmt: skip
+    parser.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS,
+                        help="longer inputs go in windows this long (default %(default)s)")  # fmt: skip
+    parser.add_argument("--chunk-overlap", type=float, default=DEFAULT_CHUNK_OVERLAP,
+                        help="seconds shared by neighbouring windows (default %(default)s)")  # fmt: skip
+    add_decoding_arguments(parser)
+
+
+def transcribe_command(args: argparse.Namespace) -> int:
+    """Run `asr transcribe`; 0 when every input was transcribed, else 1."""
+    formats, inputs = _split_formats(args.format)
+    args.inputs = [*args.inputs, *inputs]  # `--format txt json a.wav`: a.wav is an input
+    if not formats:
+        return _error(f"--format {args.format[0]!r} is not one of {', '.join(FORMATS)}")
+    if not args.inputs:
+        return _error("no audio files or folders given")
+    if args.output_dir is None and (len(formats) > 1 or formats[0] in ("srt", "vtt")):
+        return _error("without --output-dir, choose one --format of txt or json for stdout")
+    slots: list[tuple[Path, Path] | str] = []  # (input, output name) or an error, in order
+    for arg in args.inputs:
+        try:
+            found = find_audio_files(arg)
+        except AudioError as err:
+            slots.append(str(err))
+            continue
+        for path in found:
+            slots.append((path, path.relative_to(arg) if Path(arg).is_dir() else Path(path.name)))
+    inputs = [slot[0] for slot in slots if not isinstance(slot, str)]
+    try:
+        options = decoding_options(args)
+        transcriber = load_model(args.model, device=args.device)
+        began = time.perf_counter()  # the real-time factor leaves model loading out
+        results = transcriber.transcribe(
+            inputs, args.batch_seconds, args.chunk_seconds, args.chunk_overlap, options=options
+        )
+    except (BundleError, ValueError) as err:
+        return _error(str(err))
+    bare = len(args.inputs) == 1 and len(slots) == 1 and not Path(args.inputs[0]).is_dir()
+    done = iter(results)
+    for slot in slots:
+        result = None if isinstance(slot, str) else next(done)
+        if result is None or result.error is not None:
+            _error(slot if result is None else result.error)
+        elif args.output_dir is not None:
+            for fmt in formats:
+                out = args.output_dir / slot[1].with_suffix(f".{fmt}")
+                text = format_result(result, fmt)
+                atomic_write(out, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        elif formats[0] == "json":
+            print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+        else:
+            print(result.text if bare else f"{result.path}\t{result.text}", flush=True)
+    seconds, audio = time.perf_counter() - began, sum(r.duration for r in results)
+    succeeded = sum(r.error is None for r in results)
+    rtf = f" (real-time factor {seconds / audio:.3f})" if audio > 0 else ""
+    print(
+        f"asr transcribe: {succeeded} of {len(slots)} inputs, {audio:.1f} s of "
+        f"audio in {seconds:.1f} s{rtf}",
+        file=sys.stderr,
+    )
+    return 0 if succeeded == len(slots) else 1
+
+
+def _split_formats(values: list[str]) -> tuple[list[str], list[str]]:
+    """--format values -> (format names, the inputs argparse put after them)."""
+    names = [name for value in values for name in value.split(",") if name]
+    count = next((i for i, name in enumerate(names) if name not in FORMATS), len(names))
+    return list(dict.fromkeys(names[:count])), names[count:]
+
+
+def _error(message: str) -> int:
+    print(f"asr transcribe: error: {' '.join(message.split())}", file=sys.stderr)
+    return 1

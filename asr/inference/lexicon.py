@@ -1,0 +1,118 @@
+"""Lexicons for lexicon-constrained CTC beam search: words and their token spellings.
+
+A lexicon file holds `word<TAB>piece piece ...` lines (or bare `word` lines, spelled with the
+model's tokenizer). Characters spell a word letter by letter; the "|" between words is the
+decoder's optional silence token and is never part of a spelling. SentencePiece spells a word
+with its pieces, the first one starting with "▁".
+
+Here: `spell_word`, `write_lexicon` (words -> file, for a model's tokenizer), `read_lexicon`
+(file -> spellings checked against the tokenizer), `write_spellings` (the one writer of the
+line format) and `lexicon_for` (the lexicon a decoder uses: a file, or an ARPA model's words).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from asr.inference.lm import BOS, EOS, UNK, arpa_words, is_arpa
+from asr.tokenizer import SPACE_PIECE, Tokenizer
+
+Spellings = dict[str, list[list[str]]]  # word -> its spellings, each a list of token pieces
+
+
+def spell_word(word: str, tokenizer: Tokenizer) -> list[str] | None:
+    """The token pieces of `word` as the decoder's lexicon wants them, or None if unspellable.
+
+    Char: the letters ("|" between words is the silence token, optional). SentencePiece: the
+    word's pieces ("▁" first).
+    """
+    try:
+        ids = tokenizer.encode(word)
+    except ValueError:
+        return None
+    pieces = [tokenizer.id_to_piece(i) for i in ids]
+    if not ids or SPACE_PIECE in pieces or "<unk>" in pieces:
+        return None  # a word that normalizes to several words (or to nothing) is no word
+    return pieces
+
+
+def write_spellings(lexicon: Mapping[str, list[list[str]]], path: str | Path) -> Path:
+    """Write `word<TAB>piece piece ...`, one line per spelling; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for word, spellings in lexicon.items():
+            for spelling in spellings:
+                f.write(f"{word}\t{' '.join(spelling)}\n")
+    return path
+
+
+def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | Path) -> list[str]:
+    """Write the lexicon of `words` for `tokenizer`; returns the words left out.
+
+    Words the tokenizer cannot spell (unknown characters) and the markers <s>, </s>, <unk> are
+    left out.
+    """
+    lexicon: Spellings = {}
+    skipped = []
+    for word in words:
+        if word in (BOS, EOS, UNK):
+            continue
+        spelling = spell_word(word, tokenizer)
+        if spelling is None:
+            skipped.append(word)
+        else:
+            lexicon[word] = [spelling]
+    write_spellings(lexicon, path)
+    return skipped
+
+
+def read_lexicon(path: str | Path, tokenizer: Tokenizer) -> Spellings:
+    """Lines `word` (spelled with the tokenizer) or `word piece piece ...` -> word: spellings.
+
+    A trailing "|" (torchaudio's char lexicons) is dropped: it would make the decoder wait for a
+    separator after the last word, which a CTC model trained on plain text never emits.
+    """
+    known = {tokenizer.id_to_piece(i) for i in range(1, tokenizer.vocab_size)}
+    lexicon: Spellings = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            word, spelling = fields[0], fields[1:] or spell_word(fields[0], tokenizer)
+            if spelling is None:
+                continue  # a word this model cannot write: it simply is never output
+            if tokenizer.space_id is not None and spelling[-1] == SPACE_PIECE:
+                spelling = spelling[:-1]  # "|" is the optional silence between words
+            if not spelling:
+                raise ValueError(f"{path}:{number}: {word!r} is spelled with no token")
+            unknown = [p for p in spelling if p not in known]
+            if unknown:
+                raise ValueError(
+                    f"{path}:{number}: the spelling of {word!r} uses tokens {unknown} that the "
+                    f"model's tokenizer does not have"
+                )
+            lexicon.setdefault(word, []).append(spelling)
+    if not lexicon:
+        raise ValueError(f"lexicon {path} holds no word this model can spell")
+    return lexicon
+
+
+def lexicon_for(tokenizer: Tokenizer, lm: str | None, lexicon: str | None) -> Spellings | None:
+    """The decoder's lexicon: the `lexicon` file, else an ARPA `lm`'s words, else None (free)."""
+    if lexicon is not None:
+        return read_lexicon(lexicon, tokenizer)
+    if lm is None:
+        return None
+    if not is_arpa(lm):
+        raise ValueError(
+            f"the binary language model {lm} needs a lexicon (--lexicon FILE, one word "
+            f"per line); an ARPA model's own word list is used when no lexicon is given"
+        )
+    spelled = {w: spell_word(w, tokenizer) for w in arpa_words(lm)}
+    found = {w: [s] for w, s in spelled.items() if s is not None}
+    if not found:
+        raise ValueError(f"language model {lm} holds no word this model can spell")
+    return found

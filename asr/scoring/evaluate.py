@@ -1,0 +1,164 @@
+"""A whole evaluation: decode a manifest, score hypotheses against references, write a report.
+
+`evaluate_files` (hypothesis file + reference file -> `ScoreResult`, report folder) is what
+`asr evaluate` runs; `decode_and_score` (a model, a manifest, `DecodingOptions`) is the one
+decode-then-score path shared by `asr evaluate --model`, the demo and the recipes; `load_result`
+reads a previous evaluation back for a paired comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+
+from asr.bars import stage_columns
+from asr.data.manifest import read_manifest
+from asr.inference.decoding import DecodingOptions
+from asr.inference.transcribe import DEFAULT_BATCH_SECONDS, AudioSegment, Transcriber
+from asr.scoring.metrics import (
+    ScoreResult,
+    UtteranceScore,
+    check_same_ids,
+    paired_bootstrap,
+    result_from_utterances,
+    score,
+)
+from asr.scoring.report import write_report
+from asr.scoring.transcripts import read_transcripts
+from asr.text import DEFAULT_NORMALIZER, TextNormalizer
+
+log = logging.getLogger(__name__)
+
+
+def load_result(path: str | Path, num_resamples: int = 1000, seed: int = 0) -> ScoreResult:
+    """A previous evaluation: its output folder, or the utterances.jsonl inside it.
+
+    The normalizer is read from summary.json next to utterances.jsonl when it is there.
+    """
+    path = Path(path)
+    utt_path = path / "utterances.jsonl" if path.is_dir() else path
+    if not utt_path.is_file():
+        raise FileNotFoundError(f"no utterances.jsonl at {utt_path} (give an evaluation folder)")
+    utts = []
+    for number, line in enumerate(utt_path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            utts.append(UtteranceScore.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{utt_path}:{number}: not an utterances.jsonl line ({err})") from None
+    summary_path = utt_path.parent / "summary.json"
+    normalizer = DEFAULT_NORMALIZER
+    if summary_path.is_file():
+        normalizer = TextNormalizer(**json.loads(summary_path.read_text())["normalizer"])
+    return result_from_utterances(utts, normalizer, num_resamples, seed)
+
+
+def evaluate_files(
+    hyp_path: str | Path,
+    ref_path: str | Path,
+    output_dir: str | Path | None = None,
+    compare_path: str | Path | None = None,
+    normalizer: TextNormalizer = DEFAULT_NORMALIZER,
+    num_resamples: int = 1000,
+    seed: int = 0,
+    worst_n: int = 20,
+) -> ScoreResult:
+    """`asr evaluate`: score a hypothesis file against a reference file, write the report.
+
+    `compare_path` is a previous evaluation (its output folder or utterances.jsonl) scored on
+    the same references with the same normalizer; the result then holds a paired `Comparison`.
+    """
+    refs, hyps = read_transcripts(ref_path), read_transcripts(hyp_path)
+    try:
+        check_same_ids(refs, hyps)
+    except ValueError as err:
+        raise ValueError(f"{err} (references: {ref_path}, hypotheses: {hyp_path})") from None
+    result = score(refs, hyps, normalizer, num_resamples, seed)
+    if compare_path is not None:
+        baseline = load_result(compare_path, num_resamples, seed)
+        if baseline.normalizer != normalizer:
+            raise ValueError(
+                f"{compare_path} was scored with {baseline.normalizer}, this run uses "
+                f"{normalizer}: re-score both with the same normalizer"
+            )
+        comparison = paired_bootstrap(
+            baseline, result, num_resamples, seed, baseline=str(compare_path)
+        )
+        result = dataclasses.replace(result, comparison=comparison)
+    if output_dir is not None:
+        write_report(result, output_dir, worst_n=worst_n)
+    return result
+
+
+def format_summary(result: ScoreResult) -> str:
+    """A few lines for the terminal: WER with its CI, CER, S/D/I, SER, counts, comparison."""
+    w, c = result.words, result.chars
+    lo, hi = result.wer_ci
+    lines = [
+        f"WER {100 * result.wer:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%)"
+        f"  S={w.substitutions} D={w.deletions} I={w.insertions} / N={w.ref_words} words",
+        f"CER {100 * result.cer:.2f}%  {c.errors} errors / {c.ref_words} characters",
+        f"SER {100 * result.sentence_error_rate:.2f}% of {result.num_utterances} utterances",
+    ]
+    cmp = result.comparison
+    if cmp is not None:
+        dlo, dhi = cmp.diff_ci
+        lines.append(
+            f"vs {cmp.baseline}: WER {100 * cmp.wer_a:.2f}% -> {100 * cmp.wer_b:.2f}%, "
+            f"diff {100 * cmp.mean_diff:+.2f} (95% CI {100 * dlo:+.2f} to {100 * dhi:+.2f}), "
+            f"P(better) = {cmp.prob_b_better:.3f}"
+        )
+    return "\n".join(lines)
+
+
+# Utterances per transcription call: one tick of the progress bar. The batches inside a call
+# (up to `batch_seconds` of padded audio) are formed from these utterances only.
+SLICE = 25
+
+
+def decode_and_score(
+    model: Transcriber,
+    manifest: str | Path,
+    output_dir: str | Path,
+    options: DecodingOptions | None = None,
+    *,
+    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    label: str | None = None,
+    **scoring: Any,
+) -> ScoreResult:
+    """Transcribe every utterance of `manifest`, write `hypotheses.jsonl`, score and report.
+
+    `label` shows a progress bar with that name. `scoring` goes to `evaluate_files`
+    (normalizer, num_resamples, worst_n, compare_path). An utterance that fails to transcribe
+    is scored as an empty hypothesis (all deletions) and reported, never dropped.
+    """
+    utterances = read_manifest(manifest)
+    if not utterances:
+        raise ValueError(f"no usable utterances in {manifest}")
+    segments = [AudioSegment(u.audio, u.offset, u.duration, id=u.id) for u in utterances]
+    results: list = []
+    with Progress(*stage_columns(label or ""), disable=label is None) as bar:
+        task = bar.add_task(label or "", total=len(segments))
+        for start in range(0, len(segments), SLICE):
+            piece = segments[start : start + SLICE]
+            results += model.transcribe(piece, batch_seconds, options=options)
+            bar.advance(task, len(piece))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    hyp_path = output_dir / "hypotheses.jsonl"
+    failed = []
+    with hyp_path.open("w", encoding="utf-8") as f:
+        for utt, result in zip(utterances, results):
+            if result.error:
+                failed.append(f"{utt.id}: {result.error}")
+            f.write(json.dumps({"id": utt.id, "text": result.text or ""}) + "\n")
+    if failed:
+        log.warning("%d utterances failed to transcribe, scored as empty: %s", len(failed),
+                    failed[:3])  # fmt: skip
+    return evaluate_files(hyp_path, manifest, output_dir=output_dir, **scoring)
