@@ -3,8 +3,4 @@
 # spoken corpus, trains, evaluates and transcribes on the CPU. Arguments go to `asr demo`
 # (--work-dir DIR, --seed N, --quick, --no-lm, dotted.key=value overrides of configs/demo.yaml).
 ASR_EXTRAS="dev,demo" source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-if asr demo --help >/dev/null 2>&1; then
-    asr demo "$@"
-else  # a checkout whose CLI has no `demo` command yet
-    python -m asr.demo "$@"
-fi
+asr demo "$@"

@@ -3,15 +3,18 @@ lexicon, and word timings from the forced alignment."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
 import pytest
 import torch
 
+from asr.cli.decoding import decoding_options
 from asr.config import TokenizerConfig
 from asr.inference.alignment import align_words, split_words
 from asr.inference.decoding import (
+    DEFAULT_LM_BEAM,
     BeamSearchDecoder,
     DecodingOptions,
     greedy_decode,
@@ -175,3 +178,29 @@ def test_word_timings_survive_a_separator_the_model_never_emitted():
     log_probs = posteriors(list("thecat"))[0]  # no frame for the "|" a beam search may add
     words = align_words(log_probs, TOK.encode("the cat"), TOK, frame_seconds=1.0)
     assert [(w.word, w.start, w.end) for w in words] == [("the", 0, 3), ("cat", 3, 6)]
+
+
+def test_beam_size_defaults_to_greedy_without_lm_and_to_a_beam_with_one(tmp_path):
+    lm = tmp_path / "lm.arpa"
+    NgramLM.from_ngrams({("the",): -1.0}).write_arpa(lm)
+    assert DecodingOptions().greedy and DecodingOptions().beam_size == 1
+    with_lm = DecodingOptions(lm=str(lm))
+    assert not with_lm.greedy and with_lm.beam_size == DEFAULT_LM_BEAM > 1
+    assert DecodingOptions(lm=str(lm), beam_size=3).beam_size == 3
+    assert not DecodingOptions(beam_size=4).greedy
+
+
+@pytest.mark.parametrize("command", ["transcribe", "evaluate"])
+def test_every_decoding_option_is_a_flag_with_the_same_default(command):
+    from asr.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args([command, "--model", "m.pt"])
+    assert decoding_options(args) == DecodingOptions()
+    changed = {"beam_size": 7, "lm_weight": 0.25, "word_score": -1.5, "beam_threshold": 12.0,
+               "log_add": False}  # fmt: skip
+    argv = [command, "--model", "m.pt", "--beam-size", "7", "--lm-weight", "0.25",
+            "--word-score=-1.5", "--beam-threshold", "12", "--no-log-add"]  # fmt: skip
+    assert decoding_options(parser.parse_args(argv)) == DecodingOptions(**changed)
+    names = {f.name for f in dataclasses.fields(DecodingOptions)}
+    assert names <= set(vars(args)), names - set(vars(args))

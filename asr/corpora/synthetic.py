@@ -13,7 +13,7 @@ never occur in train or validation. Background noise (white, pink, brown or babb
 voices of the same split) is mixed in at a random SNR with probability `noise_prob`.
 
 Synthesis goes through libespeak-ng from the `espeakng-loader` wheel (ctypes), or else the
-`espeak-ng` program on PATH. The word lists and the grammar live in `asr/corpus_words.py`.
+`espeak-ng` program on PATH. The word lists and the grammar live in `asr.corpora.sentences`.
 """
 
 from __future__ import annotations

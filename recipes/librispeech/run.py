@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from asr.corpora import librispeech
 from asr.config import TrainConfig, load_config
+from asr.corpora import librispeech
 from asr.recipe import run_asr, run_stages, up_to_date
 
 REPO = Path(__file__).resolve().parents[2]
