@@ -218,7 +218,13 @@ class TrainerConfig:
 
     max_steps: int = -1
     max_epochs: int = 100
-    precision: str = "32-true"  # "32-true" | "bf16-mixed" | "16-mixed"
+    # A wall-clock budget for training, Lightning's own `max_time` ("DD:HH:MM:SS"): training
+    # stops when it is spent (or at max_steps, whichever comes first), the learning-rate
+    # schedule runs over it, and checkpoint averaging and the model.pt export still happen.
+    max_time: str | None = None
+    # "auto": bf16-mixed where bf16 matmuls are fast (a CUDA GPU with bf16, or a CPU with AMX),
+    # else 32-true; see asr.training.train.resolve_precision.
+    precision: str = "32-true"  # "auto" | "32-true" | "bf16-mixed" | "16-mixed"
     accelerator: str = "auto"
     devices: Any = "auto"
     strategy: str = "auto"
@@ -230,7 +236,11 @@ class TrainerConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice(self, "trainer", "precision", ("32-true", "32", "bf16-mixed", "16-mixed"))
+        _check_choice(
+            self, "trainer", "precision", ("auto", "32-true", "32", "bf16-mixed", "16-mixed")
+        )
+        if self.max_time is not None:
+            max_time_seconds(self.max_time)  # a malformed value fails here, naming the key
         limited = [name for name in ("max_steps", "max_epochs") if getattr(self, name) != -1]
         _check_positive(self, "trainer", "average_last_k", "log_every_n_steps", *limited)
         _check_at_least(self, "trainer", 0, "val_every_n_steps")
@@ -242,6 +252,10 @@ class TrainConfig:
     """Everything `asr train` needs. `model` picks an encoder preset; `encoder` overrides it."""
 
     exp_dir: str = "exp/run"
+    # A model.pt bundle whose weights start the training (fine-tuning; ignored when resuming).
+    # Its tokenizer is used unless tokenizer.path names another, whose new CTC head (and
+    # self-conditioning projection) then start from scratch; see asr.training.train.
+    init_from: str | None = None
     model: str = "xs"
     encoder: dict[str, Any] = field(default_factory=dict)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -263,6 +277,21 @@ class TrainConfig:
             {**_preset_fields(self.model), **self.encoder},
             prefix="encoder",
         )
+
+
+def max_time_seconds(value: str) -> float:
+    """Lightning's "DD:HH:MM:SS" -> seconds; anything else is a ValueError naming the key."""
+    parts = str(value).split(":")
+    try:
+        days, hours, minutes, seconds = (float(x) for x in parts)
+    except ValueError:
+        raise ValueError(
+            f"trainer.max_time must be DD:HH:MM:SS (e.g. 00:00:30:00 for 30 minutes), got {value!r}"
+        ) from None
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise ValueError(f"trainer.max_time must be a positive duration, got {value!r}")
+    return total
 
 
 def _preset_fields(name: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from asr.checkpoint import load_bundle
 from asr.corpora.an4 import (
     download_an4,
     hold_out_speakers,
@@ -25,6 +26,9 @@ from asr.corpora.an4 import (
     split_utterances,
 )
 from asr.data.manifest import read_manifest
+from asr.inference.lexicon import read_lexicon
+from asr.inference.lm import arpa_words, read_arpa
+from asr.text import normalize_text
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -201,11 +205,11 @@ TINY = [
 ]
 
 
-def test_recipe_runs_every_stage_end_to_end(an4_dir: Path, tmp_path: Path):
-    work = tmp_path / "work"
+def test_recipe_runs_every_stage_end_to_end(an4_dir: Path, tmp_path: Path, capsys):
+    recipe, work = load_recipe(), tmp_path / "work"
     argv = ["--work-dir", str(work), "--data-dir", str(an4_dir.parent), "--url",
             "http://127.0.0.1:9/an4_sphere.tar.gz", "--val-fraction", "0.2", *TINY]  # fmt: skip
-    assert load_recipe().main(argv) == 0
+    assert recipe.main(argv) == 0
     manifests = {
         name: read_manifest(work / "manifests" / f"{name}.jsonl")
         for name in ("train", "val", "test")
@@ -215,6 +219,36 @@ def test_recipe_runs_every_stage_end_to_end(an4_dir: Path, tmp_path: Path):
     assert set("".join(tokenizer["chars"])) == set("".join(WORDS).lower())
     exp = work / "exp"
     assert (exp / "model.pt").is_file()
-    summary = json.loads((exp / "eval/test/summary.json").read_text())
-    assert summary["num_utterances"] == 6 and summary["words"]["ref_words"] > 0
-    assert f"| test | {100 * summary['wer']:.2f} |" in (exp / "RESULTS.md").read_text()
+
+    # stage 5: the 3-gram and the lexicon hold the training words, and only those
+    train_words = {w for u in manifests["train"] for w in normalize_text(u.text).split()}
+    arpa, lexicon = work / "lm" / "words.3gram.arpa", work / "lm" / "lexicon.txt"
+    assert set(arpa_words(arpa)) == train_words
+    assert read_arpa(arpa).order == 3
+    spellings = read_lexicon(lexicon, load_bundle(exp / "model.pt").tokenizer)
+    assert spellings == {word: [list(word)] for word in train_words}  # char tokens: letters
+
+    # stage 6: val and test, each greedy and with the LM, in RESULTS.json and RESULTS.md
+    printed = capsys.readouterr().out
+    results = json.loads((exp / "RESULTS.json").read_text())
+    table = (exp / "RESULTS.md").read_text()
+    for name in ("val", "test"):
+        lm_dir = exp / "eval" / "lm" / name
+        assert f"--output-dir {lm_dir} --device cpu --lm {arpa} --lexicon {lexicon}" in printed
+        greedy = json.loads((exp / "eval" / name / "summary.json").read_text())
+        with_lm = json.loads((lm_dir / "summary.json").read_text())
+        assert greedy["num_utterances"] == with_lm["num_utterances"] == len(manifests[name])
+        assert results[name] == {
+            "greedy": {"wer": 100 * greedy["wer"], "cer": 100 * greedy["cer"]},
+            "lm": {"wer": 100 * with_lm["wer"], "cer": 100 * with_lm["cer"]},
+        }
+        row = results[name]
+        assert (f"| {name} | {row['greedy']['wer']:.2f} | {row['greedy']['cer']:.2f} | "
+                f"{row['lm']['wer']:.2f} | {row['lm']['cer']:.2f} |") in table  # fmt: skip
+        hypotheses = (lm_dir / "hypotheses.jsonl").read_text().splitlines()
+        assert {w for line in hypotheses for w in json.loads(line)["text"].split()} <= train_words
+
+    stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
+    assert recipe.main([*argv, "--stage", "5"]) == 0  # the LM and every evaluation are reused
+    changed = sorted(p.name for p in stamps if p.stat().st_mtime_ns != stamps[p])
+    assert changed == ["RESULTS.json", "RESULTS.md"]

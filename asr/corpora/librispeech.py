@@ -1,4 +1,4 @@
-"""LibriSpeech (Panayotov et al., ICASSP 2015; OpenSLR SLR12): download, layout, manifests.
+"""LibriSpeech (Panayotov et al., ICASSP 2015; OpenSLR SLR12): download, layout, manifests, LMs.
 
 The corpus on disk, as the OpenSLR tarballs extract it:
 
@@ -10,12 +10,21 @@ verified, safely extracted: `asr.corpora.download`), `read_transcripts`, `part_u
 `prepare_manifests` (one JSONL manifest per part, durations from the FLAC headers), and the
 Hugging Face route (`download_librispeech_hf`: the `openslr/librispeech_asr` rows written back
 into the same layout, so every later step is the same whichever way the corpus arrived).
+
+The corpus's language-model resources (OpenSLR SLR11): `download_lm` fetches one of the official
+word n-gram ARPA models (`LM_ARPAS`, gzipped; decompressed once by `gunzip`) and the official
+pronunciation lexicon, whose words `lexicon_words` reads (its phonemes are of no use to a CTC
+model over characters or word pieces; `asr.inference.lexicon.write_lexicon` spells the words
+with a model's tokenizer instead).
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import os
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +57,22 @@ PARTS = {
 TRAIN_PARTS = ("train-clean-100", "train-clean-360", "train-other-500")
 DEV_PARTS = ("dev-clean", "dev-other")
 TEST_PARTS = ("test-clean", "test-other")
+
+# OpenSLR SLR11, on the same hosts as the corpus: the name of each `MIRRORS` entry works for both.
+LM_URL = "https://www.openslr.org/resources/11"
+# MD5 of the SLR11 files as published in resources/11/md5sum.txt. Taken from the table in
+# sdrobert/pytorch-database-prep (`librispeech.py`, FILE2MD5), which checks its downloads
+# against it and whose resource-12 entries are exactly the `PARTS` sums above. A mismatch stops
+# the download and keeps the file aside as `<name>.bad` (asr.corpora.download).
+# Sizes of the .gz files as Kaldi's egs/librispeech/s5/local/download_lm.sh lists them.
+LM_ARPAS = {  # name -> MD5 of <name>.arpa.gz
+    "3-gram.pruned.1e-7": "9a0f1325bcaf3a0f7b7be4be10823c2a",  # 34 MB
+    "3-gram.pruned.3e-7": "8f67ec741827742eee05799ab7605b50",  # 14 MB
+    "3-gram": "74cbb837e582378c26c602e1c8cbcb9c",  # 760 MB
+    "4-gram": "6abdcd5b055bd482e4f9defe91d40408",  # 1.36 GB
+}
+LEXICON_NAME = "librispeech-lexicon.txt"  # about 200 000 words: "WORD<TAB>PHONEMES" lines
+LEXICON_MD5 = "28f72663f6bfed7cd346283c064c315b"
 
 # The same parts on the Hugging Face hub: part -> (config, split) of `openslr/librispeech_asr`.
 HF_DATASET = "openslr/librispeech_asr"
@@ -174,6 +199,74 @@ def merge_manifests(inputs: Sequence[str | Path], output: str | Path) -> Path:
     if not output.is_file():
         write_manifest([u for path in inputs for u in read_manifest(path)], output)
     return output
+
+
+# --------------------------------------------------------------------------------------------
+# Language models (OpenSLR SLR11)
+
+
+def lm_mirror(mirror: str) -> str:
+    """Where the SLR11 files are, given the corpus's `mirror`: a `MIRRORS` name or a URL.
+
+    A URL ending in `resources/12` gives its sibling `resources/11`; any other URL (a local
+    mirror) is taken to hold the LM files beside the corpus tarballs.
+    """
+    url = MIRRORS.get(mirror, mirror).rstrip("/")
+    head, _, last = url.rpartition("/")
+    return f"{head}/11" if last == "12" and head.endswith("/resources") else url
+
+
+def download_lm(
+    lm_dir: str | Path, arpa: str = "3-gram.pruned.1e-7", mirror: str = LM_URL
+) -> tuple[Path, Path]:
+    """The official `<arpa>.arpa` (decompressed) and `librispeech-lexicon.txt`, in `lm_dir`.
+
+    Both are fetched with `asr.corpora.download.download` (resumed, MD5-checked). The gzipped
+    model stays beside its decompressed copy; a model already decompressed is not fetched again.
+    Returns (ARPA path, lexicon path).
+    """
+    if arpa not in LM_ARPAS:
+        raise ValueError(f"unknown LibriSpeech LM {arpa!r}; OpenSLR has {sorted(LM_ARPAS)}")
+    lm_dir, mirror = Path(lm_dir), mirror.rstrip("/")
+    model = lm_dir / f"{arpa}.arpa"
+    if not model.is_file():
+        archive = lm_dir / f"{arpa}.arpa.gz"
+        log.info("LibriSpeech LM %s: downloading from %s", arpa, mirror)
+        gunzip(download(f"{mirror}/{archive.name}", archive, md5=LM_ARPAS[arpa]), model)
+    lexicon = download(f"{mirror}/{LEXICON_NAME}", lm_dir / LEXICON_NAME, md5=LEXICON_MD5)
+    return model, lexicon
+
+
+def gunzip(archive: str | Path, dest: str | Path) -> Path:
+    """Decompress `archive` into `dest`, streaming (an ARPA model can be gigabytes).
+
+    The bytes go to `dest.part`, renamed to `dest` once complete, so `dest` is only ever a whole
+    file; an existing `dest` is kept as it is. Returns `dest`.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if dest.is_file():
+        return dest
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with gzip.open(archive, "rb") as source, open(part, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a cut file, EOFError
+        part.unlink(missing_ok=True)
+        raise ValueError(f"cannot decompress {archive}: {err}") from None
+    os.replace(part, dest)
+    return dest
+
+
+def lexicon_words(path: str | Path) -> list[str]:
+    """The words of a pronunciation lexicon (`WORD<TAB or space>PHONEMES` lines), each once, in
+    file order: a word with several pronunciations has several lines."""
+    words: dict[str, None] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split(maxsplit=1)
+            if fields:
+                words.setdefault(fields[0])
+    return list(words)
 
 
 # --------------------------------------------------------------------------------------------

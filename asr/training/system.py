@@ -17,10 +17,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from asr.audio import LogMelFeatures
 from asr.augment import SpecAugment
-from asr.config import TrainConfig, to_dict
+from asr.config import TrainConfig, max_time_seconds, to_dict
 from asr.inference.decoding import greedy_decode
 from asr.model import CtcModel, ctc_loss, ctc_objective
 from asr.scoring.metrics import ErrorCounts, count_char_errors, count_word_errors
@@ -35,14 +36,27 @@ class NonFiniteLossError(RuntimeError):
     """Training diverged: the loss kept being NaN or infinite."""
 
 
-def lr_lambda(step: int, warmup: int, schedule: str, max_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1 over `warmup` steps, then Noam (1/sqrt) or cosine decay."""
+def lr_lambda(
+    step: int,
+    warmup: int,
+    schedule: str,
+    max_steps: int,
+    min_ratio: float,
+    time_fraction: float | None = None,
+) -> float:
+    """LR multiplier: linear warm-up to 1 over `warmup` steps, then Noam (1/sqrt) or cosine decay.
+
+    The cosine runs from the end of warm-up to `max_steps`, or, for a wall-clock budget, over
+    `time_fraction` (the share of trainer.max_time spent; the warm-up's own share, about 3% of
+    a 30-minute budget, is not subtracted) when that is further along.
+    """
     step = step + 1
     if step <= warmup:
         return step / max(1, warmup)
     if schedule == "noam":
         return max(min_ratio, math.sqrt(warmup / step))
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    progress = (step - warmup) / max(1, max_steps - warmup) if max_steps > 0 else 0.0
+    progress = min(1.0, max(progress, time_fraction or 0.0))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -160,6 +174,16 @@ class AsrSystem(L.LightningModule):
         checkpoint["asr_tokenizer"] = self.tokenizer.to_dict()
 
     # ---------------------------------------------------------------- optimizer
+    def time_fraction(self) -> float | None:
+        """Share of trainer.max_time spent so far (resumed runs included), None without one."""
+        budget = self.config.trainer.max_time
+        if budget is None or self._trainer is None:
+            return None
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None or timer.start_time("train") is None:
+            return 0.0
+        return min(1.0, timer.time_elapsed("train") / max_time_seconds(budget))
+
     def configure_optimizers(self) -> Any:
         o = self.config.optim
         decay, no_decay = [], []
@@ -174,10 +198,14 @@ class AsrSystem(L.LightningModule):
             lr=o.lr,
             betas=o.betas,
         )
-        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else 100_000
+        max_steps = self.trainer.max_steps
+        if max_steps <= 0 and self.config.trainer.max_time is None:
+            max_steps = 100_000  # no budget at all: a long cosine
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            lambda step: lr_lambda(step, o.warmup_steps, o.schedule, max_steps, o.min_lr_ratio),
+            lambda step: lr_lambda(
+                step, o.warmup_steps, o.schedule, max_steps, o.min_lr_ratio, self.time_fraction()
+            ),
         )
         return {
             "optimizer": optimizer,

@@ -11,7 +11,11 @@
     3 tokenizer  `asr train-tokenizer`: the characters of the training transcripts
     4 train      `asr train --config configs/an4.yaml`; resumes from its last checkpoint;
                  model.pt = mean of the last trainer.average_last_k checkpoints
-    5 evaluate   `asr evaluate` on the validation and test sets; WORK_DIR/exp/RESULTS.md
+    5 lm         WORK_DIR/lm/words.3gram.arpa: a word 3-gram (interpolated Kneser-Ney) of the
+                 training transcripts only, and lexicon.txt: its words spelled with model.pt's
+                 tokenizer
+    6 evaluate   `asr evaluate` on the validation and test sets, greedy and with the LM
+                 (`--lm ARPA --lexicon FILE`, beam search); WORK_DIR/exp/RESULTS.{md,json}
 
 Every stage is idempotent (what exists is reused) and prints the `asr` command it runs.
 """
@@ -30,7 +34,8 @@ from asr.recipe import run_asr, run_stages, up_to_date
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "an4.yaml"
-STAGES = ("download", "manifests", "tokenizer", "train", "evaluate")
+STAGES = ("download", "manifests", "tokenizer", "train", "lm", "evaluate")
+LM_ORDER = 3
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -43,7 +48,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--md5", help="check the tarball against this MD5 (CMU publishes none)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="of the training utterances")
     p.add_argument("--seed", type=int, default=0, help="which training speakers are held out")
-    p.add_argument("--device", default="cpu", help="for stage 5")
+    p.add_argument("--device", default="cpu", help="for stage 6")
     p.add_argument("overrides", nargs="*", help="training config overrides, key=value")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or args.work_dir / "data"
@@ -87,26 +92,77 @@ def stage_train(args: argparse.Namespace) -> None:
     run_asr(["train", "--config", str(CONFIG), *train_overrides(args)])
 
 
-def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """`asr evaluate` of model.pt on val and test; WER and CER also in exp/RESULTS.md."""
+def lm_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    return args.work_dir / "lm" / f"words.{LM_ORDER}gram.arpa", args.work_dir / "lm" / "lexicon.txt"
+
+
+def stage_lm(args: argparse.Namespace) -> None:
+    """Word 3-gram of the training transcripts (never val or test) and its lexicon, spelled
+    with model.pt's tokenizer; reused while newer than the model and the training manifest."""
+    from asr.checkpoint import load_bundle
+    from asr.data.manifest import read_manifest
+    from asr.inference.lexicon import write_lexicon
+    from asr.inference.lm import train_ngram
+
+    config = load_config(CONFIG, train_overrides(args))
+    model, train = Path(config.exp_dir) / "model.pt", Path(config.data.train_manifest)
+    arpa, lexicon = lm_paths(args)
+    if not model.is_file():
+        raise SystemExit(f"stage lm spells words with the trained model's tokens: no {model}")
+    if all(up_to_date(out, source) for out in (arpa, lexicon) for source in (model, train)):
+        print(f"reusing {arpa} and {lexicon}")
+        return
+    texts = [utt.text for utt in read_manifest(train)]
+    lm = train_ngram(texts, order=LM_ORDER)
+    words = sorted(w for w in lm.vocabulary if not w.startswith("<"))  # no <s>, </s>, <unk>
+    skipped = write_lexicon(words, load_bundle(model).tokenizer, lexicon)
+    lm.write_arpa(arpa)
+    print(f"{LM_ORDER}-gram of {len(texts)} training transcripts -> {arpa}; lexicon of "
+          f"{len(words) - len(skipped)} words -> {lexicon}")  # fmt: skip
+
+
+def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
+    """`asr evaluate` of model.pt on val and test, greedy and (once stage 5 has made its files)
+    with the LM: set -> "greedy"/"lm" -> WER and CER %, also in exp/RESULTS.{md,json}."""
     exp_dir = Path(load_config(CONFIG, train_overrides(args)).exp_dir)
     model = exp_dir / "model.pt"
-    results = {}
+    arpa, lexicon = lm_paths(args)
+    decodings = {"greedy": (exp_dir / "eval", [])}
+    if arpa.is_file() and lexicon.is_file():
+        decodings["lm"] = (exp_dir / "eval" / "lm", ["--lm", str(arpa), "--lexicon", str(lexicon)])
+    else:
+        print(f"no {arpa} or {lexicon} (stage 5): greedy decoding only")
+    results: dict[str, dict[str, dict[str, float]]] = {}
     for name in ("val", "test"):
-        out = exp_dir / "eval" / name
-        summary = out / "summary.json"
-        if not up_to_date(summary, model):
-            manifest = args.work_dir / "manifests" / f"{name}.jsonl"
-            run_asr(["evaluate", "--model", str(model), "--manifest", str(manifest), "--output-dir",
-                 str(out), "--device", args.device])  # fmt: skip
-        scores = json.loads(summary.read_text())
-        results[name] = {"wer": 100 * scores["wer"], "cer": 100 * scores["cer"]}
-    lines = ["Produced by `recipes/an4/run.py` (model.pt, greedy CTC)", "",
-             "| set | WER % | CER % |", "|---|---|---|"]  # fmt: skip
-    lines += [f"| {name} | {r['wer']:.2f} | {r['cer']:.2f} |" for name, r in results.items()]
-    (exp_dir / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        manifest = args.work_dir / "manifests" / f"{name}.jsonl"
+        for decoding, (eval_dir, flags) in decodings.items():
+            out = eval_dir / name
+            summary = out / "summary.json"
+            sources = [model, *([arpa, lexicon] if flags else [])]
+            if not all(up_to_date(summary, source) for source in sources):
+                run_asr(["evaluate", "--model", str(model), "--manifest", str(manifest),
+                         "--output-dir", str(out), "--device", args.device, *flags])  # fmt: skip
+            scores = json.loads(summary.read_text())
+            results.setdefault(name, {})[decoding] = {"wer": 100 * scores["wer"],
+                                                      "cer": 100 * scores["cer"]}  # fmt: skip
+    write_results(exp_dir, results)
     return results
+
+
+def write_results(exp_dir: Path, results: dict[str, dict[str, dict[str, float]]]) -> None:
+    """RESULTS.md (a row per set: greedy WER and CER, then with the LM) and RESULTS.json."""
+
+    def cells(scores: dict[str, float] | None) -> str:
+        return f"{scores['wer']:.2f} | {scores['cer']:.2f}" if scores else "- | -"
+
+    lines = [f"Produced by `recipes/an4/run.py` (model.pt; greedy CTC, and beam search with the "
+             f"word {LM_ORDER}-gram and lexicon of stage 5)", "",
+             "| set | WER % | CER % | WER % (LM) | CER % (LM) |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {name} | {cells(r['greedy'])} | {cells(r.get('lm'))} |"
+              for name, r in results.items()]  # fmt: skip
+    (exp_dir / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    (exp_dir / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
+    print("\n".join(lines))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("manifests", lambda: stage_manifests(args)),
         ("tokenizer", lambda: stage_tokenizer(args)),
         ("train", lambda: stage_train(args)),
+        ("lm", lambda: stage_lm(args)),
         ("evaluate", lambda: stage_evaluate(args)),
     ]
     return run_stages(stages, args.stage, args.stop_stage)

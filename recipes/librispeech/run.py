@@ -3,6 +3,7 @@
     python recipes/librispeech/run.py --work-dir exp/librispeech --size s            # all stages
     python recipes/librispeech/run.py --data-dir /corpora/LibriSpeech --stage 2      # no download
     python recipes/librispeech/run.py --size m --stage 4 --stop-stage 4 trainer.devices=4
+    python recipes/librispeech/run.py --stage 6 --lm 4-gram                         # other LM
 
     1 download   OpenSLR tarballs (resumed, MD5-checked, safely extracted: asr.corpora.librispeech), or
                  with --hf the `openslr/librispeech_asr` Hugging Face dataset written to the same
@@ -14,7 +15,12 @@
                  checkpoint; model.pt = mean of the last trainer.average_last_k checkpoints
     5 average    model_best<k>.pt: mean of the k <= --num-average checkpoints with the best
                  validation WER
-    6 evaluate   `asr evaluate` of every model on every dev and test part; RESULTS.md
+    6 lm         work_dir/lm/: the official word n-gram (--lm) and librispeech-lexicon.txt of
+                 OpenSLR SLR11 (resumed, MD5-checked, the ARPA decompressed); the lexicon's
+                 words spelled with model.pt's tokenizer into exp_<size>/lm/lexicon.txt (its
+                 phonemes are not our tokens)
+    7 evaluate   `asr evaluate` of every model on every dev and test part, greedy and (once
+                 stage 6 has run) with the LM: `--lm ARPA --lexicon FILE`; RESULTS.md/.json
 
 Every stage is idempotent (what exists is reused) and prints the `asr` command it runs. Extra
 `key=value` arguments override the training config, as for `asr train`.
@@ -36,7 +42,7 @@ from asr.corpora import librispeech
 from asr.recipe import run_asr, run_stages, up_to_date
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("download", "manifests", "tokenizer", "train", "average", "evaluate")
+STAGES = ("download", "manifests", "tokenizer", "train", "average", "lm", "evaluate")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -47,7 +53,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--stage", type=int, default=1, help=f"first stage, 1-{len(STAGES)}")
     p.add_argument("--stop-stage", type=int, default=len(STAGES), help="last stage")
     p.add_argument("--hf", action="store_true", help="download from Hugging Face, not OpenSLR")
-    p.add_argument("--mirror", default="openslr", help=f"{sorted(librispeech.MIRRORS)} or a URL")
+    p.add_argument("--mirror", default="openslr",
+                   help=f"{sorted(librispeech.MIRRORS)} or a URL; the LM files of stage 6 come "
+                   "from the same host (asr.corpora.librispeech.lm_mirror)")  # fmt: skip
+    p.add_argument("--lm", choices=sorted(librispeech.LM_ARPAS), default="3-gram.pruned.1e-7",
+                   help="stage 6: which official ARPA model (default %(default)s)")  # fmt: skip
     for kind, parts in (("train", librispeech.TRAIN_PARTS), ("dev", librispeech.DEV_PARTS),
                         ("test", librispeech.TEST_PARTS)):  # fmt: skip
         p.add_argument(f"--{kind}-parts", type=_comma_list, default=list(parts),
@@ -143,33 +153,83 @@ def _val_wer(path: Path) -> float:
     return float(match.group(1)) if match else float("inf")
 
 
-def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """`asr evaluate` for each model and each dev/test part; results in exp_dir/RESULTS.md."""
+def lm_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The --lm ARPA model (shared by every size) and the lexicon spelled for this size's model."""
     exp_dir = Path(training_config(args).exp_dir)
-    results: dict[str, dict[str, float]] = {}
+    return args.work_dir / "lm" / f"{args.lm}.arpa", exp_dir / "lm" / "lexicon.txt"
+
+
+def stage_lm(args: argparse.Namespace) -> None:
+    """The official ARPA model and lexicon; the lexicon's words spelled with model.pt's tokens."""
+    from asr.checkpoint import load_bundle
+    from asr.inference.lexicon import write_lexicon
+
+    arpa, lexicon = lm_paths(args)
+    mirror = librispeech.lm_mirror(args.mirror)
+    _, official = librispeech.download_lm(arpa.parent, args.lm, mirror)
+    model = Path(training_config(args).exp_dir) / "model.pt"
+    if not model.is_file():
+        raise SystemExit(f"stage lm spells words with the trained model's tokens: no {model}")
+    if up_to_date(lexicon, model) and up_to_date(lexicon, official):
+        print(f"reusing {arpa} and {lexicon}")
+        return
+    words = librispeech.lexicon_words(official)
+    skipped = write_lexicon(words, load_bundle(model).tokenizer, lexicon)
+    print(f"{arpa}; lexicon of {len(words) - len(skipped)} of the {len(words)} words of "
+          f"{official.name} (the others have characters the tokenizer lacks) -> {lexicon}")  # fmt: skip
+
+
+def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
+    """`asr evaluate` of each model on each dev/test part, greedy and, once stage 6 has made
+    its files, with the LM; model -> decoding ("greedy" or the --lm name) -> part -> WER %,
+    also in exp_dir/RESULTS.md and RESULTS.json."""
+    exp_dir = Path(training_config(args).exp_dir)
+    arpa, lexicon = lm_paths(args)
+    decodings: dict[str, list[Path]] = {"greedy": []}
+    if arpa.is_file() and lexicon.is_file():
+        decodings[args.lm] = [arpa, lexicon]
+    else:
+        print(f"no {arpa} or {lexicon} (stage 6): greedy decoding only")
+    results: dict[str, dict[str, dict[str, float]]] = {}
     for model in sorted(exp_dir.glob("model*.pt")):
-        results[model.name] = {}
-        for part in [*args.dev_parts, *args.test_parts]:
-            out = exp_dir / "eval" / model.stem / part
-            summary = out / "summary.json"
-            if not up_to_date(summary, model):
-                manifest = args.work_dir / "manifests" / f"{part}.jsonl"
-                run_asr(["evaluate", "--model", str(model), "--manifest", str(manifest),
-                     "--output-dir", str(out), "--device", args.device])  # fmt: skip
-            results[model.name][part] = 100 * json.loads(summary.read_text())["wer"]
-    write_results(exp_dir / "RESULTS.md", results, args)
+        for decoding, lm_files in decodings.items():
+            out = exp_dir / "eval" / model.stem  # with an LM: a folder named after it inside
+            out = out if decoding == "greedy" else out / decoding
+            wers = results.setdefault(model.name, {}).setdefault(decoding, {})
+            for part in [*args.dev_parts, *args.test_parts]:
+                wers[part] = evaluate_part(args, model, part, out / part, lm_files)
+    write_results(exp_dir, results, args)
     return results
 
 
+def evaluate_part(
+    args: argparse.Namespace, model: Path, part: str, out: Path, lm_files: list[Path]
+) -> float:
+    """WER % of `model` on `part`, decoded greedily or with `lm_files` (ARPA, lexicon);
+    an evaluation newer than the model and the LM files is reused."""
+    summary = out / "summary.json"
+    if not all(up_to_date(summary, source) for source in (model, *lm_files)):
+        flags = ["--lm", str(lm_files[0]), "--lexicon", str(lm_files[1])] if lm_files else []
+        manifest = args.work_dir / "manifests" / f"{part}.jsonl"
+        run_asr(["evaluate", "--model", str(model), "--manifest", str(manifest),
+                 "--output-dir", str(out), "--device", args.device, *flags])  # fmt: skip
+    return 100 * json.loads(summary.read_text())["wer"]
+
+
 def write_results(
-    path: Path, results: dict[str, dict[str, float]], args: argparse.Namespace
+    exp_dir: Path, results: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace
 ) -> None:
     parts = [*args.dev_parts, *args.test_parts]
-    lines = [f"WER (%) produced by `recipes/librispeech/run.py --size {args.size}`", "",
-             "| model | " + " | ".join(parts) + " |", "|---" * (len(parts) + 1) + "|"]  # fmt: skip
-    for model, wers in results.items():
-        lines.append(f"| {model} | " + " | ".join(f"{wers[p]:.2f}" for p in parts) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    lines = [f"WER (%) produced by `recipes/librispeech/run.py --size {args.size}`: greedy CTC, "
+             "and beam search with the word LM and lexicon of stage 6", "",
+             "| model | decoding | " + " | ".join(parts) + " |",
+             "|---" * (len(parts) + 2) + "|"]  # fmt: skip
+    for model, decodings in results.items():
+        for decoding, wers in decodings.items():
+            cells = " | ".join(f"{wers[p]:.2f}" for p in parts)
+            lines.append(f"| {model} | {decoding} | {cells} |")
+    (exp_dir / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    (exp_dir / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(lines))
 
 
@@ -182,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("tokenizer", lambda: stage_tokenizer(args)),
         ("train", lambda: stage_train(args)),
         ("average", lambda: stage_average(args)),
+        ("lm", lambda: stage_lm(args)),
         ("evaluate", lambda: stage_evaluate(args)),
     ]
     return run_stages(stages, args.stage, args.stop_stage)

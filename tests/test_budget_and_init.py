@@ -1,0 +1,135 @@
+"""Training for a wall-clock budget (trainer.max_time), precision "auto", and fine-tuning from a
+bundle (init_from): same weights, a new tokenizer's fresh head, exact resume, clear errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr.checkpoint import load_bundle
+from asr.config import load_config, max_time_seconds
+from asr.tokenizer import CharTokenizer
+from asr.training import train as train_module
+from asr.training.system import lr_lambda
+from asr.training.train import resolve_precision, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs/tiny.yaml"
+
+
+def overrides(corpus: Path, exp_dir: Path, *extra: str) -> list[str]:
+    return [
+        f"data.train_manifest={corpus}",
+        f"data.val_manifest={corpus}",
+        f"exp_dir={exp_dir}",
+        "trainer.val_every_n_steps=2",
+        "trainer.progress_bar=false",
+        "data.num_workers=0",
+        "data.max_batch_seconds=8",
+        *extra,
+    ]
+
+
+def test_max_time_parses_lightning_format_and_names_the_key_when_wrong():
+    assert max_time_seconds("00:00:30:00") == 1800
+    assert max_time_seconds("01:02:03:04") == 93784
+    for bad in ("30", "00:30:00", "00:00:xx:00", "00:00:00:00"):
+        with pytest.raises(ValueError, match="trainer.max_time"):
+            load_config(None, [f"trainer.max_time={bad}"])
+
+
+def test_cosine_follows_the_larger_of_step_and_time_progress():
+    args = dict(warmup=10, schedule="cosine", max_steps=1000, min_ratio=0.0)
+    assert lr_lambda(4, **args, time_fraction=0.9) == pytest.approx(0.5)  # warm-up: steps only
+    assert lr_lambda(59, **args, time_fraction=0.5) == pytest.approx(0.5)
+    assert lr_lambda(59, **args, time_fraction=1.0) == pytest.approx(0.0)
+    assert lr_lambda(59, **args, time_fraction=None) == lr_lambda(59, **args)
+    # no step budget at all: time alone
+    no_steps = dict(args, max_steps=-1)
+    for fraction in (0.0, 0.25, 0.75):
+        expected = 0.5 * (1 + math.cos(math.pi * fraction))
+        assert lr_lambda(500, **no_steps, time_fraction=fraction) == pytest.approx(expected)
+
+
+def test_auto_precision_is_bf16_only_where_bf16_is_fast(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_has_amx", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(train_module, "cpu_has_amx", lambda: False)
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("16-mixed", "cpu") == "16-mixed"
+
+
+def test_training_stops_when_the_time_budget_is_spent_and_still_exports(corpus, tmp_path):
+    # No step limit: only the 4-second budget can stop it; the last 2 checkpoints are averaged.
+    args = ["trainer.max_steps=-1", "trainer.max_time=00:00:00:04", "trainer.average_last_k=2"]
+    config = load_config(TINY, overrides(corpus, tmp_path / "exp", *args))
+    model_path = train(config)
+    info = load_bundle(model_path).info
+    assert info["trained_steps"] > 0
+    assert 4 <= info["train_seconds"] < 60
+    assert info["cpu"] and info["precision"] in ("32-true", "bf16-mixed")
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus, tmp_path_factory) -> Path:
+    exp = tmp_path_factory.mktemp("pre") / "exp"
+    return train(load_config(TINY, overrides(corpus, exp, "trainer.max_steps=4")))
+
+
+def test_init_from_starts_from_the_bundle_weights(corpus, tmp_path, pretrained):
+    # lr 0: the fine-tuned model must still be exactly the pretrained one
+    args = ["trainer.max_steps=2", f"init_from={pretrained}", "optim.lr=1e-30"]
+    tuned = train(load_config(TINY, overrides(corpus, tmp_path / "ft", *args)))
+    before, after = load_bundle(pretrained), load_bundle(tuned)
+    assert after.tokenizer.to_dict() == before.tokenizer.to_dict()
+    for key, value in before.model.state_dict().items():
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(after.model.state_dict()[key], value, rtol=0, atol=1e-20)
+    for key, value in before.frontend.state_dict().items():
+        torch.testing.assert_close(after.frontend.state_dict()[key], value, msg=key)
+
+
+def test_init_from_with_another_tokenizer_keeps_the_encoder_and_starts_a_new_head(
+    corpus, tmp_path, pretrained
+):
+    tokens = tmp_path / "tokenizer.json"
+    CharTokenizer("abcdefghijklmnopqrstuvwxyz'").save(tokens)
+    args = ["trainer.max_steps=1", f"init_from={pretrained}", f"tokenizer.path={tokens}",
+            "optim.lr=1e-30"]  # fmt: skip
+    config = load_config(TINY, overrides(corpus, tmp_path / "ft", *args))
+    system = train_module.AsrSystem(config, CharTokenizer("abcdefghijklmnopqrstuvwxyz'"))
+    head_before = system.model.head.weight.detach().clone()
+    fresh = train_module.initialize_from(system, pretrained)
+    assert fresh == ["head.weight", "head.bias"]
+    source = load_bundle(pretrained).model.state_dict()
+    for key, value in system.model.state_dict().items():
+        if key.startswith("encoder."):
+            torch.testing.assert_close(value, source[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(system.model.head.weight, head_before)  # untouched: fresh init
+    assert system.model.head.weight.shape[0] == 29 != source["head.weight"].shape[0]
+    assert load_bundle(train(config)).model.vocab_size == 29
+
+
+def test_init_from_a_model_of_another_shape_names_the_field(corpus, tmp_path, pretrained):
+    args = ["trainer.max_steps=1", f"init_from={pretrained}", "encoder.num_layers=3"]
+    with pytest.raises(ValueError, match=r"init_from .*encoder.num_layers"):
+        train(load_config(TINY, overrides(corpus, tmp_path / "ft", *args)))
+
+
+def test_fine_tuning_resumes_exactly(corpus, tmp_path, pretrained):
+    def run(folder: str, steps: int) -> Path:
+        args = [f"trainer.max_steps={steps}", f"init_from={pretrained}"]
+        return train(load_config(TINY, overrides(corpus, tmp_path / folder, *args)))
+
+    run("a", 4)
+    run("b", 2)
+    run("b", 4)  # resumes from b's last.ckpt
+    a = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 4
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
