@@ -1,25 +1,41 @@
-"""asr.corpora.librispeech and recipes/librispeech on the real LibriSpeech sample (librispeech-mini)."""
+"""asr.corpora.librispeech and recipes/librispeech on the real LibriSpeech sample (librispeech-mini);
+the official LM files (OpenSLR SLR11) stood in for by small ones served on 127.0.0.1."""
 
 from __future__ import annotations
 
+import functools
+import gzip
+import hashlib
 import importlib.util
 import json
 import math
 import os
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import soundfile
 
+from asr.checkpoint import load_bundle
+from asr.corpora import librispeech
+from asr.corpora.download import DownloadError
 from asr.corpora.librispeech import (
     download_librispeech,
+    download_lm,
+    gunzip,
+    lexicon_words,
+    lm_mirror,
     part_utterances,
     prepare_manifests,
     read_transcripts,
     write_hf_part,
 )
 from asr.data.manifest import read_manifest
+from asr.inference.lexicon import read_lexicon, spell_word
+from asr.inference.lm import BOS, EOS, UNK, NgramLM, arpa_words, train_ngram
 from asr.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +113,114 @@ def test_hugging_face_rows_written_back_give_the_same_utterances(librispeech_min
     assert not (part_dir / ".hf-incomplete").exists()
 
 
+# --------------------------------------------------------------------------------------------
+# The LM resources of OpenSLR SLR11, served from a local folder
+
+LM_NAME = "3-gram.pruned.1e-7"
+UNSPELLABLE = "NAÏVETÉ"  # characters no tokenizer trained on LibriSpeech text has
+
+
+def uppercase_lm(lm: NgramLM) -> NgramLM:
+    """The model with its words in capitals, as the official ARPA files write them."""
+
+    def upper(gram: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(w if w in (BOS, EOS, UNK) else w.upper() for w in gram)
+
+    return NgramLM(lm.order, {upper(g): p for g, p in lm.logprobs.items()},
+                   {upper(g): b for g, b in lm.backoffs.items()})  # fmt: skip
+
+
+def write_slr11(folder: Path, corpus: Path) -> dict[str, bytes]:
+    """A gzipped 3-gram of the train-clean-5 transcripts and a lexicon of their words with
+    made-up phonemes (two pronunciations for one word, TAB or space separated); name -> bytes."""
+    texts = [t for trans in sorted((corpus / "train-clean-5").glob("*/*/*.trans.txt"))
+             for _, t in read_transcripts(trans)]  # fmt: skip
+    arpa = uppercase_lm(train_ngram(texts, order=3)).write_arpa(folder / "lm.arpa").read_bytes()
+    words = sorted({w for t in texts for w in t.split()})
+    lines = [f"{w}\t{' '.join(w[:3])}" for w in words] + [f"{words[0]} X Y", f"{UNSPELLABLE} N"]
+    files = {f"{LM_NAME}.arpa.gz": gzip.compress(arpa), librispeech.LEXICON_NAME:
+             ("\n".join(lines) + "\n").encode()}  # fmt: skip
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {**files, "arpa": arpa}
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slr11(librispeech_mini: Path, tmp_path: Path, monkeypatch) -> Iterator[tuple[str, dict]]:
+    """(URL, files) of a local SLR11 folder; the MD5 table holds the sums of these files."""
+    served = tmp_path / "slr11"
+    served.mkdir()
+    files = write_slr11(served, librispeech_mini)
+    md5 = {name: hashlib.md5(data).hexdigest() for name, data in files.items()}
+    monkeypatch.setitem(librispeech.LM_ARPAS, LM_NAME, md5[f"{LM_NAME}.arpa.gz"])
+    monkeypatch.setattr(librispeech, "LEXICON_MD5", md5[librispeech.LEXICON_NAME])
+    handler = functools.partial(QuietHandler, directory=str(served))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", files
+    server.shutdown()
+    server.server_close()
+
+
+def test_lm_download_decompresses_the_arpa_and_keeps_both_files(slr11, tmp_path: Path):
+    url, files = slr11
+    arpa, lexicon = download_lm(tmp_path / "lm", LM_NAME, url)
+    assert arpa == tmp_path / "lm" / f"{LM_NAME}.arpa" and arpa.read_bytes() == files["arpa"]
+    assert lexicon.read_bytes() == files[librispeech.LEXICON_NAME]
+    words = arpa_words(arpa)
+    assert "ABOUT" in words and all(w == w.upper() for w in words)  # capitals, as served
+    assert (tmp_path / "lm" / f"{LM_NAME}.arpa.gz.md5").is_file()  # checked against LM_ARPAS
+    assert not list((tmp_path / "lm").glob("*.part"))
+    stamp = arpa.stat().st_mtime_ns
+    assert download_lm(tmp_path / "lm", LM_NAME, NO_SERVER) == (arpa, lexicon)  # no fetch
+    assert arpa.stat().st_mtime_ns == stamp
+
+
+def test_lm_download_with_another_md5_stops_and_keeps_the_file_aside(slr11, tmp_path, monkeypatch):
+    monkeypatch.setitem(librispeech.LM_ARPAS, LM_NAME, "0" * 32)
+    with pytest.raises(DownloadError, match=f"MD5 mismatch for {LM_NAME}.arpa.gz"):
+        download_lm(tmp_path, LM_NAME, slr11[0])
+    assert (tmp_path / f"{LM_NAME}.arpa.gz.bad").is_file()
+    assert not (tmp_path / f"{LM_NAME}.arpa").exists()
+
+
+def test_unknown_lm_is_named(tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown LibriSpeech LM '5-gram'"):
+        download_lm(tmp_path, "5-gram", NO_SERVER)
+
+
+def test_gunzip_of_a_cut_archive_leaves_no_file(tmp_path: Path):
+    archive = tmp_path / "lm.arpa.gz"
+    archive.write_bytes(gzip.compress(b"\\data\\\n" * 1000)[:-20])
+    with pytest.raises(ValueError, match="cannot decompress"):
+        gunzip(archive, tmp_path / "lm.arpa")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.arpa.gz"]
+
+
+def test_lexicon_words_are_the_first_column_once_each(tmp_path: Path):
+    path = tmp_path / "lexicon.txt"
+    path.write_text("A\tAH0\nA\tEY1\nABBE  AE1 B IY0\n\nZOO Z UW1\n")
+    assert lexicon_words(path) == ["A", "ABBE", "ZOO"]
+
+
+@pytest.mark.parametrize(
+    "mirror, expected",
+    [
+        ("openslr", "https://www.openslr.org/resources/11"),
+        ("eu", "https://openslr.elda.org/resources/11"),
+        ("https://example.org/resources/12/", "https://example.org/resources/11"),
+        ("http://127.0.0.1:8000/slr", "http://127.0.0.1:8000/slr"),
+    ],
+)
+def test_lm_files_come_from_the_corpus_mirror_host(mirror: str, expected: str):
+    assert lm_mirror(mirror) == expected
+
+
 TINY = [
     "model=xs",
     "trainer.max_steps=2",
@@ -111,13 +235,15 @@ TINY = [
 ]
 
 
-def test_recipe_runs_every_stage_after_download_and_reruns_as_a_no_op(librispeech_mini, tmp_path):
+def test_recipe_runs_every_stage_after_download_and_reruns_as_a_no_op(
+    librispeech_mini, slr11, tmp_path, capsys
+):
     recipe = load_recipe("librispeech")
-    work = tmp_path / "work"
+    work, (url, _) = tmp_path / "work", slr11
     argv = ["--work-dir", str(work), "--data-dir", str(librispeech_mini.parent), "--mirror",
-            NO_SERVER, "--train-parts", "train-clean-5", "--dev-parts", "dev-clean",
+            url, "--train-parts", "train-clean-5", "--dev-parts", "dev-clean",
             "--test-parts", "test-clean", "--nj", "2", "--device", "cpu", *TINY]  # fmt: skip
-    assert recipe.main(argv) == 0
+    assert recipe.main(argv) == 0  # the corpus parts are there: only the LM files are fetched
 
     manifests = work / "manifests"
     assert len(read_manifest(manifests / "train.jsonl")) == 70
@@ -126,23 +252,47 @@ def test_recipe_runs_every_stage_after_download_and_reruns_as_a_no_op(librispeec
     assert tokenizer.kind == "unigram" and tokenizer.vocab_size == 64
     exp = work / "exp_s"
     assert (exp / "model.pt").is_file() and (exp / "model_best2.pt").is_file()
+
+    # stage 6: the official words (not their phonemes) spelled with the model's word pieces
+    arpa, lexicon = work / "lm" / f"{LM_NAME}.arpa", exp / "lm" / "lexicon.txt"
+    model_tokenizer = load_bundle(exp / "model.pt").tokenizer
+    words = lexicon_words(work / "lm" / librispeech.LEXICON_NAME)
+    spellings = read_lexicon(lexicon, model_tokenizer)
+    assert UNSPELLABLE in words and UNSPELLABLE not in spellings
+    assert spellings == {w: [spell_word(w, model_tokenizer)] for w in words if w != UNSPELLABLE}
+
+    # stage 7: every model on every part, greedy and with the LM
+    printed = capsys.readouterr().out
+    results = json.loads((exp / "RESULTS.json").read_text())
+    table = (exp / "RESULTS.md").read_text()
+    known = {w.lower() for w in words}
     for model in ("model", "model_best2"):
         for part, count in (("dev-clean", 1), ("test-clean", 5)):
-            summary = json.loads((exp / "eval" / model / part / "summary.json").read_text())
-            assert summary["num_utterances"] == count
-            assert summary["words"]["ref_words"] > 0 and 0.0 <= summary["wer"] < 10.0
-    table = (exp / "RESULTS.md").read_text()
-    assert "| model_best2.pt |" in table and "test-clean" in table
+            for decoding, out in (("greedy", exp / "eval" / model / part),
+                                  (LM_NAME, exp / "eval" / model / LM_NAME / part)):  # fmt: skip
+                summary = json.loads((out / "summary.json").read_text())
+                assert summary["num_utterances"] == count
+                assert summary["words"]["ref_words"] > 0 and 0.0 <= summary["wer"] < 10.0
+                assert results[f"{model}.pt"][decoding][part] == 100 * summary["wer"]
+            lm_out = exp / "eval" / model / LM_NAME / part
+            assert f"{lm_out} --device cpu --lm {arpa} --lexicon {lexicon}" in printed
+            hypotheses = (lm_out / "hypotheses.jsonl").read_text().splitlines()
+            assert {w for h in hypotheses for w in json.loads(h)["text"].split()} <= known
+        for decoding in ("greedy", LM_NAME):
+            wers = results[f"{model}.pt"][decoding]
+            row = (
+                f"| {model}.pt | {decoding} | {wers['dev-clean']:.2f} | {wers['test-clean']:.2f} |"
+            )
+            assert row in table
 
-    stamps = {p: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()}
+    stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
     assert recipe.main(argv) == 0  # every stage finds its output and reuses it
-    again = {p: p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()}
-    changed = [p.name for p in stamps if again[p] != stamps[p]]
-    assert changed == ["RESULTS.md"]
+    changed = sorted(p.name for p in stamps if p.stat().st_mtime_ns != stamps[p])
+    assert changed == ["RESULTS.json", "RESULTS.md"]
 
 
 def test_recipe_refuses_stage_numbers_out_of_range(tmp_path: Path):
     recipe = load_recipe("librispeech")
     with pytest.raises(SystemExit, match="--stop-stage"):
-        recipe.main(["--work-dir", str(tmp_path), "--stage", "3", "--stop-stage", "7"])
+        recipe.main(["--work-dir", str(tmp_path), "--stage", "3", "--stop-stage", "8"])
     assert not os.listdir(tmp_path)

@@ -166,6 +166,11 @@ class AsrSystem(L.LightningModule):
         # Every rank holds the same summed counts, so every rank logs the same value.
         self.log("val_wer", 100 * wer, prog_bar=True)
         self.log("val_cer", 100 * cer, prog_bar=True)
+        # Wall-clock seconds of training so far (resumed runs included): when a run left the
+        # blank-only plateau, read from logs/csv/metrics.csv.
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is not None and timer.start_time("train") is not None:
+            self.log("train_seconds", timer.time_elapsed("train"))
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

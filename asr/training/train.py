@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from asr.audio import LogMelFeatures, compute_global_stats, load_audio
@@ -78,8 +78,8 @@ VOCAB_PARAMETERS = ("head.weight", "head.bias", "condition.weight", "condition.b
 
 
 def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
-    """Copy a bundle's weights into `system` before training; returns the names left as they
-    were (the vocabulary-sized ones, when the bundle's tokenizer differs from the system's).
+    """Copy a bundle's model weights into `system` before training; returns the names left as
+    they were (the vocabulary-sized ones, when the bundle's tokenizer differs from the system's).
 
     The encoder configuration and the front end must match the bundle's: a difference is a
     ValueError naming the field, never a silently partial load.
@@ -101,7 +101,6 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     for key in kept:
         del state[key]
     system.model.load_state_dict(state, strict=False)
-    system.frontend.load_state_dict(bundle.frontend.state_dict())
     return kept
 
 
@@ -178,7 +177,10 @@ def build_trainer(
         save_top_k=max(1, t.average_last_k),
         every_n_train_steps=t.val_every_n_steps or None,
     )
-    callbacks: list[Any] = [best, recent, LearningRateMonitor(logging_interval="step")]
+    # Lightning's own wall-clock budget (what Trainer(max_time=...) adds), always present so that
+    # the elapsed training time is logged at each validation and kept in checkpoints.
+    timer = Timer(duration=t.max_time, interval="step")
+    callbacks: list[Any] = [best, recent, LearningRateMonitor(logging_interval="step"), timer]
     if t.progress_bar:
         callbacks.append(StepProgressBar())
     val_every = t.val_every_n_steps
@@ -186,7 +188,6 @@ def build_trainer(
         default_root_dir=exp_dir,
         max_steps=t.max_steps,
         max_epochs=t.max_epochs if t.max_steps < 0 and t.max_time is None else -1,
-        max_time=t.max_time,
         precision=resolve_precision(t.precision, t.accelerator),
         accelerator=t.accelerator,
         devices=t.devices,
@@ -225,7 +226,9 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         fresh = initialize_from(system, config.init_from)
         log.info("weights from %s%s", config.init_from,
                  f"; new tokenizer: {', '.join(fresh)} start from scratch" if fresh else "")  # fmt: skip
-    elif config.features.normalize == "global" and not resuming:
+    # Global statistics come from this run's training data, also when fine-tuning: the encoder
+    # was trained on normalized features, and the new data's own statistics normalize it so.
+    if config.features.normalize == "global" and not resuming:
         estimate_global_stats(config, system.frontend)
 
     def frames_for_duration(seconds: float) -> int:

@@ -1,0 +1,150 @@
+"""Real speech: train a configuration on librispeech-3h for a fixed wall-clock budget, then score
+the 76 utterances of librispeech-mini (6 speakers never heard in training), greedy and with a
+word 3-gram LM + lexicon of the training transcripts.
+
+    python bench/real_speech.py --config configs/an4.yaml --minutes 30 --name an4-baseline
+    python bench/real_speech.py --config configs/librispeech_3h.yaml --minutes 30 \\
+        --name default OVERRIDE=VALUE ...
+
+The split is fixed for every comparison (`prepare_split`): training = librispeech-3h minus 60
+utterances held out for validation (drawn with seed 0), test = all of librispeech-mini. Training
+runs `asr.training.train.train` (what `asr train` runs) with `trainer.max_time` set to the
+budget and no step limit, on 2 threads. Writes `<work-dir>/<name>/result.json` and prints the
+row for BENCHMARKS.md (with the CPU model: timings are only comparable on one machine kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asr.checkpoint import load_bundle
+from asr.config import load_config
+from asr.corpora.librispeech import part_utterances
+from asr.data.manifest import read_manifest, write_manifest
+from asr.inference.decoding import DecodingOptions
+from asr.inference.lexicon import write_lexicon
+from asr.inference.lm import train_ngram
+from asr.inference.transcribe import load_model
+from asr.scoring.evaluate import decode_and_score
+from asr.training.train import cpu_model, train
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+NUM_VAL = 60
+PLATEAU_CER = 90.0  # a validation CER below this: the model writes more than blanks
+
+
+def prepare_split(out: Path, train_dir: Path, test_dir: Path) -> dict[str, Path]:
+    """train/val/test manifests of the fixed split (reused when present)."""
+    paths = {name: out / f"{name}.jsonl" for name in ("train", "val", "test")}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    utts = [u for part in sorted((train_dir / "LibriSpeech").iterdir()) if part.is_dir()
+            for u in part_utterances(part)]  # fmt: skip
+    val_ids = set(random.Random(0).sample(sorted(u.id for u in utts), NUM_VAL))
+    write_manifest([u for u in utts if u.id not in val_ids], paths["train"])
+    write_manifest([u for u in utts if u.id in val_ids], paths["val"])
+    tests = [u for part in sorted((test_dir / "LibriSpeech").iterdir()) if part.is_dir()
+             for u in part_utterances(part)]  # fmt: skip
+    write_manifest(tests, paths["test"])
+    return paths
+
+
+def build_lm(train_manifest: Path, model_path: Path, out: Path) -> tuple[Path, Path]:
+    """Word 3-gram (Kneser-Ney) and lexicon of the training transcripts only."""
+    texts = [u.text for u in read_manifest(train_manifest)]
+    lm = train_ngram(texts, order=3)
+    words = sorted(w for w in lm.vocabulary if not w.startswith("<"))
+    lexicon = out / "lexicon.txt"
+    write_lexicon(words, load_bundle(model_path).tokenizer, lexicon)
+    return lm.write_arpa(out / "words.3gram.arpa"), lexicon
+
+
+def plateau_exit(metrics_csv: Path) -> dict[str, Any] | None:
+    """The first validation whose CER is below PLATEAU_CER: its step and training seconds."""
+    if not metrics_csv.is_file():
+        return None
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            if row.get("val_cer") and float(row["val_cer"]) < PLATEAU_CER:
+                seconds = row.get("train_seconds")
+                return {"step": int(row["step"]), "val_cer": round(float(row["val_cer"]), 2),
+                        "seconds": round(float(seconds), 1) if seconds else None}  # fmt: skip
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--name", required=True, help="the run's folder and table label")
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/real-speech"))
+    parser.add_argument("--train-data", type=Path, default=SHARED / "librispeech-3h")
+    parser.add_argument("--test-data", type=Path, default=SHARED / "librispeech-mini")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for folder in (args.train_data, args.test_data):
+        if not (folder / "LibriSpeech").is_dir():
+            sys.exit(f"no LibriSpeech/ folder in {folder}")
+    split = prepare_split(args.work_dir / "split", args.train_data, args.test_data)
+    run_dir = args.work_dir / args.name
+    seconds = round(args.minutes * 60)
+    budget = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    overrides = [
+        f"exp_dir={run_dir / 'exp'}",
+        f"data.train_manifest={split['train']}",
+        f"data.val_manifest={split['val']}",
+        "trainer.max_steps=-1",
+        f"trainer.max_time={budget}",
+        *args.overrides,
+    ]
+    config = load_config(args.config, overrides)
+    began = time.perf_counter()
+    model_path = train(config)
+    wall = time.perf_counter() - began
+    info = load_bundle(model_path).info
+    arpa, lexicon = build_lm(split["train"], model_path, run_dir / "lm")
+    model = load_model(model_path)
+    scores = {}
+    for name, options in (("greedy", DecodingOptions()),
+                          ("lm", DecodingOptions(lm=str(arpa), lexicon=str(lexicon)))):  # fmt: skip
+        result = decode_and_score(model, split["test"], run_dir / "eval" / name, options)
+        scores[name] = {"wer": round(100 * result.wer, 2), "cer": round(100 * result.cer, 2)}
+    command = " ".join(["python bench/real_speech.py", "--config", str(args.config), "--minutes",
+                        f"{args.minutes:g}", "--name", args.name, *args.overrides])  # fmt: skip
+    result = {
+        "name": args.name,
+        "command": command,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu_model(),
+        "threads": args.threads,
+        "budget_minutes": args.minutes,
+        "train_wall_seconds": round(wall, 1),
+        "steps": info["trained_steps"],
+        "precision": info.get("precision"),
+        "plateau_exit": plateau_exit(run_dir / "exp" / "logs" / "csv" / "metrics.csv"),
+        "test": scores,
+    }
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    exit_ = result["plateau_exit"]
+    left = f"step {exit_['step']} ({exit_['seconds']} s)" if exit_ else "never"
+    print(json.dumps(result, indent=1))
+    print(f"| {args.name} | {scores['greedy']['wer']:.1f} / {scores['greedy']['cer']:.1f} | "
+          f"{scores['lm']['wer']:.1f} / {scores['lm']['cer']:.1f} | {result['steps']} | "
+          f"{wall / 60:.1f} min | {left} | `{command}` |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
