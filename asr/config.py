@@ -253,8 +253,8 @@ class TrainConfig:
 
     exp_dir: str = "exp/run"
     # A model.pt bundle whose weights start the training (fine-tuning; ignored when resuming).
-    # Its tokenizer is used unless tokenizer.path names another, whose new CTC head (and
-    # self-conditioning projection) then start from scratch; see asr.training.train.
+    # Its tokenizer is used unless tokenizer.path names another: then the CTC head rows of the
+    # pieces both share are kept and the others start fresh (asr.training.train.initialize_from).
     init_from: str | None = None
     model: str = "xs"
     encoder: dict[str, Any] = field(default_factory=dict)

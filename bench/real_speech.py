@@ -3,8 +3,8 @@ the 76 utterances of librispeech-mini (6 speakers never heard in training), gree
 word 3-gram LM + lexicon of the training transcripts.
 
     python bench/real_speech.py --config configs/an4.yaml --minutes 30 --name an4-baseline
-    python bench/real_speech.py --config configs/librispeech_3h.yaml --minutes 30 \\
-        --name default OVERRIDE=VALUE ...
+    python bench/real_speech.py --config configs/an4.yaml --minutes 10 --name ft \\
+        init_from=demo/exp/model.pt tokenizer.path=/tmp/real-speech/split/tokenizer_char.json
 
 The split is fixed for every comparison (`prepare_split`): training = librispeech-3h minus 60
 utterances held out for validation (drawn with seed 0), test = all of librispeech-mini. Training
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from asr.checkpoint import load_bundle
-from asr.config import load_config
+from asr.config import TokenizerConfig, load_config
 from asr.corpora.librispeech import part_utterances
 from asr.data.manifest import read_manifest, write_manifest
 from asr.inference.decoding import DecodingOptions
@@ -35,6 +35,7 @@ from asr.inference.lexicon import write_lexicon
 from asr.inference.lm import train_ngram
 from asr.inference.transcribe import load_model
 from asr.scoring.evaluate import decode_and_score
+from asr.tokenizer import train_tokenizer
 from asr.training.train import cpu_model, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +45,10 @@ PLATEAU_CER = 90.0  # a validation CER below this: the model writes more than bl
 
 
 def prepare_split(out: Path, train_dir: Path, test_dir: Path) -> dict[str, Path]:
-    """train/val/test manifests of the fixed split (reused when present)."""
+    """train/val/test manifests of the fixed split and the character tokenizer of its training
+    transcripts (`tokenizer_char.json`, for runs that fine-tune a bundle); reused when present."""
     paths = {name: out / f"{name}.jsonl" for name in ("train", "val", "test")}
+    paths["tokenizer"] = out / "tokenizer_char.json"
     if all(p.is_file() for p in paths.values()):
         return paths
     utts = [u for part in sorted((train_dir / "LibriSpeech").iterdir()) if part.is_dir()
@@ -56,6 +59,8 @@ def prepare_split(out: Path, train_dir: Path, test_dir: Path) -> dict[str, Path]
     tests = [u for part in sorted((test_dir / "LibriSpeech").iterdir()) if part.is_dir()
              for u in part_utterances(part)]  # fmt: skip
     write_manifest(tests, paths["test"])
+    texts = [u.text for u in read_manifest(paths["train"])]
+    train_tokenizer(texts, TokenizerConfig(kind="char")).save(paths["tokenizer"])
     return paths
 
 

@@ -63,11 +63,13 @@ def test_auto_precision_is_bf16_only_where_bf16_is_fast(monkeypatch):
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"
 
 
-def test_training_stops_when_the_time_budget_is_spent_and_still_exports(corpus, tmp_path):
+def test_training_stops_when_the_time_budget_is_spent_and_still_exports(corpus, tmp_path, capsys):
     # No step limit: only the 4-second budget can stop it; the last 2 checkpoints are averaged.
-    args = ["trainer.max_steps=-1", "trainer.max_time=00:00:00:04", "trainer.average_last_k=2"]
+    args = ["trainer.max_steps=-1", "trainer.max_time=00:00:00:04", "trainer.average_last_k=2",
+            "trainer.progress_bar=true"]  # fmt: skip
     config = load_config(TINY, overrides(corpus, tmp_path / "exp", *args))
     model_path = train(config)
+    assert "4/4 s" in capsys.readouterr().out  # the bar counts the budget, not steps
     info = load_bundle(model_path).info
     assert info["trained_steps"] > 0
     assert 4 <= info["train_seconds"] < 60
@@ -99,16 +101,29 @@ def test_init_from_with_another_tokenizer_keeps_the_encoder_and_starts_a_new_hea
     args = ["trainer.max_steps=1", f"init_from={pretrained}", f"tokenizer.path={tokens}",
             "optim.lr=1e-30"]  # fmt: skip
     config = load_config(TINY, overrides(corpus, tmp_path / "ft", *args))
-    system = train_module.AsrSystem(config, CharTokenizer("abcdefghijklmnopqrstuvwxyz'"))
+    new_tokens = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
+    system = train_module.AsrSystem(config, new_tokens)
     head_before = system.model.head.weight.detach().clone()
+    bundle = load_bundle(pretrained)
     fresh = train_module.initialize_from(system, pretrained)
-    assert fresh == ["head.weight", "head.bias"]
-    source = load_bundle(pretrained).model.state_dict()
+    old_pieces = {bundle.tokenizer.id_to_piece(i) for i in range(bundle.tokenizer.vocab_size)}
+    assert fresh == [p for p in map(new_tokens.id_to_piece, range(29)) if p not in old_pieces]
+    assert fresh and "'" in fresh  # the tone corpus has no apostrophe
+    source = bundle.model.state_dict()
     for key, value in system.model.state_dict().items():
         if key.startswith("encoder."):
             torch.testing.assert_close(value, source[key], rtol=0, atol=0, msg=key)
-    torch.testing.assert_close(system.model.head.weight, head_before)  # untouched: fresh init
-    assert system.model.head.weight.shape[0] == 29 != source["head.weight"].shape[0]
+    head = system.model.head
+    for i in range(new_tokens.vocab_size):  # shared pieces inherit their row, new ones stay
+        piece = new_tokens.id_to_piece(i)
+        if piece in old_pieces:
+            j = next(j for j in range(bundle.tokenizer.vocab_size)
+                     if bundle.tokenizer.id_to_piece(j) == piece)  # fmt: skip
+            torch.testing.assert_close(head.weight[i], source["head.weight"][j], msg=piece)
+            torch.testing.assert_close(head.bias[i], source["head.bias"][j], msg=piece)
+        else:
+            torch.testing.assert_close(head.weight[i], head_before[i], msg=piece)
+    assert head.weight.shape[0] == 29 != source["head.weight"].shape[0]
     assert load_bundle(train(config)).model.vocab_size == 29
 
 

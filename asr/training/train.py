@@ -73,16 +73,19 @@ def estimate_global_stats(config: TrainConfig, frontend: LogMelFeatures) -> None
     frontend.set_global_stats(mean, std)
 
 
-# Parameters whose shape follows the vocabulary: re-initialized when the tokenizer changes.
-VOCAB_PARAMETERS = ("head.weight", "head.bias", "condition.weight", "condition.bias")
+# Parameters indexed by token: (name, dimension of the token index). With another tokenizer
+# the rows of the pieces both vocabularies share are copied; the others keep their fresh init.
+VOCAB_PARAMETERS = (("head.weight", 0), ("head.bias", 0), ("condition.weight", 1))
 
 
 def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
-    """Copy a bundle's model weights into `system` before training; returns the names left as
-    they were (the vocabulary-sized ones, when the bundle's tokenizer differs from the system's).
+    """Copy a bundle's model weights into `system` before training; returns the pieces of the
+    system's tokenizer that the bundle's tokenizer lacks (their CTC head rows start fresh).
 
     The encoder configuration and the front end must match the bundle's: a difference is a
-    ValueError naming the field, never a silently partial load.
+    ValueError naming the field, never a silently partial load. With another tokenizer the
+    encoder is copied whole and the head (and self-conditioning projection) row by row for the
+    pieces both tokenizers have (the blank, and e.g. the letters of two character sets).
     """
     bundle = load_bundle(path)
     mine, theirs = system.model.config, bundle.model.config
@@ -96,12 +99,20 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     if differ:
         raise ValueError(f"init_from {path}: the model does not match the config: {differ[0]}")
     state = bundle.model.state_dict()
-    same_tokens = bundle.tokenizer.to_dict() == system.tokenizer.to_dict()
-    kept = [] if same_tokens else [k for k in VOCAB_PARAMETERS if k in state]
-    for key in kept:
-        del state[key]
-    system.model.load_state_dict(state, strict=False)
-    return kept
+    if bundle.tokenizer.to_dict() == system.tokenizer.to_dict():
+        system.model.load_state_dict(state)
+        return []
+    old = {bundle.tokenizer.id_to_piece(i): i for i in range(bundle.tokenizer.vocab_size)}
+    new = [system.tokenizer.id_to_piece(i) for i in range(system.tokenizer.vocab_size)]
+    shared = [(i, old[piece]) for i, piece in enumerate(new) if piece in old]
+    target = system.model.state_dict()
+    for name, dim in VOCAB_PARAMETERS:
+        if name in state:
+            rows = state.pop(name).index_select(dim, torch.tensor([j for _, j in shared]))
+            target[name].index_copy_(dim, torch.tensor([i for i, _ in shared]), rows)
+            state[name] = target[name]
+    system.model.load_state_dict(state)
+    return [piece for piece in new if piece not in old]
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
