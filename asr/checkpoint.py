@@ -32,6 +32,9 @@ from asr.config import EncoderConfig, FeatureConfig, from_dict, to_dict
 from asr.model import CtcModel
 from asr.tokenizer import Tokenizer, tokenizer_from_dict
 
+# Bundles shipped inside the package, loadable by name (`asr transcribe --model NAME`,
+# `init_from: NAME`); asr/pretrained/README.md says how each was made.
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 BUNDLE_FORMAT = "asr-model-bundle"
 BUNDLE_VERSION = 1
 
@@ -137,7 +140,8 @@ def safe_torch_load(path: str | Path) -> Any:
     """`torch.load(weights_only=True)` with one clear error naming the file on any failure."""
     path = Path(path)
     if not path.is_file():
-        raise BundleError(f"model file not found: {path}")
+        names = ", ".join(pretrained_names()) or "none"
+        raise BundleError(f"model file not found: {path} (shipped models by name: {names})")
     with path.open("rb") as f:
         magic = f.read(4)
     # torch.save writes a zip archive (new format) or a raw pickle (protocol 2+: 0x80).
@@ -154,8 +158,24 @@ def safe_torch_load(path: str | Path) -> Any:
         raise BundleError(f"cannot read {path}: not a model file or corrupt ({err!r})") from None
 
 
+def bundle_path(name: str | Path) -> Path:
+    """A bundle's file: `name` itself when it exists, else the shipped bundle of that name."""
+    path = Path(name)
+    shipped = PRETRAINED_DIR / f"{name}.pt"
+    if not path.exists() and path.suffix != ".pt" and "/" not in str(name) and shipped.is_file():
+        return shipped
+    return path
+
+
+def pretrained_names() -> list[str]:
+    """Names of the bundles shipped in asr/pretrained/."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load a bundle written by `save_bundle` onto `device`, in eval mode."""
+    """Load a bundle written by `save_bundle` (a file, or a shipped bundle's name) onto
+    `device`, in eval mode."""
+    path = bundle_path(path)
     raw = safe_torch_load(path)
     if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
         raise BundleError(

@@ -219,8 +219,9 @@ class TrainerConfig:
     max_steps: int = -1
     max_epochs: int = 100
     # A wall-clock budget for training, Lightning's own `max_time` ("DD:HH:MM:SS"): training
-    # stops when it is spent (or at max_steps, whichever comes first), the learning-rate
-    # schedule runs over it, and checkpoint averaging and the model.pt export still happen.
+    # stops when it is spent (or at max_steps, whichever comes first); checkpoint averaging and
+    # the model.pt export still happen. Without max_steps the learning-rate schedule runs over
+    # it; with max_steps the schedule follows the steps and max_time is only a safety stop.
     max_time: str | None = None
     # "auto": bf16-mixed where bf16 matmuls are fast (a CUDA GPU with bf16, or a CPU with AMX),
     # else 32-true; see asr.training.train.resolve_precision.

@@ -146,3 +146,24 @@ def test_fine_tuning_resumes_exactly(corpus, tmp_path, pretrained):
     assert a["global_step"] == b["global_step"] == 4
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_shipped_bundle_loads_by_name_and_an_unknown_name_is_named():
+    from asr.checkpoint import BundleError, pretrained_names
+
+    assert "demo-synthetic-char" in pretrained_names()
+    bundle = load_bundle("demo-synthetic-char")
+    assert bundle.model.config.d_model == 96 and bundle.tokenizer.kind == "char"
+    with pytest.raises(BundleError, match="no-such-model.*demo-synthetic-char"):
+        load_bundle("no-such-model")
+
+
+def test_the_an4_config_fine_tunes_the_shipped_model():
+    config = load_config(REPO / "configs/an4.yaml")
+    tokens = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")  # real transcripts have apostrophes
+    system = train_module.AsrSystem(config, tokens)
+    assert train_module.initialize_from(system, config.init_from) == ["'"]
+    source = load_bundle(config.init_from).model.state_dict()
+    for key, value in system.model.state_dict().items():
+        if key.startswith("encoder."):
+            torch.testing.assert_close(value, source[key], rtol=0, atol=0, msg=key)

@@ -203,13 +203,22 @@ class AsrSystem(L.LightningModule):
             lr=o.lr,
             betas=o.betas,
         )
+        # The schedule runs over max_steps when there are any (max_time then only stops a slow
+        # machine early, and a fast one computes exactly what it would without it), else over
+        # max_time, else over a long default.
         max_steps = self.trainer.max_steps
-        if max_steps <= 0 and self.config.trainer.max_time is None:
-            max_steps = 100_000  # no budget at all: a long cosine
+        over_time = max_steps <= 0 and self.config.trainer.max_time is not None
+        if max_steps <= 0 and not over_time:
+            max_steps = 100_000
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: lr_lambda(
-                step, o.warmup_steps, o.schedule, max_steps, o.min_lr_ratio, self.time_fraction()
+                step,
+                o.warmup_steps,
+                o.schedule,
+                max_steps,
+                o.min_lr_ratio,
+                self.time_fraction() if over_time else None,
             ),
         )
         return {
