@@ -224,7 +224,7 @@ class TrainerConfig:
     # it; with max_steps the schedule follows the steps and max_time is only a safety stop.
     max_time: str | None = None
     # "auto": bf16-mixed where bf16 matmuls are fast (a CUDA GPU with bf16, or a CPU with AMX),
-    # else 32-true; see asr.training.train.resolve_precision.
+    # else 32-true; see asr.training.hardware.resolve_precision.
     precision: str = "32-true"  # "auto" | "32-true" | "bf16-mixed" | "16-mixed"
     accelerator: str = "auto"
     devices: Any = "auto"

@@ -101,8 +101,7 @@ def build_lm(work_dir: Path, corpus_dir: Path, model_path: Path) -> tuple[Path, 
     """Stage 3: word 3-gram ARPA and lexicon from the training transcripts only."""
     from asr.checkpoint import load_bundle
     from asr.data.manifest import read_manifest
-    from asr.inference.lexicon import write_lexicon
-    from asr.inference.lm import read_arpa, train_ngram
+    from asr.inference.lexicon import write_word_lm
 
     lm_dir = work_dir / "lm"
     arpa, lexicon = lm_dir / f"words.{LM_ORDER}gram.arpa", lm_dir / "lexicon.txt"
@@ -110,11 +109,9 @@ def build_lm(work_dir: Path, corpus_dir: Path, model_path: Path) -> tuple[Path, 
         print(f"reusing {arpa} and {lexicon}")
         return arpa, lexicon
     texts = [utt.text for utt in read_manifest(corpus_dir / "train.jsonl")]
-    lm = train_ngram(texts, order=LM_ORDER)
-    words = sorted(w for w in lm.vocabulary if not w.startswith("<") and w != "</s>")
-    skipped = write_lexicon(words, load_bundle(model_path).tokenizer, lexicon)
-    lm.write_arpa(arpa)
-    counts = [sum(len(g) == n for g in read_arpa(arpa).logprobs) for n in (1, 2, 3)]
+    tokenizer = load_bundle(model_path).tokenizer
+    lm, words, skipped = write_word_lm(texts, tokenizer, arpa, lexicon, order=LM_ORDER)
+    counts = [sum(len(g) == n for g in lm.logprobs) for n in range(1, LM_ORDER + 1)]
     print(
         f"{LM_ORDER}-gram Kneser-Ney LM from {len(texts)} training sentences: "
         f"{'/'.join(map(str, counts))} 1/2/3-grams -> {arpa}; lexicon of "

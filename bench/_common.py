@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
+
+from asr.training.hardware import cpu_model
 
 
 def set_threads(threads: int) -> None:
@@ -115,16 +116,8 @@ def _conv_backward_flops(
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on, and how busy it was."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -31,12 +31,14 @@ from asr.config import TokenizerConfig, load_config
 from asr.corpora.librispeech import part_utterances
 from asr.data.manifest import read_manifest, write_manifest
 from asr.inference.decoding import DecodingOptions
-from asr.inference.lexicon import write_lexicon
-from asr.inference.lm import train_ngram
+from asr.inference.lexicon import write_word_lm
 from asr.inference.transcribe import load_model
 from asr.scoring.evaluate import decode_and_score
 from asr.tokenizer import train_tokenizer
-from asr.training.train import cpu_model, train
+from asr.training.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -69,11 +71,9 @@ def prepare_split(out: Path, train_dir: Path, test_dir: Path) -> dict[str, Path]
 def build_lm(train_manifest: Path, model_path: Path, out: Path) -> tuple[Path, Path]:
     """Word 3-gram (Kneser-Ney) and lexicon of the training transcripts only."""
     texts = [u.text for u in read_manifest(train_manifest)]
-    lm = train_ngram(texts, order=3)
-    words = sorted(w for w in lm.vocabulary if not w.startswith("<"))
-    lexicon = out / "lexicon.txt"
-    write_lexicon(words, load_bundle(model_path).tokenizer, lexicon)
-    return lm.write_arpa(out / "words.3gram.arpa"), lexicon
+    arpa, lexicon = out / "words.3gram.arpa", out / "lexicon.txt"
+    write_word_lm(texts, load_bundle(model_path).tokenizer, arpa, lexicon)
+    return arpa, lexicon
 
 
 def plateau_exit(metrics_csv: Path) -> dict[str, Any] | None:
@@ -133,9 +133,7 @@ def main() -> int:
     result = {
         "name": args.name,
         "command": command,
-        "date": time.strftime("%Y-%m-%d"),
-        "cpu": cpu_model(),
-        "threads": args.threads,
+        **machine(),  # cpu, cores, threads, load average, date
         "budget_minutes": args.minutes,
         "train_wall_seconds": round(wall, 1),
         "steps": info["trained_steps"],

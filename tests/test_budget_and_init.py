@@ -12,9 +12,11 @@ import torch
 from asr.checkpoint import load_bundle
 from asr.config import load_config, max_time_seconds
 from asr.tokenizer import CharTokenizer
+from asr.training import hardware
 from asr.training import train as train_module
+from asr.training.hardware import resolve_precision
 from asr.training.system import lr_lambda
-from asr.training.train import resolve_precision, train
+from asr.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs/tiny.yaml"
@@ -56,9 +58,9 @@ def test_cosine_follows_the_larger_of_step_and_time_progress():
 
 def test_auto_precision_is_bf16_only_where_bf16_is_fast(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train_module, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(train_module, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"
 

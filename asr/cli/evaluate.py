@@ -64,9 +64,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
         options = decoding_options(args)
         model = load_model(args.model, device=args.device)
-        output_dir = args.output_dir or tempfile.mkdtemp()
+        output_dir = args.output_dir or tempfile.mkdtemp()  # hypotheses only, without one
         result = decode_and_score(model, args.manifest, output_dir, options,
-                                  batch_seconds=args.batch_seconds, **scoring)  # fmt: skip
+                                  batch_seconds=args.batch_seconds,
+                                  report=bool(args.output_dir), **scoring)  # fmt: skip
     else:
         result = evaluate_files(args.hyp, args.ref, output_dir=args.output_dir, **scoring)
     print(format_summary(result))

@@ -7,7 +7,9 @@ with its pieces, the first one starting with "▁".
 
 Here: `spell_word`, `write_lexicon` (words -> file, for a model's tokenizer), `read_lexicon`
 (file -> spellings checked against the tokenizer), `write_spellings` (the one writer of the
-line format) and `lexicon_for` (the lexicon a decoder uses: a file, or an ARPA model's words).
+line format), `lexicon_for` (the lexicon a decoder uses: a file, or an ARPA model's words) and
+`write_word_lm` (a word n-gram of transcripts with the lexicon of its words: the LM stage of the
+demo, the AN4 recipe and bench/real_speech.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from asr.inference.lm import BOS, EOS, UNK, arpa_words, is_arpa
+from asr.inference.lm import BOS, EOS, UNK, NgramLM, arpa_words, is_arpa, train_ngram
 from asr.tokenizer import SPACE_PIECE, Tokenizer
 
 Spellings = dict[str, list[list[str]]]  # word -> its spellings, each a list of token pieces
@@ -66,6 +68,26 @@ def write_lexicon(words: Iterable[str], tokenizer: Tokenizer, path: str | Path) 
             lexicon[word] = [spelling]
     write_spellings(lexicon, path)
     return skipped
+
+
+def write_word_lm(
+    texts: Iterable[str],
+    tokenizer: Tokenizer,
+    arpa: str | Path,
+    lexicon: str | Path,
+    order: int = 3,
+) -> tuple[NgramLM, list[str], list[str]]:
+    """A word n-gram (interpolated Kneser-Ney) of `texts` written to `arpa`, and the lexicon of
+    its words spelled for `tokenizer` written to `lexicon`.
+
+    Returns the model, its words (sorted, without <s>, </s>, <unk>) and the words left out of
+    the lexicon (characters the tokenizer lacks).
+    """
+    lm = train_ngram(texts, order=order)
+    words = sorted(w for w in lm.vocabulary if w not in (BOS, EOS, UNK))
+    skipped = write_lexicon(words, tokenizer, lexicon)
+    lm.write_arpa(arpa)
+    return lm, words, skipped
 
 
 def read_lexicon(path: str | Path, tokenizer: Tokenizer) -> Spellings:

@@ -130,9 +130,11 @@ def decode_and_score(
     *,
     batch_seconds: float = DEFAULT_BATCH_SECONDS,
     label: str | None = None,
+    report: bool = True,
     **scoring: Any,
 ) -> ScoreResult:
-    """Transcribe every utterance of `manifest`, write `hypotheses.jsonl`, score and report.
+    """Transcribe every utterance of `manifest`, write `hypotheses.jsonl`, score, and (`report`)
+    write the report beside it.
 
     `label` shows a progress bar with that name. `scoring` goes to `evaluate_files`
     (normalizer, num_resamples, worst_n, compare_path). An utterance that fails to transcribe
@@ -161,4 +163,4 @@ def decode_and_score(
     if failed:
         log.warning("%d utterances failed to transcribe, scored as empty: %s", len(failed),
                     failed[:3])  # fmt: skip
-    return evaluate_files(hyp_path, manifest, output_dir=output_dir, **scoring)
+    return evaluate_files(hyp_path, manifest, output_dir=output_dir if report else None, **scoring)

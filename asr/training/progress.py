@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 
 from asr.bars import stage_columns
+from asr.training.system import find_timer
 
 
 class StepProgressBar(ProgressBar):
@@ -46,7 +47,7 @@ class StepProgressBar(ProgressBar):
         total = trainer.estimated_stepping_batches  # max_steps, or epochs x batches per epoch
         self._timer = None
         if not math.isfinite(total):  # no step limit: a wall-clock budget (trainer.max_time)
-            self._timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+            self._timer = find_timer(trainer)
             total = round(self._timer._duration)
         self._progress = Progress(
             *stage_columns("training", "s" if self._timer else "steps"),

@@ -60,6 +60,11 @@ def lr_lambda(
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def find_timer(trainer: L.Trainer) -> Timer | None:
+    """The Trainer's wall-clock Timer callback (asr.training.train always adds one)."""
+    return next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+
+
 class AsrSystem(L.LightningModule):
     """Train a `CtcModel` with CTC; `config` and `tokenizer` are stored in every checkpoint."""
 
@@ -74,6 +79,8 @@ class AsrSystem(L.LightningModule):
         self.val_chars = ErrorCounts()
         self.bad_steps = 0  # consecutive non-finite losses
         self.skipped_steps = 0
+        budget = config.trainer.max_time
+        self._budget_seconds = max_time_seconds(budget) if budget is not None else None
 
     # ---------------------------------------------------------------- training
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -168,7 +175,7 @@ class AsrSystem(L.LightningModule):
         self.log("val_cer", 100 * cer, prog_bar=True)
         # Wall-clock seconds of training so far (resumed runs included): when a run left the
         # blank-only plateau, read from logs/csv/metrics.csv.
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        timer = find_timer(self.trainer)
         if timer is not None and timer.start_time("train") is not None:
             self.log("train_seconds", timer.time_elapsed("train"))
 
@@ -181,13 +188,12 @@ class AsrSystem(L.LightningModule):
     # ---------------------------------------------------------------- optimizer
     def time_fraction(self) -> float | None:
         """Share of trainer.max_time spent so far (resumed runs included), None without one."""
-        budget = self.config.trainer.max_time
-        if budget is None or self._trainer is None:
+        if self._budget_seconds is None:
             return None
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        timer = find_timer(self.trainer)
         if timer is None or timer.start_time("train") is None:
             return 0.0
-        return min(1.0, timer.time_elapsed("train") / max_time_seconds(budget))
+        return min(1.0, timer.time_elapsed("train") / self._budget_seconds)
 
     def configure_optimizers(self) -> Any:
         o = self.config.optim

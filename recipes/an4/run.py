@@ -101,8 +101,7 @@ def stage_lm(args: argparse.Namespace) -> None:
     with model.pt's tokenizer; reused while newer than the model and the training manifest."""
     from asr.checkpoint import load_bundle
     from asr.data.manifest import read_manifest
-    from asr.inference.lexicon import write_lexicon
-    from asr.inference.lm import train_ngram
+    from asr.inference.lexicon import write_word_lm
 
     config = load_config(CONFIG, train_overrides(args))
     model, train = Path(config.exp_dir) / "model.pt", Path(config.data.train_manifest)
@@ -113,10 +112,8 @@ def stage_lm(args: argparse.Namespace) -> None:
         print(f"reusing {arpa} and {lexicon}")
         return
     texts = [utt.text for utt in read_manifest(train)]
-    lm = train_ngram(texts, order=LM_ORDER)
-    words = sorted(w for w in lm.vocabulary if not w.startswith("<"))  # no <s>, </s>, <unk>
-    skipped = write_lexicon(words, load_bundle(model).tokenizer, lexicon)
-    lm.write_arpa(arpa)
+    tokenizer = load_bundle(model).tokenizer
+    _, words, skipped = write_word_lm(texts, tokenizer, arpa, lexicon, order=LM_ORDER)
     print(f"{LM_ORDER}-gram of {len(texts)} training transcripts -> {arpa}; lexicon of "
           f"{len(words) - len(skipped)} words -> {lexicon}")  # fmt: skip
 
