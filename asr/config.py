@@ -46,6 +46,12 @@ class EncoderConfig:
     # Self-conditioned CTC (Nozaki & Komatsu 2021): at those blocks, add Linear(V, D) of the
     # head's softmax back into the stream, so later blocks refine an explicit guess.
     self_conditioning: bool = False
+    # Streaming (asr/modules/conformer.py): a convolution module that never looks ahead, and
+    # training with a chunk size drawn per batch (1..max_chunk_frames frames after subsampling,
+    # or full context half the time), so one model decodes offline and at any chunk size.
+    causal_conv: bool = False
+    dynamic_chunk_training: bool = False
+    max_chunk_frames: int = 25
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inter_ctc_layers", tuple(self.inter_ctc_layers))
@@ -79,6 +85,12 @@ class EncoderConfig:
             )
         if self.self_conditioning and not layers:
             raise ValueError("encoder.self_conditioning needs encoder.inter_ctc_layers")
+        _check_positive(self, "encoder", "max_chunk_frames")
+        if self.dynamic_chunk_training and not self.causal_conv:
+            raise ValueError(
+                "encoder.dynamic_chunk_training needs encoder.causal_conv: true (a centred "
+                "convolution would look past the end of each chunk)"
+            )
         _check_choice(self, "encoder", "activation", ACTIVATIONS)
         _check_choice(self, "encoder", "conv_norm", CONV_NORMS)
         for name in ("dropout", "attn_dropout"):

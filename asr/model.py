@@ -42,21 +42,52 @@ class CtcModel(nn.Module):
         return self.encoder.output_lengths(feat_lengths)
 
     def forward(
-        self, feats: torch.Tensor, feat_lengths: torch.Tensor
+        self,
+        feats: torch.Tensor,
+        feat_lengths: torch.Tensor,
+        chunk: int | None = None,
+        left_chunks: int = -1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (B, T, F), feat_lengths (B,) -> (log_probs (B, T', V) float32, out_lengths (B,))."""
+        """feats (B, T, F), feat_lengths (B,) -> (log_probs (B, T', V) float32, out_lengths (B,)).
+
+        `chunk`/`left_chunks`: attention limited as in streaming (`ConformerEncoder.forward`).
+        """
         if self.condition is None:  # nothing happens between blocks: no hook
-            x, out_lengths = self.encoder(feats, feat_lengths)  # (B, T', D)
+            x, out_lengths = self.encoder(feats, feat_lengths, None, chunk, left_chunks)
             return self.log_probs(x), out_lengths
-        log_probs, out_lengths, _ = self.forward_intermediate(feats, feat_lengths)
+        log_probs, out_lengths, _ = self.forward_intermediate(
+            feats, feat_lengths, chunk, left_chunks
+        )
         return log_probs, out_lengths
 
     def forward_intermediate(
-        self, feats: torch.Tensor, feat_lengths: torch.Tensor
+        self,
+        feats: torch.Tensor,
+        feat_lengths: torch.Tensor,
+        chunk: int | None = None,
+        left_chunks: int = -1,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """As `forward`, plus the log-probs (B, T', V) of each of `config.inter_ctc_layers`."""
-        layers = set(self.config.inter_ctc_layers)
         intermediate: list[torch.Tensor] = []
+        hook = self._between_blocks(intermediate)
+        x, out_lengths = self.encoder(feats, feat_lengths, hook, chunk, left_chunks)
+        return self.log_probs(x), out_lengths, intermediate
+
+    def forward_chunk(
+        self, x: torch.Tensor, states: list | None, max_cache: int | None
+    ) -> tuple[torch.Tensor, list]:
+        """Streaming, evaluation: subsampled frames x (B, C, D) of one chunk and the encoder
+        states of the chunks before it -> (log_probs (B, C, V), the new states); see
+        `ConformerEncoder.forward_chunk`."""
+        hook = self._between_blocks([])
+        x, states = self.encoder.forward_chunk(x, states, max_cache, hook)
+        return self.log_probs(x), states
+
+    def _between_blocks(self, intermediate: list[torch.Tensor]):
+        """The `after_block` hook of intermediate CTC and self-conditioning (None: no hook)."""
+        layers = set(self.config.inter_ctc_layers)
+        if not layers:
+            return None
 
         def after_block(i: int, x: torch.Tensor) -> torch.Tensor:
             if i not in layers:
@@ -67,8 +98,7 @@ class CtcModel(nn.Module):
                 return x
             return x + self.condition(log_probs.exp().to(x.dtype))
 
-        x, out_lengths = self.encoder(feats, feat_lengths, after_block if layers else None)
-        return self.log_probs(x), out_lengths, intermediate
+        return after_block
 
     def log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T', D) -> log-softmax of the head (B, T', V), in float32 even under autocast."""

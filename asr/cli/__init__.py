@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from asr.cli import demo, evaluate, train, transcribe
+from asr.cli import demo, evaluate, listen, train, transcribe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest, or of hyp vs ref")
     evaluate.add_evaluate_arguments(p)
     p.set_defaults(func=evaluate.evaluate_command)
+    p = sub.add_parser("listen", help="transcribe the microphone live (a streaming model)")
+    listen.add_listen_arguments(p)
+    p.set_defaults(func=listen.listen_command)
     p = sub.add_parser("demo", help="the built-in demo: synthesize a corpus, train, evaluate")
     demo.add_demo_arguments(p)
     p.set_defaults(func=demo.demo_command)
@@ -34,11 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     from asr.audio import AudioError
     from asr.checkpoint import BundleError
+    from asr.extras import MissingExtraError
     from asr.training.system import NonFiniteLossError
 
     return (
         AudioError,
         BundleError,
+        MissingExtraError,
         NonFiniteLossError,
         ValueError,
         FileNotFoundError,

@@ -31,6 +31,23 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from asr.export.onnx import export_onnx
+
+        if not args.model:
+            raise ValueError(
+                "--format onnx exports a model bundle: give --model model.pt (make one from "
+                "training checkpoints first with `asr export --checkpoint ... --output model.pt`)"
+            )
+        path = export_onnx(args.model, args.output, quantize=args.quantize)
+        print(f"ONNX model ({args.quantize}) written to {path}")
+        return 0
+    if args.quantize != "none":
+        raise ValueError("--quantize applies to --format onnx only")
+    if args.model:
+        raise ValueError("--model is already a bundle: add --format onnx to export it to ONNX")
+    if not args.checkpoint:
+        raise ValueError("give --checkpoint (training checkpoints to a model.pt bundle)")
     from asr.training.train import export_checkpoint
 
     print(f"model written to {export_checkpoint(args.checkpoint, args.output)}")
@@ -89,8 +106,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="tokenizer JSON file to write")
     p.set_defaults(func=cmd_train_tokenizer)
 
-    p = sub.add_parser("export", help="turn training checkpoints into a model.pt bundle")
-    p.add_argument("--checkpoint", nargs="+", required=True, help="several: their average")
+    p = sub.add_parser(
+        "export",
+        help="training checkpoints -> model.pt bundle, or a bundle -> ONNX",
+        description="asr export --checkpoint C1.ckpt [C2.ckpt ...] --output model.pt | "
+        "asr export --model model.pt --format onnx --output model.onnx [--quantize int8]",
+    )
+    p.add_argument("--checkpoint", nargs="+", help="training checkpoints; several: their average")
+    p.add_argument("--model", help="a model bundle (model.pt or a shipped name), for --format onnx")
+    p.add_argument("--format", choices=("pt", "onnx"), default="pt",
+                   help="pt: a model.pt bundle (default); onnx: an ONNX model for ONNX Runtime")  # fmt: skip
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="onnx only: int8 weights for MatMul/Gemm (dynamic quantization)")  # fmt: skip
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_export)
 

@@ -8,16 +8,22 @@ import sys
 import time
 from pathlib import Path
 
-from asr.audio import AudioError, find_audio_files
+from asr.audio import AudioError, audio_duration, find_audio_files, load_audio
 from asr.checkpoint import BundleError, atomic_write
 from asr.cli.decoding import add_decoding_arguments, decoding_options
+from asr.extras import MissingExtraError
 from asr.inference.formats import FORMATS, format_result
+from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS
 from asr.inference.transcribe import (
     DEFAULT_BATCH_SECONDS,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SECONDS,
+    Result,
+    Transcriber,
     load_model,
 )
+
+READ_SECONDS = 10.0  # streaming reads files this much at a time: memory stays flat
 
 
 def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +36,9 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR",
                         help="audio files, or folders searched for audio files")  # fmt: skip
-    parser.add_argument("--model", required=True, help="model bundle (model.pt)")
+    parser.add_argument("--model", required=True,
+                        help="model bundle (model.pt), a shipped model's name, or an exported "
+                        ".onnx file (run by ONNX Runtime: pip install 'asr[onnx]')")  # fmt: skip
     parser.add_argument("--output-dir", type=Path,
                         help="write <stem>.<format> per input here (sub-folders kept)")  # fmt: skip
     parser.add_argument("--format", nargs="+", default=["txt"], metavar="FORMAT",
@@ -43,7 +51,46 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longer inputs go in windows this long (default %(default)s)")  # fmt: skip
     parser.add_argument("--chunk-overlap", type=float, default=DEFAULT_CHUNK_OVERLAP,
                         help="seconds shared by neighbouring windows (default %(default)s)")  # fmt: skip
+    parser.add_argument("--streaming", action="store_true",
+                        help="decode as a live stream (a model trained with causal_conv): "
+                        "partial text on stderr after every chunk, the final result as usual")  # fmt: skip
+    parser.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS,
+                        help="--streaming: audio per encoder chunk (default %(default)s)")  # fmt: skip
+    parser.add_argument("--left-seconds", type=float, default=DEFAULT_LEFT_SECONDS,
+                        help="--streaming: left context each chunk attends to (default %(default)s)")  # fmt: skip
+    parser.add_argument("--piece-ms", type=float, default=100.0,
+                        help="--streaming: the file is fed in pieces this long, as a "
+                        "microphone delivers it (default %(default)s)")  # fmt: skip
     add_decoding_arguments(parser)
+
+
+def stream_file(transcriber: Transcriber, path: Path, args: argparse.Namespace, options) -> Result:
+    """Feed the file at `path` to a `Stream` in `--piece-ms` pieces, printing each new partial
+    text to stderr; the final `Result`."""
+    try:
+        total = audio_duration(path)
+    except AudioError as err:
+        return Result(id=str(path), path=str(path), error=str(err))
+    stream = transcriber.stream(args.chunk_ms, args.left_seconds, options=options, id=str(path))
+    rate = transcriber.sample_rate
+    piece = max(1, round(args.piece_ms / 1000 * rate))
+    shown, offset = "", 0.0
+    while offset < total:
+        try:
+            block = load_audio(path, rate, offset, READ_SECONDS)
+        except AudioError as err:
+            return Result(id=str(path), path=str(path), error=str(err))
+        if len(block) == 0:
+            break
+        offset += READ_SECONDS
+        for start in range(0, len(block), piece):
+            partial = stream.accept(block[start : start + piece])
+            if partial.text != shown:
+                shown = partial.text
+                print(f"[{partial.received:7.2f} s] {shown}", file=sys.stderr, flush=True)
+    result = stream.finish()
+    result.path = str(path)
+    return result
 
 
 def transcribe_command(args: argparse.Namespace) -> int:
@@ -70,10 +117,13 @@ def transcribe_command(args: argparse.Namespace) -> int:
         options = decoding_options(args)
         transcriber = load_model(args.model, device=args.device)
         began = time.perf_counter()  # the real-time factor leaves model loading out
-        results = transcriber.transcribe(
-            inputs, args.batch_seconds, args.chunk_seconds, args.chunk_overlap, options=options
-        )
-    except (BundleError, ValueError) as err:
+        if args.streaming:
+            results = [stream_file(transcriber, path, args, options) for path in inputs]
+        else:
+            results = transcriber.transcribe(
+                inputs, args.batch_seconds, args.chunk_seconds, args.chunk_overlap, options=options
+            )
+    except (BundleError, MissingExtraError, ValueError) as err:
         return _error(str(err))
     bare = len(args.inputs) == 1 and len(slots) == 1 and not Path(args.inputs[0]).is_dir()
     done = iter(results)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from asr.inference.alignment import Word
-from asr.inference.transcribe import Result
+from asr.inference.result import Result
 
 FORMATS = ("txt", "json", "srt", "vtt")
 CUE_MAX_SECONDS, CUE_MAX_CHARS, CUE_MAX_GAP = 7.0, 42, 1.0

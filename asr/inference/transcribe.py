@@ -29,6 +29,9 @@ from asr.audio import AudioError, audio_duration, load_audio, load_audio_array
 from asr.checkpoint import ModelBundle, load_bundle
 from asr.inference.alignment import Word, align_words
 from asr.inference.decoding import Decoder, DecodingOptions, make_decoder
+from asr.inference.onnx import is_onnx_path, load_onnx_bundle
+from asr.inference.result import Result
+from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS, Stream
 
 DEFAULT_BATCH_SECONDS = 120.0
 # Self-attention is quadratic in length: on 2 busy CPU cores the "s" model ran a 60 s file at
@@ -51,31 +54,6 @@ class AudioSegment:
 
 
 @dataclass
-class Result:
-    """The transcript of one input; `error` is None, or why this input could not be transcribed.
-
-    Word times are seconds from the start of the input (of the segment, for an `AudioSegment`).
-    """
-
-    id: str
-    path: str | None
-    text: str = ""
-    words: list[Word] = field(default_factory=list)
-    duration: float = 0.0
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values for JSON; times and confidences rounded to 3 decimals."""
-        words = [
-            {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
-             "confidence": round(w.confidence, 3)}
-            for w in self.words
-        ]  # fmt: skip
-        return {"id": self.id, "path": self.path, "text": self.text, "words": words,
-                "duration": round(self.duration, 3), "error": self.error}  # fmt: skip
-
-
-@dataclass
 class _Source:
     """One input resolved: where its audio comes from and how long it is."""
 
@@ -87,7 +65,13 @@ class _Source:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> Transcriber:
-    """A `Transcriber` for the model bundle at `path` ("auto" device: CUDA when available)."""
+    """A `Transcriber` for the model bundle at `path` ("auto" device: CUDA when available).
+
+    `path` is a `model.pt` bundle, the name of a shipped one, or an exported `.onnx` file (run
+    by ONNX Runtime on the CPU, `asr.inference.onnx`).
+    """
+    if is_onnx_path(path):
+        return Transcriber(load_onnx_bundle(path), "cpu" if device == "auto" else device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -149,6 +133,24 @@ class Transcriber:
                 source.result.text = " ".join(w.word for w in source.result.words)
             source.chunks = []
         return [source.result for source in sources]
+
+    def stream(
+        self,
+        chunk_ms: float = DEFAULT_CHUNK_MS,
+        left_seconds: float | None = DEFAULT_LEFT_SECONDS,
+        *,
+        options: DecodingOptions | None = None,
+        id: str = "stream",
+        **decoding: Any,
+    ) -> Stream:
+        """A `Stream` for live audio: `accept(samples)` pieces of any size (partial text after
+        each chunk of `chunk_ms`), then `finish()` (the final `Result`). Attention sees at most
+        `left_seconds` before each chunk (None: everything; memory then grows with the input).
+        Needs a model trained with `encoder.causal_conv` (asr.inference.streaming)."""
+        if options is not None and decoding:
+            raise ValueError("give either options=DecodingOptions(...) or its fields, not both")
+        decoder = self._get_decoder(options or DecodingOptions(**decoding))
+        return Stream(self.bundle, self.device, decoder, chunk_ms, left_seconds, id)
 
     def _get_decoder(self, options: DecodingOptions) -> Decoder:
         if self._decoder is None or self._decoder[0] != options:

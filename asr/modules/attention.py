@@ -13,6 +13,12 @@ at a time against the band of distances they meet (T + 63 of the 2T-1), and move
 softmax and the value product to `scaled_dot_product_attention`, the position term riding
 along as an additive bias (on CPU in training: the same math by hand, with a cheaper dropout).
 
+Under graph export (`exporting()`: `torch.export`, which the ONNX exporter runs) the length T is
+a symbol, and neither the loop over query blocks nor strided views nor the cached table of
+encodings survive it: the position term is then one matmul against all 2T-1 distances, shifted
+by padding and reshaping (`relative_shift_padded`, Dai et al.'s own formulation), and the
+encodings are computed in the graph. Tests check that both formulations agree.
+
 Symbols: B batch, T time, D model width, H heads, Dh = D / H.
 """
 
@@ -29,6 +35,11 @@ from asr.modules.masks import attn_bias_from_pad_mask
 
 # Queries per matmul of the position term: T/64 small matmuls cost less than one twice as big.
 POS_ROWS = 64
+
+
+def exporting() -> bool:
+    """True while the model is being captured as a graph (torch.export / ONNX export)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 def sinusoids(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -56,6 +67,9 @@ class RelativePositionalEncoding(nn.Module):
 
     def forward(self, length: int) -> torch.Tensor:
         """length T -> pos_emb (2T-1, D); row k encodes the distance (T-1) - k."""
+        if exporting():  # T is a symbol: no cache, the encodings become part of the graph
+            distances = torch.arange(length - 1, -length, -1, device=self.table.device)
+            return sinusoids(distances, self.d_model)
         if self.table.is_inference() and not torch.is_inference_mode_enabled():
             # Built under inference_mode (validation, transcription): autograd may not save it.
             self.table = self.table.clone()
@@ -87,31 +101,58 @@ def relative_shift(scores: torch.Tensor) -> torch.Tensor:
     )
 
 
-def relative_position_bias(
-    q_v: torch.Tensor, p: torch.Tensor, pad_bias: torch.Tensor | None, rows: int = POS_ROWS
-) -> torch.Tensor:
-    """The position term (q_i + v) . W_r r_{i-j} for all i, j, plus the key padding bias.
+def relative_shift_padded(scores: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, 2T-1) scores of T queries against the distances T-1..-(T-1) -> (B, H, T, T)
+    with [i, j] = column (T-1) - i + j of row i: what `relative_shift` gives, by padding and
+    reshaping instead of a strided view (Dai et al. 2019, appendix B), for graph export.
 
-    q_v (B, H, T, Dh), p (H, Dh, 2T-1) against distances T-1..-(T-1), pad_bias (B, 1, 1, T)
-    or None -> (B, H, T, T). Queries i0..i1 only meet the distances i0-(T-1)..i1-1, so they are
-    multiplied with those T + (i1 - i0) - 1 columns, not all 2T-1: `rows` queries at a time
-    this does T (T + rows) multiply-adds per head instead of 2T^2.
+    A zero column in front makes rows of 2T; read as 2T rows of T and without the first one,
+    the same memory holds row i shifted left by T - i: its first T entries are the answer.
     """
-    t = q_v.shape[2]
+    b, h, t, n = scores.shape
+    padded = F.pad(scores, (1, 0))  # (B, H, T, 2T)
+    shifted = padded.reshape(b, h, 2 * t, t)[:, :, 1:].reshape(b, h, t, n)  # (B, H, T, 2T-1)
+    return shifted[:, :, :, :t]
+
+
+def relative_position_bias(
+    q_v: torch.Tensor, p: torch.Tensor, attn_bias: torch.Tensor | None, rows: int = POS_ROWS
+) -> torch.Tensor:
+    """The position term (q_i + v) . W_r r_{i-j} for all i, j, plus the attention bias.
+
+    p (H, Dh, 2T-1) against the distances T-1..-(T-1) of T keys; q_v (B, H, R, Dh) for the last
+    R <= T of the T positions (R = T: self-attention over the whole sequence; R < T: a chunk
+    whose keys begin with cached left context); attn_bias (B, 1, 1, T) key padding, or
+    (B or 1, 1, R, T) with a chunk mask, or None -> (B, H, R, T). Queries i0..i1 only meet the
+    distances i0-(T-1)..i1-1, so they are multiplied with those T + (i1 - i0) - 1 columns, not
+    all 2T-1: `rows` queries at a time this does T (T + rows) multiply-adds per head, not 2T^2.
+    """
+    t, r = (p.shape[-1] + 1) // 2, q_v.shape[2]
+    if exporting():  # one matmul and a reshaping shift: no loop or view over a symbolic T
+        assert r == t, "graph export covers whole-sequence self-attention"
+        bias = relative_shift_padded(torch.matmul(q_v, p))  # (B, H, T, T)
+        return bias if attn_bias is None else bias + attn_bias
+    first = t - r  # absolute position of the first query
     pieces = []
-    for i0 in range(0, t, rows):
-        i1 = min(i0 + rows, t)
-        scores = torch.matmul(q_v[:, :, i0:i1], p[:, :, t - i1 : 2 * t - 1 - i0])
+    for i0 in range(0, r, rows):
+        i1 = min(i0 + rows, r)
+        a0, a1 = first + i0, first + i1
+        scores = torch.matmul(q_v[:, :, i0:i1], p[:, :, t - a1 : 2 * t - 1 - a0])
         pieces.append(relative_shift(scores))  # (B, H, i1 - i0, T), a strided view
     if len(pieces) == 1:  # the add materializes the view and masks padded keys in one pass
-        return pieces[0] if pad_bias is None else pieces[0] + pad_bias
+        return pieces[0] if attn_bias is None else pieces[0] + attn_bias
     if torch.is_grad_enabled() and (q_v.requires_grad or p.requires_grad):
-        bias = torch.cat(pieces, dim=2)  # (B, H, T, T)
-        return bias if pad_bias is None else bias + pad_bias
-    bias = q_v.new_empty(q_v.shape[0], q_v.shape[1], t, t)  # (B, H, T, T)
-    for i0, piece in zip(range(0, t, rows), pieces):
+        bias = torch.cat(pieces, dim=2)  # (B, H, R, T)
+        return bias if attn_bias is None else bias + attn_bias
+    bias = q_v.new_empty(q_v.shape[0], q_v.shape[1], r, t)  # (B, H, R, T)
+    per_row = attn_bias is not None and attn_bias.shape[2] > 1
+    for i0, piece in zip(range(0, r, rows), pieces):
         out = bias[:, :, i0 : i0 + piece.shape[2]]
-        torch.add(piece, pad_bias, out=out) if pad_bias is not None else out.copy_(piece)
+        if attn_bias is None:
+            out.copy_(piece)
+        else:
+            add = attn_bias[:, :, i0 : i0 + piece.shape[2]] if per_row else attn_bias
+            torch.add(piece, add, out=out)
     return bias
 
 
@@ -166,28 +207,64 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         nn.init.xavier_uniform_(self.pos_bias_v)
 
     def forward(
-        self, x: torch.Tensor, pos_emb: torch.Tensor, pad_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        pos_emb: torch.Tensor,
+        pad_mask: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D), pos_emb (2T-1, D) from RelativePositionalEncoding, pad_mask (B, T).
+        """x (B, T, D), pos_emb (2T-1, D) from RelativePositionalEncoding, pad_mask (B, T), or
+        instead `attn_bias` from `masks.attention_bias` (padding and a chunk mask in one).
 
         Returns (B, T, D).
         """
-        t = x.shape[1]
         q = self.split_heads(self.query(x))  # (B, H, T, Dh)
         k = self.split_heads(self.key(x))  # (B, H, T, Dh)
         v = self.split_heads(self.value(x))  # (B, H, T, Dh)
+        if attn_bias is None and pad_mask is not None:
+            attn_bias = attn_bias_from_pad_mask(pad_mask, q.dtype)
+        return self.merge_heads(self._attend(q, k, v, pos_emb, attn_bias))
+
+    def forward_chunk(
+        self,
+        x: torch.Tensor,
+        pos_emb: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Streaming: the C frames of a chunk attend to themselves and to the cached keys and
+        values of the L frames before them (no padding, no mask within the chunk's past).
+
+        x (B, C, D), pos_emb (2(L+C)-1, D), cache (keys, values) (B, H, L, Dh) each or None ->
+        (out (B, C, D), (keys, values) (B, H, L + C, Dh) to cache, trimmed by the caller).
+        """
+        q = self.split_heads(self.query(x))  # (B, H, C, Dh)
+        k = self.split_heads(self.key(x))  # (B, H, C, Dh)
+        v = self.split_heads(self.value(x))  # (B, H, C, Dh)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        return self.merge_heads(self._attend(q, k, v, pos_emb, None)), (k, v)
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        pos_emb: torch.Tensor,
+        attn_bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """q (B, H, R, Dh) for the last R of T positions, k/v (B, H, T, Dh), pos_emb (2T-1, D)
+        -> (B, H, R, Dh)."""
+        t = k.shape[2]
         # 1/sqrt(Dh) goes into the (2T-1, D) projection, the smallest tensor it can ride on.
-        p = self.pos(pos_emb.to(x.dtype)) * (1.0 / math.sqrt(self.d_head))  # (2T-1, D)
+        p = self.pos(pos_emb.to(q.dtype)) * (1.0 / math.sqrt(self.d_head))  # (2T-1, D)
         p = p.view(2 * t - 1, self.num_heads, self.d_head).permute(1, 2, 0)  # (H, Dh, 2T-1)
-        q_v = q + self.pos_bias_v.unsqueeze(1)  # (B, H, T, Dh)
-        pad_bias = None if pad_mask is None else attn_bias_from_pad_mask(pad_mask, q.dtype)
-        bias = relative_position_bias(q_v, p, pad_bias)  # (B, H, T, T)
-        q_u = q + self.pos_bias_u.unsqueeze(1)  # (B, H, T, Dh)
-        if self.training and self.dropout > 0 and x.device.type == "cpu":
-            return self.merge_heads(self._attend_with_dropout(q_u, k, v, bias))
+        q_v = q + self.pos_bias_v.unsqueeze(1)  # (B, H, R, Dh)
+        bias = relative_position_bias(q_v, p, attn_bias)  # (B, H, R, T)
+        q_u = q + self.pos_bias_u.unsqueeze(1)  # (B, H, R, Dh)
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
+            return self._attend_with_dropout(q_u, k, v, bias)
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q_u, k, v, attn_mask=bias, dropout_p=drop)
-        return self.merge_heads(y)
+        return F.scaled_dot_product_attention(q_u, k, v, attn_mask=bias, dropout_p=drop)
 
     def _attend_with_dropout(
         self, q_u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor

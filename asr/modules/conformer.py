@@ -4,11 +4,20 @@ Speech Recognition").
 Each block is a macaron sandwich: x + FF/2, + MHSA, + Conv, + FF/2, then LayerNorm, with
 Transformer-XL relative-position self-attention (Dai et al. 2019). The encoder subsamples the
 features 4x (or 8x) with convolutions first. `EncoderConfig` unpacks into modules here only.
+
+Streaming (WeNet's U2, Zhang et al. 2020): with `chunk` frames the encoder limits each frame's
+attention to its own chunk and `left_chunks` chunks before it (`masks.chunk_mask`), and a model
+built with `causal_conv` has no convolution that looks ahead, so no output depends on audio
+after the end of its chunk. `dynamic_chunk_training` draws the chunk size per batch in training
+(full context half the time), so one model decodes at any chunk size. `forward_chunk` runs one
+chunk with the cached keys/values and convolution inputs of the chunks before it; it gives what
+`forward(..., chunk=C, left_chunks=L)` gives for the same frames (tests/test_streaming.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,7 +27,7 @@ from asr.modules.attention import RelativeMultiHeadAttention, RelativePositional
 from asr.modules.conv import ConformerConvModule
 from asr.modules.dropout import Dropout
 from asr.modules.feed_forward import FeedForward
-from asr.modules.masks import make_pad_mask
+from asr.modules.masks import attention_bias, chunk_mask, make_pad_mask
 from asr.modules.style import GlobalStyleTokens
 from asr.modules.subsampling import Conv2dSubsampling
 
@@ -33,10 +42,14 @@ class ConformerMultiHeadedSelfAttention(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, pos_emb: torch.Tensor, pad_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        pos_emb: torch.Tensor,
+        pad_mask: torch.Tensor | None,
+        attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D), pos_emb (2T-1, D), pad_mask (B, T) -> (B, T, D)."""
-        return self.dropout(self.attention(self.layer_norm(x), pos_emb, pad_mask))
+        """x (B, T, D), pos_emb (2T-1, D), pad_mask (B, T) or attn_bias -> (B, T, D)."""
+        return self.dropout(self.attention(self.layer_norm(x), pos_emb, pad_mask, attn_bias))
 
 
 class ConformerBlock(nn.Module):
@@ -52,23 +65,56 @@ class ConformerBlock(nn.Module):
         attn_dropout: float = 0.1,
         activation: str = "swish",
         conv_norm: str = "batch_norm",
+        causal_conv: bool = False,
     ) -> None:
         super().__init__()
         self.ff1 = FeedForward(d_model, ff_mult, activation, dropout)
         self.mhsa = ConformerMultiHeadedSelfAttention(d_model, num_heads, dropout, attn_dropout)
-        self.conv = ConformerConvModule(d_model, conv_kernel_size, conv_norm, activation, dropout)
+        self.conv = ConformerConvModule(
+            d_model, conv_kernel_size, conv_norm, activation, dropout, causal=causal_conv
+        )
         self.ff2 = FeedForward(d_model, ff_mult, activation, dropout)
         self.final_norm = nn.LayerNorm(d_model)
 
     def forward(
-        self, x: torch.Tensor, pos_emb: torch.Tensor, pad_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        pos_emb: torch.Tensor,
+        pad_mask: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D), pos_emb (2T-1, D), pad_mask (B, T) -> (B, T, D)."""
+        """x (B, T, D), pos_emb (2T-1, D), pad_mask (B, T), attn_bias (see
+        `masks.attention_bias`; default: from pad_mask) -> (B, T, D)."""
         x = torch.add(x, self.ff1(x), alpha=0.5)  # x + FF/2 in one pass
-        x = x + self.mhsa(x, pos_emb, pad_mask)
+        x = x + self.mhsa(x, pos_emb, pad_mask, attn_bias)
         x = x + self.conv(x, pad_mask)
         x = torch.add(x, self.ff2(x), alpha=0.5)
         return self.final_norm(x)
+
+    def forward_chunk(
+        self, x: torch.Tensor, pos_emb: torch.Tensor, state: BlockState | None
+    ) -> tuple[torch.Tensor, BlockState]:
+        """Streaming, evaluation: one chunk x (B, C, D) after L cached frames, pos_emb
+        (2(L+C)-1, D) -> (B, C, D) and the new state (keys/values of L+C frames: the caller
+        trims them; the convolution's last K-1 input frames)."""
+        x = torch.add(x, self.ff1(x), alpha=0.5)
+        mhsa = self.mhsa
+        attn, kv = mhsa.attention.forward_chunk(
+            mhsa.layer_norm(x), pos_emb, None if state is None else state.kv
+        )
+        x = x + mhsa.dropout(attn)
+        conv, conv_cache = self.conv.forward_chunk(x, None if state is None else state.conv)
+        x = x + conv
+        x = torch.add(x, self.ff2(x), alpha=0.5)
+        return self.final_norm(x), BlockState(kv, conv_cache)
+
+
+@dataclass
+class BlockState:
+    """What a Conformer block carries from one streamed chunk to the next."""
+
+    kv: tuple[torch.Tensor, torch.Tensor]  # attention keys and values (B, H, L, Dh) each
+    conv: torch.Tensor  # the depthwise convolution's last K-1 input frames (B, K-1, D)
 
 
 class ConformerEncoder(nn.Module):
@@ -98,6 +144,7 @@ class ConformerEncoder(nn.Module):
                 c.attn_dropout,
                 c.activation,
                 c.conv_norm,
+                c.causal_conv,
             )
             for _ in range(c.num_layers)
         )
@@ -111,34 +158,78 @@ class ConformerEncoder(nn.Module):
         feats: torch.Tensor,
         feat_lengths: torch.Tensor,
         after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        chunk: int | None = None,
+        left_chunks: int = -1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, F), feat_lengths (B,) -> (out (B, T', D), out_lengths (B,)).
 
         Padded output frames (t >= out_lengths[b]) are zero. `after_block`: see `forward_blocks`.
+        `chunk` (frames after subsampling) and `left_chunks` limit attention as in streaming;
+        None: full context, or in training with `dynamic_chunk_training` a size drawn per batch.
         """
         x, out_lengths = self.subsampling(feats, feat_lengths)  # (B, T', D)
         if self.style is not None:
             embedding, _ = self.style(feats, feat_lengths)  # (B, D)
             x = x + embedding.unsqueeze(1)
-        x = self.forward_blocks(self.input_dropout(x), out_lengths, after_block)
+        if chunk is None and self.training and self.config.dynamic_chunk_training:
+            chunk = self.draw_chunk(x.shape[1])
+        x = self.forward_blocks(self.input_dropout(x), out_lengths, after_block, chunk, left_chunks)
         return x, out_lengths
+
+    def draw_chunk(self, length: int) -> int | None:
+        """A chunk size for one training batch of `length` frames (WeNet's rule): full context
+        (None) half the time, else uniform in 1..`max_chunk_frames`. Uses torch's generator."""
+        if length < 2 or torch.rand(()).item() < 0.5:
+            return None
+        return int(torch.randint(1, self.config.max_chunk_frames + 1, ()).item())
 
     def forward_blocks(
         self,
         x: torch.Tensor,
         lengths: torch.Tensor,
         after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        chunk: int | None = None,
+        left_chunks: int = -1,
     ) -> torch.Tensor:
         """The Conformer blocks alone: x (B, T', D) after subsampling, lengths (B,) -> (B, T', D).
 
         `after_block(i, x)`, if given, sees the output of block i (1-based, (B, T', D)) and
         returns the input of the next one: the hook of intermediate CTC and self-conditioning.
-        Padded output frames (t >= lengths[b]) are zero.
+        `chunk`/`left_chunks`: see `forward`. Padded output frames (t >= lengths[b]) are zero.
         """
         pad_mask = make_pad_mask(lengths, x.shape[1])  # (B, T')
         pos_emb = self.pos_enc(x.shape[1])  # (2T'-1, D)
+        blocked = None if chunk is None else chunk_mask(x.shape[1], chunk, left_chunks, x.device)
+        bias = attention_bias(pad_mask, x.dtype, blocked)  # computed once for all blocks
         for i, block in enumerate(self.blocks, start=1):
-            x = block(x, pos_emb, pad_mask)
+            x = block(x, pos_emb, pad_mask, bias)
             if after_block is not None and i < len(self.blocks):
                 x = after_block(i, x)
         return x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+
+    def forward_chunk(
+        self,
+        x: torch.Tensor,
+        states: list[BlockState] | None,
+        max_cache: int | None,
+        after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[BlockState]]:
+        """Streaming, evaluation: the blocks over one chunk x (B, C, D) of subsampled frames,
+        `states` from the previous chunk (None at the start), keeping at most `max_cache` frames
+        of keys/values (None: all) -> (out (B, C, D), the states for the next chunk)."""
+        if self.style is not None:
+            raise ValueError("models with global style tokens cannot stream (they summarize "
+                             "the whole utterance first)")  # fmt: skip
+        cached = 0 if states is None else states[0].kv[0].shape[2]
+        pos_emb = self.pos_enc(cached + x.shape[1])  # (2(L+C)-1, D)
+        new_states = []
+        for i, block in enumerate(self.blocks, start=1):
+            x, state = block.forward_chunk(x, pos_emb, None if states is None else states[i - 1])
+            if max_cache is not None:
+                keys, values = state.kv
+                state.kv = (keys[:, :, -max_cache:], values[:, :, -max_cache:]) if max_cache \
+                    else (keys[:, :, :0], values[:, :, :0])  # fmt: skip
+            new_states.append(state)
+            if after_block is not None and i < len(self.blocks):
+                x = after_block(i, x)
+        return x, new_states

@@ -3,7 +3,9 @@
 LayerNorm -> pointwise conv to 2D -> GLU -> depthwise conv (odd kernel) -> BatchNorm (or
 LayerNorm) -> Swish -> pointwise conv -> dropout. Padded frames are zeroed before the depthwise
 convolution and the batch norm statistics are taken over valid frames only, so padding never
-leaks into valid frames, in training or in evaluation.
+leaks into valid frames, in training or in evaluation. `causal=True` (streaming models) pads the
+depthwise convolution on the left only, so no output frame depends on a later one; streaming
+then carries the last K-1 frames of its input from chunk to chunk (`forward_chunk`).
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ class ConformerConvModule(nn.Module):
         norm: str = "batch_norm",
         activation: str = "swish",
         dropout: float = 0.1,
+        causal: bool = False,
     ) -> None:
         super().__init__()
+        self.causal = causal
         if kernel_size % 2 == 0:
             raise ValueError(
                 f"conv_kernel_size must be odd to keep frames centred, got {kernel_size}"
@@ -99,30 +103,59 @@ class ConformerConvModule(nn.Module):
         x = self.glu(self.pointwise_in(self.layer_norm(x)))  # (B, T, D)
         if pad_mask is not None:
             x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+        k = self.depthwise.kernel_size[0]
+        padding = (k - 1, 0) if self.causal else (k // 2, k // 2)
+        return self._conv_norm_out(x, pad_mask, padding)
+
+    def forward_chunk(
+        self, x: torch.Tensor, cache: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Streaming (causal, evaluation): x (B, C, D) and the last K-1 frames (B, K-1, D) of
+        the previous chunks' depthwise input (None at the start: zeros, as the left padding)
+        -> (out (B, C, D), the cache for the next chunk)."""
+        assert self.causal and not self.training, "forward_chunk: causal models in eval mode"
+        k = self.depthwise.kernel_size[0]
+        x = self.glu(self.pointwise_in(self.layer_norm(x)))  # (B, C, D)
+        if cache is None:
+            cache = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+        x = torch.cat([cache, x], dim=1)  # (B, K-1+C, D)
+        return self._conv_norm_out(x, None, (0, 0)), x[:, x.shape[1] - (k - 1) :]
+
+    def _conv_norm_out(
+        self, x: torch.Tensor, pad_mask: torch.Tensor | None, padding: tuple[int, int]
+    ) -> torch.Tensor:
+        """Depthwise conv (`padding` frames left and right), norm, activation, pointwise out."""
         if isinstance(self.norm, MaskedBatchNorm1d) and not self.norm.training:
-            x = self._depthwise(x, *self._folded_batch_norm())  # conv and norm in one op
+            x = self._depthwise(x, *self._folded_batch_norm(), padding)  # conv and norm in one
         else:
-            x = self._depthwise(x, self.depthwise.weight, self.depthwise.bias)  # (B, T, D)
+            x = self._depthwise(x, self.depthwise.weight, self.depthwise.bias, padding)
             x = self.norm(x, pad_mask) if isinstance(self.norm, MaskedBatchNorm1d) else self.norm(x)
         x = self.pointwise_out(self.activation(x))
         return self.dropout(x)
 
-    def _depthwise(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D) -> (B, T, D): the depthwise conv over time, weight (D, 1, K), bias (D,).
+    def _depthwise(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: tuple[int, int]
+    ) -> torch.Tensor:
+        """x (B, T, D) -> (B, T + left + right - K + 1, D): the depthwise conv over time, weight
+        (D, 1, K), bias (D,), `padding` = (left, right) zero frames.
 
         Run as a Conv2d of height 1 on the channels-last view of x: (B, T, D) memory is already
         NHWC for (B, D, 1, T), and oneDNN's NHWC depthwise kernel is 20-40x faster on CPU than
         `conv1d` (which first reorders to channels-first). Same weights, same result.
         """
-        k = weight.shape[-1]
+        x = x.transpose(1, 2).unsqueeze(2)  # (B, D, 1, T), a view: no copy
+        left, right = padding
+        if left != right:
+            x = F.pad(x, (left, right))
+            left = right = 0
         y = F.conv2d(
-            x.transpose(1, 2).unsqueeze(2),  # (B, D, 1, T), a view: no copy
+            x,
             weight.unsqueeze(2),  # (D, 1, 1, K)
             bias,
-            padding=(0, k // 2),
+            padding=(0, left),
             groups=weight.shape[0],
-        )  # (B, D, 1, T)
-        return y.squeeze(2).transpose(1, 2)  # (B, T, D)
+        )  # (B, D, 1, T')
+        return y.squeeze(2).transpose(1, 2)  # (B, T', D)
 
     def _folded_batch_norm(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Evaluation batch norm folded into the depthwise conv: (weight (D, 1, K), bias (D,))."""

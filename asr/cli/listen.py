@@ -1,0 +1,84 @@
+"""`asr listen`: live transcription of the microphone (a model trained with `causal_conv`).
+
+Audio comes from the default input device through `sounddevice` (PortAudio), an optional extra:
+`pip install 'asr[live]'` (and PortAudio itself: `apt install libportaudio2` on Debian/Ubuntu).
+The partial text is rewritten in place after every chunk; Ctrl-C ends the stream and prints the
+final text with word timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+
+from asr.extras import MissingExtraError
+from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS
+
+
+def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a streaming model bundle (model.pt)")
+    parser.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS,
+                        help="audio per encoder chunk (default %(default)s)")  # fmt: skip
+    parser.add_argument("--left-seconds", type=float, default=DEFAULT_LEFT_SECONDS,
+                        help="left context each chunk attends to (default %(default)s)")  # fmt: skip
+    parser.add_argument("--device", dest="input_device", default=None,
+                        help="input device name or index (default: the system's default)")  # fmt: skip
+
+
+def open_microphone():
+    """The `sounddevice` module, or one clear error: not installed, no PortAudio, no input."""
+    try:
+        import sounddevice
+    except ImportError:
+        raise MissingExtraError(
+            "asr listen needs the package 'sounddevice', which is not installed: "
+            "pip install 'asr[live]'"
+        ) from None
+    except OSError as err:  # the wheel loads the system's PortAudio at import
+        raise MissingExtraError(
+            f"asr listen needs the PortAudio library ({err}); on Debian/Ubuntu: "
+            f"apt install libportaudio2"
+        ) from None
+    return sounddevice
+
+
+def listen_command(args: argparse.Namespace) -> int:
+    from asr.inference.transcribe import load_model
+
+    sd = open_microphone()
+    try:
+        sd.query_devices(args.input_device, kind="input")
+    except (ValueError, sd.PortAudioError) as err:
+        raise ValueError(f"no microphone to listen to: {err}") from None
+    transcriber = load_model(args.model)
+    stream = transcriber.stream(args.chunk_ms, args.left_seconds, id="microphone")
+    pieces: queue.Queue = queue.Queue()
+
+    def collect(block, frames, time_info, status) -> None:  # PortAudio's thread: just queue
+        pieces.put(block[:, 0].copy())
+
+    print("listening (Ctrl-C to stop)...", file=sys.stderr)
+    shown = ""
+    try:
+        with sd.InputStream(
+            samplerate=transcriber.sample_rate,
+            channels=1,
+            dtype="float32",
+            blocksize=transcriber.sample_rate // 10,
+            device=args.input_device,
+            callback=collect,
+        ):
+            while True:
+                partial = stream.accept(pieces.get())
+                if partial.text != shown:
+                    shown = partial.text
+                    print(f"\r{shown[-150:]}", end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    result = stream.finish()
+    print("", file=sys.stderr)
+    print(result.text)
+    for w in result.words:
+        print(f"{w.start:8.2f} {w.end:8.2f}  {w.word}", file=sys.stderr)
+    return 0

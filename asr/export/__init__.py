@@ -1,0 +1,1 @@
+"""Deployment formats of a model bundle: ONNX (`asr.export.onnx`)."""

@@ -1,0 +1,215 @@
+"""Live transcription: audio in pieces of any size, text after every chunk (`Stream`).
+
+A `Stream` (from `Transcriber.stream`) takes samples as they arrive (`accept`), computes the
+log-mel frames they complete, subsamples them, and whenever `chunk` encoder frames are ready runs
+the Conformer on that chunk alone, with the keys and values of at most `left_chunks` chunks
+before it and the last inputs of each causal convolution carried over
+(`CtcModel.forward_chunk`). Each chunk's log-probs extend a greedy CTC hypothesis, the partial
+text; `finish` runs what is left (a shorter last chunk), decodes (greedy, or the beam search and
+LM of the `DecodingOptions` given) and times the words by forced alignment, as offline.
+
+The log-probs equal those of `CtcModel.forward(feats, lengths, chunk, left_chunks)` on the
+whole utterance (tests/test_streaming.py), which is what a model trained with
+`dynamic_chunk_training` and `causal_conv` is trained for. Memory is bounded by the chunk and
+its left context except for the utterance's log-probs, kept for the final decoding and word
+alignment (V floats per output frame: 11 MB per hour of audio for a character model).
+
+Latency: a word spoken at time t is emitted when the chunk containing its last frame is complete
+(up to `chunk_ms` later, plus the subsampling's look-ahead of 3 feature frames and the window of
+the last one) and computed (the compute time of one chunk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from asr.audio import AudioError, load_audio_array
+from asr.checkpoint import ModelBundle
+from asr.inference.alignment import Word, align_words
+from asr.inference.decoding import Decoder
+from asr.inference.result import Result
+from asr.modules.subsampling import KERNEL, STRIDE
+from asr.tokenizer import BLANK_ID
+
+DEFAULT_CHUNK_MS = 640.0
+DEFAULT_LEFT_SECONDS = 10.0  # left context kept per chunk: bounded memory, ~all a sentence needs
+
+
+@dataclass
+class Partial:
+    """What a stream knows after a piece of audio: the text so far (it only grows, except that
+    the last token may be extended), the audio seconds received and the seconds encoded."""
+
+    text: str
+    received: float
+    encoded: float
+    new_chunks: int = 0
+    token_ids: list[int] = field(default_factory=list)
+
+
+class Stream:
+    """Incremental transcription of one audio stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        device: torch.device,
+        decoder: Decoder,
+        chunk_ms: float = DEFAULT_CHUNK_MS,
+        left_seconds: float | None = DEFAULT_LEFT_SECONDS,
+        id: str = "stream",
+    ) -> None:
+        """`bundle` on `device` (a `Transcriber`'s); `decoder` makes the final token ids."""
+        model, frontend = bundle.model, bundle.frontend
+        if not hasattr(model, "forward_chunk"):
+            raise ValueError("streaming needs a PyTorch model (model.pt), not an ONNX export")
+        if not model.config.causal_conv:
+            raise ValueError(
+                "this model cannot stream: it was trained without encoder.causal_conv (its "
+                "convolutions look ahead); train one with causal_conv and dynamic_chunk_training"
+            )
+        if frontend.config.normalize == "utterance":
+            raise ValueError(
+                "this model normalizes features per utterance, which needs the whole "
+                "utterance: streaming needs features.normalize global or none"
+            )
+        if chunk_ms <= 0:
+            raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
+        self.model, self.frontend, self.decoder = model, frontend, decoder
+        self.tokenizer = bundle.tokenizer
+        self.id = id
+        self.rate = frontend.config.sample_rate
+        self.frame_seconds = frontend.hop * model.config.subsampling_factor / self.rate
+        self.chunk = max(1, round(chunk_ms / 1000 / self.frame_seconds))
+        self.left_chunks = (
+            -1 if left_seconds is None else round(left_seconds / (self.chunk * self.frame_seconds))
+        )
+        self.max_cache = None if self.left_chunks < 0 else self.left_chunks * self.chunk
+        factor = model.config.subsampling_factor
+        self.num_convs = {4: 2, 8: 3}[factor]
+        self.stride = STRIDE**self.num_convs  # feature frames per encoder frame
+        # feature frames one encoder frame sees: 7 (4x), 15 (8x)
+        self.span = 1 + (KERNEL - 1) * (self.stride - 1) // (STRIDE - 1)
+        self.device = device
+        # the audio not yet turned into features, from absolute sample `sample_base` on
+        self.samples = torch.zeros(0)
+        self.sample_base = 0
+        self.received = 0
+        # features not yet consumed by the subsampling, from absolute frame `feat_base` on
+        self.feats = torch.zeros(0, frontend.config.n_mels)
+        self.feat_base = 0
+        self.feats_done = 0
+        self.frames_done = 0  # encoder frames computed
+        self.states: list | None = None
+        self.log_probs: list[torch.Tensor] = []  # (C, V) per chunk, for the final decoding
+        self.tokens: list[int] = []
+        self.last_id = BLANK_ID
+        self.finished = False
+
+    def accept(self, samples: Any, sample_rate: int | None = None) -> Partial:
+        """Add audio (1-D samples, at the model's rate unless `sample_rate` says otherwise) and
+        run every chunk it completes. Returns the partial result."""
+        if self.finished:
+            raise ValueError("this stream is finished; start a new one")
+        rate = sample_rate or self.rate
+        try:
+            wave = load_audio_array(samples, rate, self.rate, self.id)
+        except AudioError:
+            if len(samples) == 0:
+                return self.partial(0)
+            raise
+        self.samples = torch.cat([self.samples, wave.float()])
+        self.received += len(wave)
+        self._features()
+        return self.partial(self._encode(final=False))
+
+    def finish(self) -> Result:
+        """Run what is left, decode and time the words: the final `Result`."""
+        if not self.finished:
+            self._features()
+            self._encode(final=True)
+            self.finished = True
+        result = Result(id=self.id, path=None, duration=self.received / self.rate)
+        if not self.log_probs:
+            return result
+        frames = torch.cat(self.log_probs)  # (T', V)
+        token_ids = self.decoder(frames[None], torch.tensor([frames.shape[0]]))[0]
+        result.words = align_words(frames, token_ids, self.tokenizer, self.frame_seconds)
+        result.text = " ".join(w.word for w in result.words)
+        return result
+
+    def partial(self, new_chunks: int) -> Partial:
+        return Partial(
+            text=self.tokenizer.decode(self.tokens).strip(),
+            received=self.received / self.rate,
+            encoded=self.frames_done * self.frame_seconds,
+            new_chunks=new_chunks,
+            token_ids=list(self.tokens),
+        )
+
+    def _features(self) -> None:
+        """Log-mel frames of every window the received audio completes."""
+        frontend = self.frontend
+        available = frontend.num_frames(self.received)
+        if available <= self.feats_done:
+            return
+        first = self.feats_done * frontend.hop - self.sample_base
+        last = (available - 1) * frontend.hop + frontend.win - self.sample_base
+        piece = self.samples[first:last].to(self.device)
+        with torch.inference_mode():
+            feats, _ = frontend(piece[None], torch.tensor([len(piece)]))  # (1, n, F)
+        self.feats = torch.cat([self.feats, feats[0].cpu()])
+        self.feats_done = available
+        keep_from = available * frontend.hop  # the next frame starts here
+        self.samples = self.samples[keep_from - self.sample_base :]
+        self.sample_base = keep_from
+
+    def _encode(self, final: bool) -> int:
+        """Run every complete chunk (and, when `final`, the rest); returns the chunks run."""
+        ready = self._frames_ready()
+        runs = 0
+        while ready - self.frames_done >= self.chunk or (final and ready > self.frames_done):
+            n = min(self.chunk, ready - self.frames_done)
+            self._run_chunk(n)
+            runs += 1
+        return runs
+
+    def _frames_ready(self) -> int:
+        """Encoder frames the features so far determine: the subsampling's output length."""
+        length = self.feats_done
+        for _ in range(self.num_convs):
+            length = max(0, (length - KERNEL) // STRIDE + 1)
+        return length
+
+    def _run_chunk(self, n: int) -> None:
+        t0 = self.frames_done
+        first = self.stride * t0 - self.feat_base
+        count = self.stride * (n - 1) + self.span
+        feats = self.feats[first : first + count][None].to(self.device)  # (1, count, F)
+        model = self.model
+        with torch.inference_mode():
+            x, _ = model.encoder.subsampling(feats, torch.tensor([count], device=self.device))
+            log_probs, self.states = model.forward_chunk(x, self.states, self.max_cache)
+        log_probs = log_probs[0].float().cpu()  # (n, V)
+        self.log_probs.append(log_probs)
+        for i in log_probs.argmax(dim=-1).tolist():
+            if i != BLANK_ID and i != self.last_id:
+                self.tokens.append(i)
+            self.last_id = i
+        self.frames_done += n
+        drop = self.stride * self.frames_done - self.feat_base  # features no later frame needs
+        self.feats = self.feats[drop:]
+        self.feat_base += drop
+
+
+def chunked_samples(samples: np.ndarray, piece: int):
+    """Consecutive slices of `piece` samples (the last one shorter): a microphone's blocks."""
+    for start in range(0, len(samples), piece):
+        yield samples[start : start + piece]
+
+
+__all__ = ["DEFAULT_CHUNK_MS", "DEFAULT_LEFT_SECONDS", "Partial", "Stream", "Word"]

@@ -1,0 +1,179 @@
+"""Streaming: chunk masks, causal convolution, dynamic chunk training, and `Stream` giving the
+same log-probs (1e-4) as the whole utterance run offline with the equivalent chunk mask, for
+several chunk sizes, left contexts and piece sizes that do not line up with chunks."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import asr
+from asr.audio import LogMelFeatures
+from asr.checkpoint import save_bundle
+from asr.cli import main as cli_main
+from asr.config import EncoderConfig, FeatureConfig
+from asr.model import CtcModel, ctc_objective
+from asr.modules.masks import chunk_mask
+from asr.tokenizer import CharTokenizer
+
+RATE = 16000
+
+
+def noise(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = round(seconds * RATE)
+    envelope = np.repeat(rng.uniform(0, 1, n // 1600 + 1), 1600)[:n]
+    return (0.3 * envelope * rng.standard_normal(n)).astype(np.float32)
+
+
+def streaming_config(**overrides) -> EncoderConfig:
+    return EncoderConfig.preset(
+        "xs", num_layers=3, causal_conv=True, dynamic_chunk_training=True,
+        inter_ctc_layers=[1], self_conditioning=True, **overrides,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    """A causal model with random weights, calibrated so that its greedy output varies."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
+    model = CtcModel(streaming_config(), tokenizer.vocab_size).eval()
+    frontend = LogMelFeatures(FeatureConfig(normalize="global"))
+    with torch.no_grad():
+        frontend.set_global_stats(torch.full((80,), -6.0), torch.full((80,), 3.0))
+        wave = torch.from_numpy(noise(3.0, 1))[None]
+        x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])))
+        model.head.weight.div_(x[0].std(0)).mul_(5.0)
+        model.head.bias.copy_(-model.head.weight @ x[0].mean(0))
+    path = tmp_path_factory.mktemp("stream") / "model.pt"
+    save_bundle(path, model, frontend, tokenizer)
+    return path
+
+
+def test_chunk_mask():
+    blocked = chunk_mask(7, 3)
+    assert not blocked[4, 0] and not blocked[4, 5] and blocked[4, 6]  # chunk 1 sees 0 and 1
+    limited = chunk_mask(7, 3, left_chunks=0)
+    assert limited[4, 2] and not limited[4, 3] and not limited[6, 6]
+    assert (~chunk_mask(7, 3, 1)).sum(1).tolist() == [3, 3, 3, 6, 6, 6, 4]
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_chunked_outputs_never_depend_on_later_audio(bundle_path, chunk):
+    bundle = asr.load_model(bundle_path).bundle
+    wave = torch.from_numpy(noise(4.0, 2))
+    feats, lengths = bundle.frontend(wave[None], torch.tensor([len(wave)]))
+    changed = feats.clone()
+    cut = 200  # feature frames: encoder frames up to (200 - 7) // 4 only see the original part
+    changed[:, cut:] = torch.randn_like(changed[:, cut:])
+    with torch.inference_mode():
+        a, _ = bundle.model(feats, lengths, chunk=chunk)
+        b, _ = bundle.model(changed, lengths, chunk=chunk)
+        full_a, _ = bundle.model(feats, lengths)
+        full_b, _ = bundle.model(changed, lengths)
+    safe = ((cut - 7) // 4 + 1) // chunk * chunk  # whole chunks before the change
+    assert safe > 0
+    torch.testing.assert_close(a[:, :safe], b[:, :safe], rtol=0, atol=1e-5)
+    assert not torch.allclose(full_a[:, :safe], full_b[:, :safe], atol=1e-3)  # full context does
+
+
+def offline(bundle, wave: np.ndarray, chunk: int, left_chunks: int) -> torch.Tensor:
+    feats, lengths = bundle.frontend(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
+    with torch.inference_mode():
+        log_probs, _ = bundle.model(feats, lengths, chunk=chunk, left_chunks=left_chunks)
+    return log_probs[0]
+
+
+@pytest.mark.parametrize(
+    ("chunk_ms", "left_seconds", "piece_ms"),
+    [(40, None, 37), (160, None, 37), (640, None, 100), (160, 0.32, 37), (640, 0.0, 1000),
+     (1280, 2.56, 250)],
+)  # fmt: skip
+def test_stream_equals_offline_with_the_chunk_mask(bundle_path, chunk_ms, left_seconds, piece_ms):
+    transcriber = asr.load_model(bundle_path)
+    wave = noise(5.3, 3)
+    stream = transcriber.stream(chunk_ms, left_seconds)
+    piece = round(piece_ms / 1000 * RATE)
+    partials = [stream.accept(wave[i : i + piece]) for i in range(0, len(wave), piece)]
+    result = stream.finish()
+    got = torch.cat(stream.log_probs)
+    chunk, left = stream.chunk, stream.left_chunks
+    assert chunk == round(chunk_ms / 40)
+    want = offline(transcriber.bundle, wave, chunk, left)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    # partial text only grows, and the final greedy text is what the offline log-probs give
+    texts = [p.text.replace(" ", "") for p in partials]
+    assert all(b.startswith(a) for a, b in itertools.pairwise(texts))
+    greedy = transcriber.bundle.tokenizer.decode(
+        [int(i) for i in torch.unique_consecutive(want.argmax(-1)) if i != 0]
+    )
+    assert result.text == " ".join(greedy.split())
+    assert all(0 <= w.start < w.end <= 5.3 + 1e-6 for w in result.words)
+
+
+def test_stream_memory_is_bounded_with_left_context(bundle_path):
+    stream = asr.load_model(bundle_path).stream(160, left_seconds=0.64)
+    wave = noise(12.0, 4)
+    for i in range(0, len(wave), 1600):
+        stream.accept(wave[i : i + 1600])
+        assert stream.states is None or stream.states[0].kv[0].shape[2] <= 16 + 4
+        assert len(stream.samples) < 1600 + 400 and stream.feats.shape[0] < 4 * 4 + 7 + 10
+
+
+def test_a_model_with_centred_convolutions_cannot_stream(tmp_path):
+    tokenizer = CharTokenizer("ab")
+    model = CtcModel(EncoderConfig.preset("xs"), tokenizer.vocab_size)
+    save_bundle(tmp_path / "m.pt", model, LogMelFeatures(FeatureConfig(normalize="global")),
+                tokenizer)  # fmt: skip
+    with pytest.raises(ValueError, match="causal_conv"):
+        asr.load_model(tmp_path / "m.pt").stream()
+
+
+def test_dynamic_chunk_training_draws_chunks_and_learns():
+    torch.manual_seed(0)
+    model = CtcModel(streaming_config(), 5).train()
+    draws = [model.encoder.draw_chunk(100) for _ in range(400)]
+    full = sum(d is None for d in draws)
+    assert 140 < full < 260 and {d for d in draws if d} <= set(range(1, 26))
+    with pytest.raises(ValueError, match="causal_conv"):
+        EncoderConfig.preset("xs", dynamic_chunk_training=True)
+    feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 90])
+    targets, target_lengths = torch.tensor([[1, 2, 3], [4, 1, 0]]), torch.tensor([3, 2])
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = ctc_objective(model, feats, lengths, targets, target_lengths, 0.3)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+
+
+def test_cli_streaming_prints_partials_and_the_final_result(bundle_path, tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, noise(3.0, 5), RATE)
+    out = tmp_path / "out"
+    argv = ["transcribe", "--model", str(bundle_path), "--streaming", "--chunk-ms", "320",
+            "--output-dir", str(out), "--format", "txt", "json", "srt", str(wav)]  # fmt: skip
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("] ") >= 2, err  # several partial lines, each with its audio time
+    stream = asr.load_model(bundle_path).stream(320)
+    stream.accept(noise(3.0, 5))
+    final = stream.finish()
+    assert (out / "a.txt").read_text().strip() == final.text
+    assert (out / "a.srt").is_file() and (out / "a.json").is_file()
+
+
+def test_listen_without_a_microphone_is_one_clear_line(bundle_path, capsys):
+    assert cli_main(["listen", "--model", str(bundle_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asr: error:") and len(err.splitlines()) == 1, err
+    assert any(word in err for word in ("sounddevice", "PortAudio", "microphone")), err
