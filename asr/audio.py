@@ -1,7 +1,8 @@
 """Audio in, log-mel features out.
 
 Here: `load_audio` (any file soundfile reads -> mono float32 (N,) at 16 kHz, optionally only a
-segment), `load_audio_array` (the same for in-memory samples), `audio_duration`,
+segment), `read_audio` (the checked samples of a file or of a file's bytes, at their own rate),
+`load_audio_array` (the same for in-memory samples), `audio_duration`,
 `find_audio_files`, the `LogMelFeatures` front end (25 ms Hann windows every 10 ms, 80 mel bands,
 log power, per-utterance or global mean/variance normalization) and `compute_global_stats`.
 
@@ -12,11 +13,13 @@ Shapes: B batch, N samples, T frames, F mel bands.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -60,19 +63,23 @@ def _check_file(path: Path) -> None:
 def _info(path: Path) -> soundfile._SoundFileInfo:
     """The header of `path`, checked: readable, with samples, not truncated."""
     _check_file(path)
+    return _checked_info(str(path), str(path), path.stat().st_size)
+
+
+def _checked_info(source: Any, name: str, size: int) -> soundfile._SoundFileInfo:
+    """The header of `source` (a path, or a file object over `size` bytes), checked."""
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(source)
     except (soundfile.LibsndfileError, RuntimeError) as err:
-        raise _fail(str(path), f"not a readable audio file ({err})") from None
+        raise _fail(name, f"not a readable audio file ({err})") from None
     if info.frames <= 0:
-        size = path.stat().st_size
         hint = f" although it is {size} bytes long (truncated?)" if size > EMPTY_FILE_BYTES else ""
-        raise _fail(str(path), f"contains no samples{hint}")
-    _check_not_truncated(path, info)
+        raise _fail(name, f"contains no samples{hint}")
+    _check_not_truncated(name, info)
     return info
 
 
-def _check_not_truncated(path: Path, info: soundfile._SoundFileInfo) -> None:
+def _check_not_truncated(name: str, info: soundfile._SoundFileInfo) -> None:
     """A WAV whose data chunk is cut short: libsndfile reads what is there without complaint.
 
     Its log line `data : 32000 (should be 28795)` gives the promised and the present byte
@@ -86,7 +93,7 @@ def _check_not_truncated(path: Path, info: soundfile._SoundFileInfo) -> None:
     if promised > present > 0 and promised not in (0xFFFFFFFF, 0x7FFFFFFF):
         seconds = info.frames / info.samplerate
         raise _fail(
-            str(path),
+            name,
             f"truncated: its header promises {seconds * promised / present:.3f} s of audio but "
             f"the file holds {seconds:.3f} s",
         )
@@ -109,24 +116,51 @@ def load_audio(
     Channels are averaged; the rate is changed with `torchaudio.functional.resample`. Only the
     requested segment is decoded (soundfile seeks to it).
     """
-    path = Path(path)
-    info = _info(path)
+    data, rate = read_audio(path, offset, duration)
+    return _to_mono(data, rate, sample_rate, str(path))
+
+
+def read_audio(
+    source: str | Path | bytes,
+    offset: float = 0.0,
+    duration: float | None = None,
+    name: str | None = None,
+) -> tuple[np.ndarray, int]:
+    """[offset, offset + duration) s of an audio file, or of a file's bytes held in memory (a
+    packed shard's row), as soundfile decodes it: float32 samples (N, C) and their rate.
+
+    The checks and the seeking of `load_audio`; `name` is what errors call in-memory bytes.
+    """
+    if isinstance(source, bytes | bytearray):
+        name = name or "<bytes>"
+        if not source:
+            raise _fail(name, "file is empty")
+
+        def opened() -> io.BytesIO:
+            return io.BytesIO(source)
+
+        info = _checked_info(opened(), name, len(source))
+    else:
+        path = Path(source)
+        name = str(path)
+        info = _info(path)
+
+        def opened() -> str:
+            return str(path)
+
     if offset < 0:
-        raise _fail(str(path), f"offset must be >= 0 s, got {offset}")
+        raise _fail(name, f"offset must be >= 0 s, got {offset}")
     if duration is not None and duration <= 0:
-        raise _fail(str(path), f"duration must be > 0 s, got {duration}")
+        raise _fail(name, f"duration must be > 0 s, got {duration}")
     start = round(offset * info.samplerate)
     if start >= info.frames:
         total = info.frames / info.samplerate
-        raise _fail(str(path), f"offset {offset} s is past the end ({total:.3f} s long)")
+        raise _fail(name, f"offset {offset} s is past the end ({total:.3f} s long)")
     frames = -1 if duration is None else max(1, round(duration * info.samplerate))
     try:
-        data, file_rate = soundfile.read(
-            str(path), start=start, frames=frames, dtype="float32", always_2d=True
-        )
+        return soundfile.read(opened(), start=start, frames=frames, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError) as err:
-        raise _fail(str(path), f"decoding failed: truncated or corrupt ({err})") from None
-    return _to_mono(data, file_rate, sample_rate, str(path))
+        raise _fail(name, f"decoding failed: truncated or corrupt ({err})") from None
 
 
 def load_audio_array(

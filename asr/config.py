@@ -184,6 +184,9 @@ class DataConfig:
     hf_train_split: str = "train"
     hf_val_split: str = "validation"
     hf_streaming: bool = False
+    # Streaming: rows a reader shuffles and buckets by duration at a time (asr.data.stream); it
+    # holds their audio bytes (about 200 MB for 1000 LibriSpeech rows) per DataLoader worker.
+    shuffle_buffer: int = 1000
     max_batch_seconds: float = 200.0
     num_buckets: int = 20
     min_duration: float = 0.1
@@ -192,6 +195,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "data", "max_batch_seconds", "num_buckets", "max_duration")
+        _check_positive(self, "data", "shuffle_buffer")
         _check_at_least(self, "data", 0, "min_duration", "num_workers")
         if self.min_duration >= self.max_duration:
             raise ValueError(
@@ -240,6 +244,7 @@ class TrainerConfig:
     precision: str = "32-true"  # "auto" | "32-true" | "bf16-mixed" | "16-mixed"
     accelerator: str = "auto"
     devices: Any = "auto"
+    num_nodes: int = 1  # machines, each running `devices` processes (SLURM srun, torchrun)
     strategy: str = "auto"
     val_every_n_steps: int = 0  # 0: validate once an epoch
     log_every_n_steps: int = 10
@@ -255,7 +260,8 @@ class TrainerConfig:
         if self.max_time is not None:
             max_time_seconds(self.max_time)  # a malformed value fails here, naming the key
         limited = [name for name in ("max_steps", "max_epochs") if getattr(self, name) != -1]
-        _check_positive(self, "trainer", "average_last_k", "log_every_n_steps", *limited)
+        _check_positive(self, "trainer", "average_last_k", "log_every_n_steps", "num_nodes")
+        _check_positive(self, "trainer", *limited)
         _check_at_least(self, "trainer", 0, "val_every_n_steps")
         _check_at_least(self, "trainer", -1, "save_top_k")
 

@@ -12,7 +12,7 @@ Speed and memory (`--model`): files of 10 s, 10 min and 1 h made by concatenatin
 speech of librispeech-mini (its utterances over and over), transcribed by `Transcriber` (20 s
 chunks, greedy) exactly as `asr transcribe` does. Every (backend, file) run is its own process,
 so its peak resident memory (`ru_maxrss`, which includes the Python interpreter, torch and the
-model) is its own; the backends run one after another within each round, so a noisy neighbour
+model) is its own (VmHWM); the backends run one after another within each round, so a noisy neighbour
 slows them alike. Real-time factor = transcription seconds / audio seconds (model loading not
 counted; it is reported apart). Writes JSON and prints the rows for BENCHMARKS.md.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -74,6 +73,15 @@ def make_long_files(folder: Path, durations: list[float]) -> dict[float, Path]:
     return files
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the
+    parent across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(model: str, audio: str, repeats: int, threads: int) -> None:
     """One process: load `model`, transcribe `audio` `repeats` times, print JSON timings."""
     set_threads(threads)
@@ -82,7 +90,7 @@ def child(model: str, audio: str, repeats: int, threads: int) -> None:
     began = time.perf_counter()
     transcriber = asr.load_model(model)
     load_seconds = time.perf_counter() - began
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_loaded = peak_rss_mb()
     seconds, text = [], ""
     for _ in range(repeats):
         began = time.perf_counter()
@@ -92,7 +100,7 @@ def child(model: str, audio: str, repeats: int, threads: int) -> None:
         text = result.text
     print(json.dumps({
         "load_seconds": load_seconds, "seconds": seconds, "duration": result.duration,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "rss_after_load_mb": rss_loaded, "words": len(text.split()),
     }))  # fmt: skip
 

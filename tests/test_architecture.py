@@ -118,7 +118,7 @@ def test_the_cycle_finder_finds_a_planted_cycle():
 @pytest.mark.parametrize("heavy", ["lightning", "pytorch_lightning", "matplotlib"])
 def test_inference_can_never_import_lightning_or_matplotlib(heavy):
     for entry in ("asr.inference.transcribe", "asr.inference.formats", "asr.inference.lm",
-                  "asr.inference.onnx", "asr.export.onnx"):  # fmt: skip
+                  "asr.inference.onnx", "asr.export.onnx", "asr.serving.app"):  # fmt: skip
         assert heavy not in reachable(entry), f"{entry} may import {heavy}"
 
 

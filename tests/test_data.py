@@ -19,7 +19,7 @@ from asr.audio import audio_duration
 from asr.augment import WaveAugment
 from asr.config import AugmentConfig
 from asr.data.dataset import AudioDataset, collate
-from asr.data.hf import HFAudioDataset, HFIterableAudioDataset, HFUtterances, load_hf_utterances
+from asr.data.hf import HFAudioDataset, HFUtterances, load_hf_utterances
 from asr.data.manifest import (
     Utterance,
     ctc_min_frames,
@@ -28,6 +28,7 @@ from asr.data.manifest import (
     write_manifest,
 )
 from asr.data.sampler import DurationBucketSampler
+from asr.data.stream import StreamingAudioDataset, collate_stream
 from asr.tokenizer import CharTokenizer
 
 LIBRISPEECH_MINI = Path(__file__).resolve().parents[1].parent / "shared/data/librispeech-mini"
@@ -440,20 +441,23 @@ def test_hf_dataset_items_match_audio_dataset_items(hf_folder):
         load_hf_utterances(str(hf_folder / "hf"), "train", text_column="sentence")
 
 
-@pytest.mark.parametrize("num_shards", [0, 1, 4])  # 0: map-style; 1: split by row; 4: by shard
-def test_iterable_ranks_and_workers_produce_each_row_once(hf_folder, num_shards):
+@pytest.mark.parametrize("num_shards", [1, 4])  # 1: every worker but one idle; 4: shared
+def test_streamed_workers_produce_each_row_once(hf_folder, num_shards):
     import datasets
 
     tok = CharTokenizer("abcdeorw")
     assert load_hf_utterances(str(hf_folder / "hf"), "train", streaming=True).streaming
     saved = datasets.load_from_disk(str(hf_folder / "hf"))["train"]
-    source = HFUtterances(saved.to_iterable_dataset(num_shards) if num_shards else saved)
-    seen = []
-    for rank in range(2):
-        ds = HFIterableAudioDataset(source, tok, num_replicas=2, rank=rank)
-        loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
-        seen += [i for batch in loader for i in batch.ids]
-    assert sorted(seen) == [f"w{i}" for i in range(5)]
+    source = HFUtterances(saved.to_iterable_dataset(num_shards))
+    ds = StreamingAudioDataset(source, tok, 0.6, shuffle_buffer=2, num_workers=2)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, collate_fn=collate_stream
+    )
+    batches = [batch.ids for batch in loader]
+    assert sorted(i for ids in batches for i in ids) == [f"w{i}" for i in range(5)]
+    assert max(len(ids) for ids in batches) > 1  # bucketed: 0.1 s and 0.2 s rows share
+    with pytest.raises(ValueError, match="several processes needs a 'duration' column"):
+        StreamingAudioDataset(source, tok, 0.6, num_replicas=2, rank=0)
 
 
 # --------------------------------------------------------------------------------------------

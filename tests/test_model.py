@@ -64,6 +64,7 @@ FIELD_CHANGES = {
     "attn_dropout": 0.5, "activation": "leaky_relu", "conv_norm": "layer_norm",
     "style_tokens": True, "num_style_tokens": 4, "style_token_heads": 2,
     "inter_ctc_layers": (1,), "self_conditioning": True,
+    "causal_conv": True, "dynamic_chunk_training": True, "max_chunk_frames": 2,
 }  # fmt: skip
 
 
@@ -86,6 +87,8 @@ def test_every_encoder_config_field_changes_the_model_or_its_output() -> None:
             TINY,
             style_tokens=name.startswith(("num_style", "style_token_")),
             inter_ctc_layers=(1,) if name == "self_conditioning" else (),
+            causal_conv=name in ("dynamic_chunk_training", "max_chunk_frames"),
+            dynamic_chunk_training=name == "max_chunk_frames",
         )
         changed = dataclasses.replace(base, **{name: value})
         (shapes_a, outs_a), (shapes_b, outs_b) = fingerprint(base), fingerprint(changed)

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from asr.cli import demo, evaluate, listen, train, transcribe
+from asr.cli import demo, evaluate, listen, pack, serve, train, transcribe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,12 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest, or of hyp vs ref")
     evaluate.add_evaluate_arguments(p)
     p.set_defaults(func=evaluate.evaluate_command)
+    p = sub.add_parser("pack", help="a manifest -> Parquet shards with the audio embedded")
+    pack.add_pack_arguments(p)
+    p.set_defaults(func=pack.pack_command)
     p = sub.add_parser("listen", help="transcribe the microphone live (a streaming model)")
     listen.add_listen_arguments(p)
     p.set_defaults(func=listen.listen_command)
     p = sub.add_parser("demo", help="the built-in demo: synthesize a corpus, train, evaluate")
     demo.add_demo_arguments(p)
     p.set_defaults(func=demo.demo_command)
+    p = sub.add_parser("serve", help="an OpenAI-compatible transcription server and web page")
+    serve.add_serve_arguments(p)
+    p.set_defaults(func=serve.serve_command)
     return parser
 
 

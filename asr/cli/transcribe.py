@@ -11,6 +11,11 @@ from pathlib import Path
 from asr.audio import AudioError, audio_duration, find_audio_files, load_audio
 from asr.checkpoint import BundleError, atomic_write
 from asr.cli.decoding import add_decoding_arguments, decoding_options
+from asr.cli.transcribe_manifest import (
+    add_manifest_arguments,
+    manifest_command,
+    wants_manifest_mode,
+)
 from asr.extras import MissingExtraError
 from asr.inference.formats import FORMATS, format_result
 from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS
@@ -62,6 +67,7 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--streaming: the file is fed in pieces this long, as a "
                         "microphone delivers it (default %(default)s)")  # fmt: skip
     add_decoding_arguments(parser)
+    add_manifest_arguments(parser)
 
 
 def stream_file(transcriber: Transcriber, path: Path, args: argparse.Namespace, options) -> Result:
@@ -95,6 +101,8 @@ def stream_file(transcriber: Transcriber, path: Path, args: argparse.Namespace, 
 
 def transcribe_command(args: argparse.Namespace) -> int:
     """Run `asr transcribe`; 0 when every input was transcribed, else 1."""
+    if wants_manifest_mode(args):  # a corpus, through Lightning (asr.training.predict)
+        return manifest_command(args)
     formats, inputs = _split_formats(args.format)
     args.inputs = [*args.inputs, *inputs]  # `--format txt json a.wav`: a.wav is an input
     if not formats:

@@ -2,9 +2,10 @@
 
 Shapes: B batch, N samples (padded to the longest wave), S tokens (padded to the longest target).
 
-Here: `AudioDataset` (manifest utterances), `make_item` (the one place a waveform and its text
-become a training item: waveform augmentation and tokenization; the Hugging Face datasets of
-`asr.data.hf` use it too), `Batch` and `collate`.
+Here: `AudioDataset` (manifest utterances), `load_utterance` and `check_duration` (how an
+utterance's audio is read and checked, for training and for `asr pack`), `make_item` (the one
+place a waveform and its text become a training item: waveform augmentation and tokenization;
+the Hugging Face datasets of `asr.data.hf` use it too), `Batch` and `collate`.
 """
 
 from __future__ import annotations
@@ -74,25 +75,33 @@ class AudioDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         utt = self.utterances[index]
         try:
-            wave = load_audio(utt.audio, self.sample_rate, offset=utt.offset, duration=utt.duration)
+            wave = load_utterance(utt, self.sample_rate)
         except AudioError as err:
             self.num_failed += 1
             log.warning("skipping utterance %r: %s", utt.id, err)
             return None
-        missing = utt.duration - wave.shape[0] / self.sample_rate
-        if missing > DURATION_SLACK_S:  # silently training on part of the audio: never
-            self.num_failed += 1
-            log.warning(
-                "skipping utterance %r: '%s' ends %.3f s after offset %g s, but the manifest says "
-                "%g s (a truncated file, or a wrong duration in the manifest)",
-                utt.id,
-                utt.audio,
-                wave.shape[0] / self.sample_rate,
-                utt.offset,
-                utt.duration,
-            )
-            return None
         return make_item(self, utt.id, wave, utt.text, index)
+
+
+def load_utterance(utt: Utterance, sample_rate: int = 16000) -> Tensor:
+    """The utterance's samples (N,) at `sample_rate`, checked as training needs them: AudioError
+    for unreadable audio, and for audio that ends well before the manifest's duration."""
+    wave = load_audio(utt.audio, sample_rate, offset=utt.offset, duration=utt.duration)
+    check_duration(wave, sample_rate, utt.duration, utt.offset, utt.audio)
+    return wave
+
+
+def check_duration(
+    wave: Tensor, sample_rate: int, duration: float, offset: float, name: str
+) -> None:
+    """AudioError when `wave` is more than DURATION_SLACK_S shorter than its stated duration:
+    silently training on part of the audio, never."""
+    seconds = wave.shape[0] / sample_rate
+    if duration - seconds > DURATION_SLACK_S:
+        raise AudioError(
+            f"'{name}' ends {seconds:.3f} s after offset {offset:g} s, but the manifest says "
+            f"{duration:g} s (a truncated file, or a wrong duration in the manifest)"
+        )
 
 
 def make_item(
@@ -121,6 +130,8 @@ class Batch:
     target_lengths: Tensor  # (B,) long
     texts: list[str]
     ids: list[str]
+    # A streamed batch's place in its stream (`asr.data.stream`), for exact resume; else None.
+    position: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -133,6 +144,7 @@ class Batch:
             target_lengths=self.target_lengths.to(device, non_blocking=non_blocking),
             texts=self.texts,
             ids=self.ids,
+            position=self.position,
         )
 
 

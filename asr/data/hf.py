@@ -1,6 +1,9 @@
-"""Hugging Face `datasets` as a source of utterances: a local dataset folder or a hub name,
-map-style or streaming. Recent `datasets` decode audio with torchcodec, which needs FFmpeg: the
-audio column is cast to `Audio(decode=False)` and decoded here with soundfile."""
+"""Hugging Face `datasets` as a source of utterances: a folder written by `save_to_disk`, the
+Parquet shards of `asr pack` (a local folder or an fsspec URL: `s3://...`, `hf://datasets/...`),
+or a hub name; map-style here, streamed for training in `asr.data.stream`. Recent `datasets`
+decode audio with torchcodec, which needs FFmpeg: the audio column is cast to
+`Audio(decode=False)` and decoded here with soundfile (`asr.audio.read_audio`), only the
+[offset, offset + duration) segment when the rows have those columns."""
 
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ import soundfile
 import torch
 from torch import Tensor
 
-from asr.audio import AudioError, load_audio_array
-from asr.data.dataset import make_item
+from asr.audio import AudioError, load_audio_array, read_audio
+from asr.data.dataset import check_duration, make_item
+from asr.data.pack import read_index, split_files
 from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
 
@@ -28,10 +32,19 @@ class HFUtterances:
 
     `dataset` is the underlying `datasets.Dataset` (map-style) or `datasets.IterableDataset`
     (streaming), its audio column holding undecoded `{"bytes", "path"}`. `array` is float32
-    (N,) or (N, C) as soundfile reads it; an item whose audio cannot be decoded raises AudioError.
+    (N, C) as soundfile reads it, only [offset, offset + duration) when the row has an "offset"
+    or "duration" column; an item whose audio cannot be decoded raises AudioError.
+    `load_columns(columns)`, when given, loads the same rows with only those columns (a fraction
+    of the bytes of a Parquet dataset), as `column_stream` returns them.
     """
 
-    def __init__(self, dataset: Any, audio_column: str = "audio", text_column: str = "text"):
+    def __init__(
+        self,
+        dataset: Any,
+        audio_column: str = "audio",
+        text_column: str = "text",
+        load_columns: Callable[[list[str]], Any] | None = None,
+    ):
         import datasets
 
         columns = dataset.column_names or list(dataset.features or {})
@@ -41,6 +54,17 @@ class HFUtterances:
         self.dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
         self.audio_column, self.text_column = audio_column, text_column
         self.streaming = isinstance(dataset, datasets.IterableDataset)
+        self.load_columns = load_columns
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.dataset.column_names or self.dataset.features or {})
+
+    def column_stream(self, columns: list[str]) -> Any:
+        """The rows with only `columns`, in the same order and data sources."""
+        if self.load_columns is not None:
+            return self.load_columns(columns)
+        return self.dataset.select_columns(columns)
 
     def __len__(self) -> int:
         if self.streaming:
@@ -54,28 +78,45 @@ class HFUtterances:
         for index, row in enumerate(self.dataset):
             yield self.decode(row, index)
 
-    def decode(self, row: dict[str, Any], index: int) -> dict[str, Any]:
+    def decode(self, row: dict[str, Any], index: int | str) -> dict[str, Any]:
         """One raw row -> the decoded item (AudioError if its audio cannot be read)."""
-        source = _hf_audio_source(row[self.audio_column], index)
-        try:
-            array, rate = soundfile.read(source, dtype="float32")
-        except (soundfile.LibsndfileError, RuntimeError, OSError) as err:
-            raise AudioError(f"cannot decode audio of dataset row {index}: {err}") from None
-        return {"id": _hf_id(row, self.audio_column, index), "array": array,
-                "sampling_rate": rate, "text": row[self.text_column]}  # fmt: skip
+        utt_id = _hf_id(row, self.audio_column, index)
+        offset, duration = _segment(row)
+        value = row[self.audio_column]
+        if isinstance(value, dict) and value.get("bytes"):
+            name = f"dataset row {index} ({utt_id})"
+            array, rate = read_audio(value["bytes"], offset, duration, name=name)
+        elif isinstance(value, dict) and value.get("path"):
+            array, rate = read_audio(value["path"], offset, duration)
+        else:
+            raise AudioError(f"dataset row {index} has no audio bytes or path: {str(value)[:80]}")
+        return {"id": utt_id, "array": array, "sampling_rate": rate, "text": row[self.text_column]}
 
     def durations(self) -> list[float]:
         """Seconds of every row (a "duration" column, else the audio headers); map-style only."""
         if "duration" in self.dataset.column_names:
             return [float(d) for d in self.dataset["duration"]]
         rows = self.dataset.select_columns([self.audio_column])  # one row in memory at a time
-        return [
-            soundfile.info(_hf_audio_source(row[self.audio_column], i)).duration
-            for i, row in enumerate(rows)
-        ]
+        return [self.header_duration(row, i) for i, row in enumerate(rows)]
+
+    def header_duration(self, row: dict[str, Any], index: int | str) -> float:
+        """Seconds of a row's whole audio file, from its header (AudioError if unreadable)."""
+        source = _hf_audio_source(row[self.audio_column], index)
+        try:
+            return soundfile.info(source).duration
+        except (soundfile.LibsndfileError, RuntimeError) as err:
+            raise AudioError(
+                f"cannot read the audio header of dataset row {index}: {err}"
+            ) from None
 
 
-def _hf_audio_source(value: Any, index: int) -> Any:
+def _segment(row: dict[str, Any]) -> tuple[float, float | None]:
+    """(offset, duration) of the audio a row stands for: its columns, else the whole file."""
+    offset, duration = row.get("offset"), row.get("duration")
+    return float(offset or 0.0), (None if duration is None else float(duration))
+
+
+def _hf_audio_source(value: Any, index: int | str) -> Any:
     if isinstance(value, dict) and value.get("bytes"):
         return io.BytesIO(value["bytes"])
     if isinstance(value, dict) and value.get("path"):
@@ -83,7 +124,7 @@ def _hf_audio_source(value: Any, index: int) -> Any:
     raise AudioError(f"dataset row {index} has no audio bytes or path: {str(value)[:80]}")
 
 
-def _hf_id(row: dict[str, Any], audio_column: str, index: int) -> str:
+def _hf_id(row: dict[str, Any], audio_column: str, index: int | str) -> str:
     if row.get("id") is not None:
         return str(row["id"])
     path = (row.get(audio_column) or {}).get("path")
@@ -97,7 +138,8 @@ def load_hf_utterances(
     audio_column: str = "audio",
     text_column: str = "text",
 ) -> HFUtterances:
-    """A split of a dataset saved with `save_to_disk`, a local data folder, or a hub dataset."""
+    """A split of a dataset saved with `save_to_disk`, of a folder (or fsspec URL) written by
+    `asr pack`, of a local data folder, or of a hub dataset."""
     import datasets
 
     path = Path(name_or_path)
@@ -109,13 +151,22 @@ def load_hf_utterances(
             loaded = loaded[split]
         if streaming:
             loaded = loaded.to_iterable_dataset(num_shards=max(1, loaded.num_rows // 1000))
-    else:
+        return HFUtterances(loaded, audio_column, text_column)
+    index = read_index(name_or_path) if "://" in name_or_path or path.is_dir() else None
+    if index is None:
         loaded = datasets.load_dataset(name_or_path, split=split, streaming=streaming)
-    return HFUtterances(loaded, audio_column, text_column)
+        return HFUtterances(loaded, audio_column, text_column)
+    files = split_files(name_or_path, index, split)
+
+    def load(columns: list[str] | None = None, streaming: bool = streaming) -> Any:
+        return datasets.load_dataset("parquet", data_files={split: files}, split=split,
+                                     streaming=streaming, columns=columns)  # fmt: skip
+
+    return HFUtterances(load(), audio_column, text_column, lambda cols: load(cols, True))
 
 
-class _HFRows:
-    """What both Hugging Face datasets keep: the rows, how to make items of them (the tokenizer,
+class HFRows:
+    """What the Hugging Face datasets (here and in `asr.data.stream`) keep: the rows, how to make items of them (the tokenizer,
     the sample rate, the waveform augmentation and its seed), the epoch and the failure count."""
 
     def __init__(
@@ -134,7 +185,7 @@ class _HFRows:
         self.epoch = epoch
 
 
-class HFAudioDataset(_HFRows, torch.utils.data.Dataset):
+class HFAudioDataset(HFRows, torch.utils.data.Dataset):
     """`AudioDataset` for a map-style Hugging Face dataset (`HFUtterances`, not streaming).
 
     A row whose audio cannot be decoded, or whose text is empty or has characters the tokenizer
@@ -150,7 +201,9 @@ class HFAudioDataset(_HFRows, torch.utils.data.Dataset):
         seed: int = 0,
     ) -> None:
         if source.streaming:
-            raise ValueError("HFAudioDataset needs a map-style dataset; use HFIterableAudioDataset")
+            raise ValueError(
+                "HFAudioDataset needs a map-style dataset; stream with asr.data.stream"
+            )
         super().__init__(source, tokenizer, sample_rate, wave_augment, seed)
 
     def __len__(self) -> int:
@@ -160,10 +213,14 @@ class HFAudioDataset(_HFRows, torch.utils.data.Dataset):
         return self.source.durations()
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        return _hf_item(self, self.source.dataset[index], index)
+        return hf_item(self, self.source.dataset[index], index)
 
 
-def _hf_item(dataset: _HFRows, row: dict[str, Any], index: int) -> dict[str, Any] | None:
+def hf_item(dataset: HFRows, row: dict[str, Any], index: int | str) -> dict[str, Any] | None:
+    """A row -> the training item, or None (counted, one warning) when it cannot be used.
+
+    `index` names the row in messages and seeds its waveform augmentation (a row number, or
+    the row's id in a stream)."""
     try:
         # No filter_utterances runs before a Hugging Face dataset: the text is checked here.
         text = _checked_text(row[dataset.source.text_column], dataset.tokenizer)
@@ -171,9 +228,12 @@ def _hf_item(dataset: _HFRows, row: dict[str, Any], index: int) -> dict[str, Any
         wave = load_audio_array(
             item["array"], item["sampling_rate"], dataset.sample_rate, item["id"]
         )
+        offset, duration = _segment(row)
+        if duration is not None:  # as for a manifest line: audio ending early is not used
+            check_duration(wave, dataset.sample_rate, duration, offset, item["id"])
     except ValueError as err:  # AudioError included
         dataset.num_failed += 1
-        log.warning("skipping dataset row %d: %s", index, err)
+        log.warning("skipping dataset row %s: %s", index, err)
         return None
     return make_item(dataset, item["id"], wave, text, index)
 
@@ -185,48 +245,3 @@ def _checked_text(text: Any, tokenizer: Tokenizer) -> str:
     if unknown:
         raise ValueError(f"transcript {text!r} has characters {unknown} unknown to the tokenizer")
     return text
-
-
-class HFIterableAudioDataset(_HFRows, torch.utils.data.IterableDataset):
-    """The items of `AudioDataset` from a streaming (or map-style) Hugging Face dataset.
-
-    Each row is produced exactly once across distributed ranks and DataLoader workers. Streaming:
-    ranks split the rows with `datasets.distributed.split_dataset_by_node` (by file shard when
-    their count is a multiple of R, else by row), and within a rank `datasets` itself gives each
-    DataLoader worker its own file shards (workers beyond the shard count stay idle). Map-style:
-    worker k of W in rank r of R takes rows i with i % (R * W) == r * W + k. `num_failed` counts
-    the unreadable rows of this process (each worker has its own count).
-    """
-
-    def __init__(
-        self,
-        source: HFUtterances,
-        tokenizer: Tokenizer,
-        sample_rate: int = 16000,
-        wave_augment: Callable[[Tensor, random.Random], Tensor] | None = None,
-        seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-    ) -> None:
-        dist = torch.distributed
-        initialized = dist.is_available() and dist.is_initialized()
-        self.num_replicas = num_replicas or (dist.get_world_size() if initialized else 1)
-        self.rank = rank if rank is not None else (dist.get_rank() if initialized else 0)
-        super().__init__(source, tokenizer, sample_rate, wave_augment, seed)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = torch.utils.data.get_worker_info()
-        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
-        total, reader = self.num_replicas * workers, self.rank * workers + worker
-        if self.source.streaming:
-            from datasets.distributed import split_dataset_by_node
-
-            rows = split_dataset_by_node(self.source.dataset, self.rank, self.num_replicas)
-            # Row numbers seed the augmentation and name id-less rows: unique across readers.
-            numbered = ((i * total + reader, row) for i, row in enumerate(rows))
-        else:
-            numbered = ((i, self.source.dataset[i]) for i in range(reader, len(self.source), total))
-        for index, row in numbered:
-            item = _hf_item(self, row, index)
-            if item is not None:
-                yield item

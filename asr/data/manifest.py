@@ -4,8 +4,8 @@ A manifest is a JSONL file, one utterance a line:
 `{"audio": path, "text": str, "duration": seconds}` with optional `"offset"` (seconds into the
 file), `"speaker"` and `"id"`. Relative audio paths are relative to the manifest's folder.
 
-Here: `Utterance`, `read_manifest` / `write_manifest`, `ctc_min_frames` and `filter_utterances`
-(drops what a CTC model cannot learn from). Datasets and collation are in `asr.data.dataset`,
+Here: `Utterance`, `read_manifest` / `write_manifest`, `ctc_min_frames`, `skip_reason` and
+`filter_utterances` (drops what a CTC model cannot learn from). Datasets and collation are in `asr.data.dataset`,
 the duration-bucketing sampler in `asr.data.sampler`, Hugging Face sources in `asr.data.hf`.
 """
 
@@ -46,15 +46,17 @@ class Utterance:
 # Manifests
 
 
-def read_manifest(path: str | Path) -> list[Utterance]:
-    """The utterances of a JSONL manifest; bad lines and duplicate ids are reported and skipped."""
+def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[Utterance]:
+    """The utterances of a JSONL manifest; bad lines and duplicate ids are reported and skipped
+    (and, given a `problems` list, each appended to it as "path:line: why")."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest file not found: {path}")
     folder = path.parent.absolute()
     utterances: dict[str, Utterance] = {}
     first_line: dict[str, int] = {}
-    problems: list[str] = []
+    problems = [] if problems is None else problems
+    already = len(problems)
     with path.open("rb") as f:  # decoded line by line: one bad byte costs one line, not the file
         for line_no, raw in enumerate(f, start=1):
             try:
@@ -73,12 +75,14 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                 continue
             utterances[utt.id] = utt
             first_line[utt.id] = line_no
-    if problems:
-        log.warning(_problem_report(f"manifest {path}: skipped {len(problems)} line(s)", problems))
+    if len(problems) > already:
+        mine = problems[already:]
+        log.warning(problem_report(f"manifest {path}: skipped {len(mine)} line(s)", mine))
     return list(utterances.values())
 
 
-def _problem_report(headline: str, problems: list[str]) -> str:
+def problem_report(headline: str, problems: list[str]) -> str:
+    """A warning of many lines: the headline, the first MAX_LISTED problems, then a count."""
     lines = [headline + ":", *problems[:MAX_LISTED]]
     if len(problems) > MAX_LISTED:
         lines.append(f"... and {len(problems) - MAX_LISTED} more")
@@ -197,7 +201,7 @@ def filter_utterances(
     for utt in utterances:
         if check_files and utt.audio not in file_exists:
             file_exists[utt.audio] = os.path.isfile(utt.audio)
-        reason = _skip_reason(utt, tokenizer, frames_for_duration, min_duration, max_duration)
+        reason = skip_reason(utt, tokenizer, frames_for_duration, min_duration, max_duration)
         if reason is None and check_files and not file_exists[utt.audio]:
             reason = "missing audio file"
         if reason is None:
@@ -217,17 +221,18 @@ def filter_utterances(
             f"{', '.join(ids[:3])})"
             for char, ids in sorted(unknown.items(), key=lambda item: -len(item[1]))
         ]
-        log.warning(_problem_report(f"kept {len(kept)} of {total} utterances; skipped", parts))
+        log.warning(problem_report(f"kept {len(kept)} of {total} utterances; skipped", parts))
     return kept, skipped
 
 
-def _skip_reason(
+def skip_reason(
     utt: Utterance,
     tokenizer: Tokenizer,
-    frames_for_duration: Callable[[float], int],
+    frames_for_duration: Callable[[float], int] | None,
     min_duration: float,
     max_duration: float,
 ) -> str | None:
+    """Why a CTC model cannot train on `utt` (its duration and text only), or None."""
     if utt.duration < min_duration:
         return f"shorter than min_duration={min_duration}s"
     if utt.duration > max_duration:
@@ -237,6 +242,8 @@ def _skip_reason(
     tokens = tokenizer.encode(utt.text)
     if not tokens:
         return "empty transcript"
-    if frames_for_duration(utt.duration) < ctc_min_frames(tokens):
+    if frames_for_duration is not None and frames_for_duration(utt.duration) < ctc_min_frames(
+        tokens
+    ):
         return "audio too short for its transcript under CTC"
     return None

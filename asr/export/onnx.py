@@ -5,7 +5,7 @@ The exporter is PyTorch's TorchDynamo-based one (`torch.onnx.export(..., dynamo=
 example, so every Python branch and loop on the length is frozen into the graph, while
 `torch.export` keeps the batch and time sizes as symbols and refuses (at export time, not at
 run time) any code that would specialize on them. The encoder's position term has its own
-export formulation for this (`asr.modules.attention.relative_shift_padded`).
+export formulation for this (`asr.modules.attention.relative_shift_gather`).
 
 The graph: `feats (B, T, F)` normalized log-mel + `feat_lengths (B,)` -> `log_probs (B, T', V)`
 + `out_lengths (B,)`, B and T dynamic, with intermediate CTC and self-conditioning inside. The
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -117,12 +118,16 @@ def _export_fp32(model: CtcModel, n_mels: int, path: Path) -> None:
     from torch.export import Dim
 
     feats, lengths = example_inputs(model, n_mels)
+    # torch's exporter warns for every torchvision operator it cannot register: noise here
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     batch = Dim("batch", min=1, max=4096)
     # The shortest input the subsampling turns into one frame: 7 feature frames (4x), 15 (8x).
     min_frames = 7 if model.config.subsampling_factor == 4 else 15
     time = Dim("time", min=min_frames, max=1_000_000)
     graph = _Graph(model).eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # "The axis name: batch will not be used": both inputs share the batch axis, as meant
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
         program = torch.onnx.export(
             graph,
             (feats, lengths),
@@ -140,13 +145,30 @@ def _export_fp32(model: CtcModel, n_mels: int, path: Path) -> None:
 def _quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        extra_options={"MatMulConstBOnly": True},
-    )
+    # Its advice to run shape inference first does not apply: the exported graph has every shape.
+    hint = _DropMessage("consider to run pre-processing before quantization")
+    logging.getLogger().addFilter(hint)
+    try:
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        logging.getLogger().removeFilter(hint)
+
+
+class _DropMessage(logging.Filter):
+    """Drops the log records whose message contains `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _set_metadata(graph, metadata: dict[str, str]) -> None:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asr.modules.attention import exporting
+
 KERNEL, STRIDE = 3, 2
 
 
@@ -47,6 +49,12 @@ class Conv2dSubsampling(nn.Module):
         self, feats: torch.Tensor, feat_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, F), feat_lengths (B,) -> (x (B, T', D), out_lengths (B,))."""
+        if exporting():  # plain NCHW convolutions: an ONNX graph has no channels-last views, and
+            # the permutes below would become copies of the largest tensors of the encoder
+            x = self.conv(feats.unsqueeze(1))  # (B, C, T', F')
+            b, c, t, f = x.shape
+            x = self.out(x.transpose(1, 2).reshape(b, t, c * f))  # (C, F') order: out's own
+            return x, self.output_lengths(feat_lengths)
         x = self._first_conv(feats)  # (B, C, T1, F1), channels-last memory
         for conv in self.conv[2::2]:  # the later convs, on channels-last input (oneDNN NHWC)
             x = torch.relu(conv(x))  # (B, C, T', F')

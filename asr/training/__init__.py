@@ -1,3 +1,4 @@
 """Training with PyTorch Lightning: the LightningModule (`system`), the LightningDataModule
 (`datamodule`), `train` (tokenizer, trainer, checkpoint averaging, `model.pt` export), the
-progress bar and atomic checkpoint IO. The only part of the package that imports Lightning."""
+progress bar, atomic checkpoint IO, and transcribing a corpus on many processes (`predict`). The
+only part of the package that imports Lightning."""

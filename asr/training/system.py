@@ -24,6 +24,7 @@ from asr.augment import SpecAugment
 from asr.config import TrainConfig, max_time_seconds, to_dict
 from asr.inference.decoding import greedy_decode
 from asr.model import CtcModel, ctc_loss, ctc_objective
+from asr.modules.attention import RelativePositionalEncoding
 from asr.scoring.metrics import ErrorCounts, count_char_errors, count_word_errors
 from asr.tokenizer import Tokenizer
 
@@ -75,6 +76,13 @@ class AsrSystem(L.LightningModule):
         self.frontend = LogMelFeatures(config.features)
         self.spec_augment = SpecAugment.from_config(config.augment)
         self.model = CtcModel(config.encoder_config(), tokenizer.vocab_size)
+        # The relative-position table grows to the longest input a process has seen: a cache,
+        # not state, whose shape differs between DDP ranks; DDP must not broadcast it.
+        self._ddp_params_and_buffers_to_ignore = [
+            f"{name}.table"
+            for name, module in self.named_modules()
+            if isinstance(module, RelativePositionalEncoding)
+        ]
         self.val_words = ErrorCounts()
         self.val_chars = ErrorCounts()
         self.bad_steps = 0  # consecutive non-finite losses
@@ -83,6 +91,12 @@ class AsrSystem(L.LightningModule):
         self._budget_seconds = max_time_seconds(budget) if budget is not None else None
 
     # ---------------------------------------------------------------- training
+    def on_train_epoch_start(self) -> None:
+        # A streamed training set has no sampler for Lightning to tell the epoch to.
+        start_epoch = getattr(self.trainer.datamodule, "start_epoch", None)
+        if start_epoch is not None:
+            start_epoch(self.current_epoch)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed = self.config.trainer.seed
         torch.manual_seed(hash((seed, self.global_step, self.global_rank)) % (2**63))
@@ -95,7 +109,7 @@ class AsrSystem(L.LightningModule):
         return feats, feat_lengths
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every utterance of the batch failed to load (already warned)
+        if batch is None or not len(batch):  # every utterance failed to load (already warned)
             return None
         norm_stats = self._running_stats()
         feats, feat_lengths = self.features(batch, augment=True)
@@ -148,7 +162,7 @@ class AsrSystem(L.LightningModule):
         self.val_words, self.val_chars = ErrorCounts(), ErrorCounts()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        if batch is None:
+        if batch is None or not len(batch):
             return
         feats, feat_lengths = self.features(batch, augment=False)
         log_probs, out_lengths = self.model(feats, feat_lengths)

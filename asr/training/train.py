@@ -82,14 +82,20 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     """Copy a bundle's model weights into `system` before training; returns the pieces of the
     system's tokenizer that the bundle's tokenizer lacks (their CTC head rows start fresh).
 
-    The encoder configuration and the front end must match the bundle's: a difference is a
-    ValueError naming the field, never a silently partial load. With another tokenizer the
+    The encoder configuration (but dropout and the streaming fields) and the front end must
+    match the bundle's: a difference is a ValueError naming the field, never a silently partial
+    load. With another tokenizer the
     encoder is copied whole and the head (and self-conditioning projection) row by row for the
     pieces both tokenizers have (the blank, and e.g. the letters of two character sets).
     """
     bundle = load_bundle(path)
     mine, theirs = system.model.config, bundle.model.config
-    shape_fields = [f.name for f in dataclasses.fields(mine) if "dropout" not in f.name]
+    # Fields that change no weight and no computation at inference may differ: dropout, and how
+    # training draws chunks. A causal convolution has the same weights as a centred one, so an
+    # offline model can be fine-tuned into a streaming one (causal_conv + dynamic chunks).
+    free = {"causal_conv", "dynamic_chunk_training", "max_chunk_frames"}
+    shape_fields = [f.name for f in dataclasses.fields(mine)
+                    if "dropout" not in f.name and f.name not in free]  # fmt: skip
     differ = [f"encoder.{n}: {getattr(theirs, n)!r} in the bundle, {getattr(mine, n)!r} here"
               for n in shape_fields if getattr(mine, n) != getattr(theirs, n)]  # fmt: skip
     if system.frontend.config != bundle.frontend.config:
@@ -168,6 +174,7 @@ def build_trainer(
         precision=resolve_precision(t.precision, t.accelerator),
         accelerator=t.accelerator,
         devices=t.devices,
+        num_nodes=t.num_nodes,
         strategy=t.strategy,
         gradient_clip_val=config.optim.grad_clip,
         val_check_interval=val_every if val_every else 1.0,

@@ -4,15 +4,19 @@
     python recipes/librispeech/run.py --data-dir /corpora/LibriSpeech --stage 2      # no download
     python recipes/librispeech/run.py --size m --stage 4 --stop-stage 4 trainer.devices=4
     python recipes/librispeech/run.py --stage 6 --lm 4-gram                         # other LM
+    python recipes/librispeech/run.py --shards trainer.devices=8                    # from shards
 
     1 download   OpenSLR tarballs (resumed, MD5-checked, safely extracted: asr.corpora.librispeech), or
                  with --hf the `openslr/librispeech_asr` Hugging Face dataset written to the same
                  layout; parts already under --data-dir are used as they are
-    2 manifests  work_dir/manifests/<part>.jsonl, train.jsonl (training parts), dev.jsonl
+    2 manifests  work_dir/manifests/<part>.jsonl, train.jsonl (training parts), dev.jsonl;
+                 with --shards also `asr pack` of train.jsonl and dev.jsonl into work_dir/shards
+                 (Parquet, the FLAC bytes embedded; splits train and validation)
     3 tokenizer  `asr train-tokenizer`: SentencePiece (the config's kind and vocab_size) on the
                  training transcripts
     4 train      `asr train --config configs/conformer_ctc_<size>.yaml`; resumes from its last
-                 checkpoint; model.pt = mean of the last trainer.average_last_k checkpoints
+                 checkpoint; model.pt = mean of the last trainer.average_last_k checkpoints;
+                 with --shards it streams work_dir/shards (data.hf_dataset, data.hf_streaming)
     5 average    model_best<k>.pt: mean of the k <= --num-average checkpoints with the best
                  validation WER
     6 lm         work_dir/lm/: the official word n-gram (--lm) and librispeech-lexicon.txt of
@@ -63,6 +67,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.add_argument(f"--{kind}-parts", type=_comma_list, default=list(parts),
                        help=f"comma-separated (default {','.join(parts)})")  # fmt: skip
     p.add_argument("--num-average", type=int, default=5, help="stage 5: best checkpoints")
+    p.add_argument("--shards", action="store_true",
+                   help="stage 2 also packs Parquet shards (asr pack), stage 4 streams them")  # fmt: skip
+    p.add_argument("--shard-size", default="1GB", help="--shards: bytes per shard (default 1GB)")
     p.add_argument("--nj", type=int, default=8, help="threads reading audio headers")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("overrides", nargs="*", help="training config overrides, key=value")
@@ -83,11 +90,13 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
     """This recipe's paths for the size's config, then the user's overrides (which win)."""
     manifests = args.work_dir / "manifests"
     tok = load_config(config_path(args), args.overrides).tokenizer
+    shards = [f"data.hf_dataset={args.work_dir / 'shards'}", "data.hf_streaming=true"]
     return [
         f"exp_dir={args.work_dir / f'exp_{args.size}'}",
         f"data.train_manifest={manifests / 'train.jsonl'}",
         f"data.val_manifest={manifests / 'dev.jsonl'}",
         f"tokenizer.path={args.work_dir / f'tokenizer_{tok.kind}{tok.vocab_size}.json'}",
+        *(shards if args.shards else []),
         *args.overrides,
     ]
 
@@ -110,6 +119,11 @@ def stage_manifests(args: argparse.Namespace, parts: list[str]) -> None:
     librispeech.merge_manifests([paths[p] for p in args.train_parts], out / "train.jsonl")
     librispeech.merge_manifests([paths[p] for p in args.dev_parts], out / "dev.jsonl")
     print(f"manifests in {out}: " + ", ".join(sorted(p.name for p in out.glob("*.jsonl"))))
+    if args.shards:  # a rerun keeps the finished shards
+        for manifest, split in (("train.jsonl", "train"), ("dev.jsonl", "validation")):
+            run_asr(["pack", "--manifest", str(out / manifest), "--output",
+                     str(args.work_dir / "shards"), "--split", split, "--shard-size",
+                     args.shard_size, "--workers", str(args.nj)])  # fmt: skip
 
 
 def stage_tokenizer(args: argparse.Namespace) -> None:

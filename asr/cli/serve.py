@@ -1,0 +1,109 @@
+"""`asr serve`: the OpenAI-compatible transcription server and its web page (`asr.serving`)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import socket
+from pathlib import Path
+
+from asr.cli.decoding import add_decoding_arguments, decoding_options
+
+log = logging.getLogger(__name__)
+API_KEYS_VARIABLE = "ASR_API_KEYS"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `asr serve`."""
+    parser.description = (
+        "Serve models over HTTP: OpenAI's POST /v1/audio/transcriptions, GET /v1/models, "
+        "GET /health and a web page at /. Needs the serve extra: pip install 'asr[serve]'."
+    )
+    parser.add_argument("--model", action="append", required=True, metavar="[NAME=]MODEL",
+                        help="a bundle (model.pt), a shipped name or an .onnx file, served as "
+                        "NAME (default: the shipped name or the file's stem); repeat to serve "
+                        "several, the first is the default")  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default %(default)s: this machine only)")  # fmt: skip
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="model workers, each with its own copy of every model: requests "
+                        "decoded at once (default %(default)s)")  # fmt: skip
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: CPU cores / workers, at least 1)")  # fmt: skip
+    parser.add_argument("--queue-size", type=int, default=16,
+                        help="requests that may wait for a worker; more get 503 (default %(default)s)")  # fmt: skip
+    parser.add_argument("--max-upload-mb", type=float, default=200.0,
+                        help="larger uploads get 413 (default %(default)s)")  # fmt: skip
+    parser.add_argument("--request-timeout", type=float, default=600.0,
+                        help="seconds a request may take, upload included (default %(default)s)")  # fmt: skip
+    parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                        help=f"require 'Authorization: Bearer KEY' (repeatable; also "
+                        f"{API_KEYS_VARIABLE}, comma-separated)")  # fmt: skip
+    add_decoding_arguments(parser)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Load the models, listen, serve until interrupted."""
+    from asr.extras import require
+
+    uvicorn = require("uvicorn", "serve", "asr serve")
+    require("fastapi", "serve", "asr serve")
+    require("python_multipart", "serve", "asr serve")
+    import torch
+
+    from asr.serving.app import ServerLimits, build_app
+    from asr.serving.workers import ModelWorkers
+
+    models = model_names(args.model)
+    keys = [*args.api_key, *os.environ.get(API_KEYS_VARIABLE, "").split(",")]
+    keys = [key.strip() for key in keys if key.strip()]
+    limits = ServerLimits(round(args.max_upload_mb * 2**20), args.request_timeout)
+    if args.workers < 1 or args.queue_size < 0:
+        raise ValueError("--workers must be >= 1 and --queue-size >= 0")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    torch.set_num_threads(threads)
+    workers = ModelWorkers.load(models, args.workers, args.queue_size, args.device,
+                                decoding_options(args), threads)  # fmt: skip
+    app = build_app(workers, limits, keys)
+    sock = listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    if not keys and not ipaddress.ip_address(host).is_loopback:
+        log.warning("listening on %s without an API key: anyone who can reach it may use it", host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"asr serve: {url} (models: {', '.join(models)}; workers: {args.workers}, "
+          f"queue: {args.queue_size})", flush=True)  # fmt: skip
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def model_names(specs: list[str]) -> dict[str, str]:
+    """`--model` values -> {name: bundle}; NAME=MODEL names one, else its shipped name or stem."""
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or "/" in name:  # runs/lr=0.1/model.pt is a path, not a name
+            name, path = Path(spec).stem, spec
+        if not name or not path:
+            raise ValueError(f"--model {spec!r}: expected MODEL or NAME=MODEL")
+        if name in models:
+            raise ValueError(f"two models are named {name!r}: name them with NAME=MODEL")
+        models[name] = path
+    return models
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one), or ValueError saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock

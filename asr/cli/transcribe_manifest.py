@@ -1,0 +1,69 @@
+"""`asr transcribe --manifest`: a whole corpus, on one or many processes, into one ordered file.
+
+The work runs through Lightning (`asr.training.predict`), imported only when this mode is used,
+so `asr transcribe FILE` never loads Lightning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the corpus mode of `asr transcribe`."""
+    group = parser.add_argument_group(
+        "a corpus (--manifest): OUTPUT_DIR/transcripts.jsonl in corpus order; a rerun skips "
+        "what is done"
+    )
+    group.add_argument("--manifest",
+                       help="a JSONL manifest, or a folder (or fsspec URL) written by `asr pack`")  # fmt: skip
+    group.add_argument("--split", help="the split of a packed folder (default: its only one)")
+    group.add_argument("--devices", type=int, default=1,
+                       help="processes per machine (DDP: one per GPU; gloo on CPU)")  # fmt: skip
+    group.add_argument("--num-nodes", type=int, default=1,
+                       help="machines, each running --devices processes (srun or torchrun)")  # fmt: skip
+
+
+def wants_manifest_mode(args: argparse.Namespace) -> bool:
+    return args.manifest is not None or args.devices != 1 or args.num_nodes != 1
+
+
+def manifest_command(args: argparse.Namespace) -> int:
+    """Run the corpus mode; 0 when every utterance was transcribed, else 1."""
+    import torch
+
+    from asr.cli.decoding import decoding_options
+    from asr.training.predict import Settings, transcribe_corpus
+
+    if args.manifest is None:
+        raise ValueError("--devices and --num-nodes need --manifest (a manifest or packed folder)")
+    if args.inputs:
+        raise ValueError(f"give audio files or --manifest, not both (got {args.inputs[0]!r})")
+    if args.output_dir is None:
+        raise ValueError("--manifest needs --output-dir (transcripts.jsonl is written there)")
+    if getattr(args, "streaming", False):
+        raise ValueError(
+            "--streaming decodes files as live streams; it does not apply to --manifest"
+        )
+    if args.format != ["txt"]:
+        raise ValueError("--manifest writes OUTPUT_DIR/transcripts.jsonl; --format is for files")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    settings = Settings(
+        decoding_options(args), args.batch_seconds, args.chunk_seconds, args.chunk_overlap
+    )
+    summary = transcribe_corpus(
+        args.manifest, args.model, args.output_dir, split=args.split, devices=args.devices,
+        num_nodes=args.num_nodes, accelerator="gpu" if cuda else "cpu", settings=settings,
+    )  # fmt: skip
+    if not summary.is_global_zero:
+        return 0
+    failed = summary.total - summary.succeeded
+    print(
+        f"asr transcribe: {summary.succeeded} of {summary.total} utterances transcribed "
+        f"({summary.done_before} by an earlier run), {summary.audio_seconds:.1f} s of audio in "
+        f"{summary.seconds:.1f} s on {args.devices * args.num_nodes} process(es) -> "
+        f"{summary.output}" + (f"; {failed} failed (their errors are in it)" if failed else ""),
+        file=sys.stderr,
+    )
+    return 0 if failed == 0 else 1

@@ -1,0 +1,97 @@
+"""What the serving tests share: speech to transcribe and `asr serve` run as a real process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+MODEL = "demo-synthetic-char"  # the shipped bundle: it hears words in eSpeak NG speech
+KEY = "sk-test-key"
+SENTENCES = [
+    "the old man walked slowly along the river",
+    "she found a small green box under the table",
+    "we will meet at the station after lunch",
+    "the children played in the garden until dark",
+    "a cold wind came down from the hills",
+    "he wrote a long letter to his brother",
+    "the market was busy on saturday morning",
+    "please close the window before you leave",
+]
+RATE = 22050  # eSpeak NG's rate: the server resamples it, as it would any upload
+
+
+def speak(texts: list[str], pause: float = 0.4) -> np.ndarray:
+    """eSpeak NG saying `texts`, `pause` seconds apart: float32 at 22050 Hz."""
+    espeak = pytest.importorskip("asr.corpora.espeak")
+    try:
+        synthesizer = espeak.find_synthesizer().open()
+    except RuntimeError as err:
+        pytest.skip(str(err))
+    pieces = []
+    for i, text in enumerate(texts):
+        pcm = synthesizer.synthesize(espeak.Speech("en-us", text, 160, 50, 50, i))
+        pieces += [pcm.astype(np.float32) / 32768, np.zeros(round(pause * RATE), np.float32)]
+    return np.concatenate(pieces)
+
+
+def speech_files(folder: Path) -> dict[str, Path]:
+    """short (one sentence), long (about 45 s: three 20 s chunks) and ten_minutes (the long
+    one repeated, 16 kHz: minutes of work for a worker) WAV files."""
+    short = speak(SENTENCES[:1])
+    long = speak(SENTENCES * 2)
+    files = {name: folder / f"{name}.wav" for name in ("short", "long", "ten_minutes")}
+    soundfile.write(files["short"], short, RATE, subtype="PCM_16")
+    soundfile.write(files["long"], long[: round(45 * RATE)], RATE, subtype="PCM_16")
+    # Written at 16 kHz without resampling (slower, deeper speech): it only has to keep a
+    # worker busy, and needs no resampling there.
+    soundfile.write(files["ten_minutes"], np.resize(long, 600 * 16000), 16000, subtype="PCM_16")
+    return files
+
+
+@contextlib.contextmanager
+def serve_process(
+    folder: Path, args: list[str], env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`asr serve ARGS --port 0` in a subprocess; yields its URL once it answers /health."""
+    import httpx
+
+    log = folder / "server.log"
+    command = [sys.executable, "-c", "import sys; from asr.cli import main; sys.exit(main())",
+               "serve", *args, "--port", "0"]  # fmt: skip
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})  # fmt: skip
+    try:
+        url = _wait_for_url(process, log)
+        while httpx.get(f"{url}/health").status_code != 200:
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_url(process: subprocess.Popen, log: Path, timeout: float = 120) -> str:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        found = re.search(r"^asr serve: (http://\S+)", log.read_text(), re.MULTILINE)
+        if found:
+            return found[1]
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    pytest.fail(f"asr serve did not start:\n{log.read_text()}")

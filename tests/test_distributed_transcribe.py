@@ -1,0 +1,117 @@
+"""`asr transcribe --manifest`: a corpus transcribed by Lightning's `Trainer.predict` on two
+DDP processes (gloo, CPU) gives exactly what one process gives, in manifest order; a rerun
+transcribes only what is left; a packed folder transcribes like its manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tone_corpus
+from test_transcribe import make_bundle
+
+from asr.cli import main
+from asr.data.manifest import Utterance, read_manifest, write_manifest
+from asr.data.pack import pack_manifest
+
+ASR = Path(sys.executable).parent / "asr"  # the console script: Lightning's launcher reruns it
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    """(a manifest of 9 tone utterances, one of them a missing file; a model bundle)."""
+    folder = tmp_path_factory.mktemp("corpus")
+    utterances = read_manifest(tone_corpus(folder, 8, seed=3))
+    utterances.insert(5, Utterance("lost", str(folder / "lost.wav"), "go", 1.0))
+    write_manifest(utterances, folder / "big.jsonl")
+    return folder / "big.jsonl", Path(make_bundle(folder / "model.pt"))
+
+
+def transcribe(manifest: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["transcribe", "--manifest", str(manifest), "--model", str(model),
+            "--output-dir", str(out), "--device", "cpu", *extra]  # fmt: skip
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_transcribe_exactly_what_one_process_does(corpus, tmp_path, capsys):
+    manifest, model = corpus
+    assert main(transcribe(manifest, model, tmp_path / "one")) == 1  # "lost" failed
+    assert "8 of 9 utterances transcribed" in capsys.readouterr().err
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [str(ASR), *transcribe(manifest, model, tmp_path / "two", "--devices", "2")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "8 of 9 utterances transcribed" in run.stderr and "on 2 process(es)" in run.stderr
+    parts = sorted(p.name for p in (tmp_path / "two/parts").iterdir())
+    assert parts == ["rank0.jsonl", "rank1.jsonl"]
+    lines = [len((tmp_path / "two/parts" / p).read_text().splitlines()) for p in parts]
+    assert lines in ([5, 4], [4, 5])  # shared out, every utterance on one rank only
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert (tmp_path / "one/transcripts.jsonl").read_bytes() == (
+        tmp_path / "two/transcripts.jsonl"
+    ).read_bytes()
+    assert [r["id"] for r in one] == [u.id for u in read_manifest(manifest)]  # manifest order
+    assert one[5]["error"].endswith("no such file") and one[5]["text"] == ""
+    assert all(r["text"] and r["words"] for i, r in enumerate(two) if i != 5)
+
+
+def test_a_rerun_transcribes_only_what_a_killed_run_left(corpus, tmp_path, capsys):
+    manifest, model = corpus
+    out = tmp_path / "out"
+    main(transcribe(manifest, model, out))
+    complete = (out / "transcripts.jsonl").read_text()
+    part = out / "parts" / "rank0.jsonl"
+    lines = part.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:3]) + lines[3][:20])  # killed while writing line 4
+    (out / "transcripts.jsonl").unlink()
+    capsys.readouterr()
+    assert main(transcribe(manifest, model, out)) == 1
+    assert "(3 by an earlier run)" in capsys.readouterr().err
+    assert (out / "transcripts.jsonl").read_text() == complete
+    redone = part.read_text().splitlines()
+    assert redone[:3] == [line.rstrip("\n") for line in lines[:3]] and len(redone) == 3 + 6
+    capsys.readouterr()
+    assert main(transcribe(manifest, model, out)) == 1  # only "lost" is tried again
+    assert "(8 by an earlier run)" in capsys.readouterr().err
+
+
+def test_a_packed_folder_transcribes_like_its_manifest(corpus, tmp_path):
+    manifest, model = corpus
+    packed = tmp_path / "packed"
+    entry = pack_manifest(manifest, packed, shard_size="100KB")
+    assert [d["id"] for d in entry["dropped"]] == ["lost"]
+    main(transcribe(manifest, model, tmp_path / "from_manifest"))
+    assert main(transcribe(packed, model, tmp_path / "from_shards")) == 0
+    expected = [r for r in records(tmp_path / "from_manifest") if r["error"] is None]
+    got = records(tmp_path / "from_shards")
+    for a, b in zip(expected, got, strict=True):
+        assert (a["id"], a["text"], a["words"], a["duration"]) == (
+            b["id"], b["text"], b["words"], b["duration"],
+        )  # fmt: skip
+        assert b["path"] == Path(a["path"]).name  # relative to the packed manifest's folder
+
+
+def test_corpus_mode_errors_name_the_culprit(corpus, tmp_path, capsys):
+    manifest, model = corpus
+    argv = ["transcribe", "--model", str(model), "--device", "cpu"]
+    assert main([*argv, "--devices", "2", "a.wav"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "asr: error: --devices and --num-nodes need --manifest (a manifest or packed folder)"
+    )
+    assert main([*argv, "--manifest", str(manifest)]) == 2
+    assert "asr: error: --manifest needs --output-dir" in capsys.readouterr().err
+    bad = tmp_path / "folder"
+    bad.mkdir()
+    assert main([*argv, "--manifest", str(bad), "--output-dir", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"asr: error: {bad}: not a manifest file, nor a folder written by `asr pack`"
+    )
