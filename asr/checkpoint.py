@@ -172,6 +172,28 @@ def pretrained_names() -> list[str]:
     return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
 
 
+def bundle_parts(
+    raw: dict[str, Any], path: Path, damaged: str
+) -> tuple[Tokenizer, EncoderConfig, FeatureConfig, int]:
+    """The tokenizer, configurations and vocabulary size stored in a bundle's dict (`model.pt`,
+    or the metadata of an exported `.onnx`); BundleError "<path> <damaged>: ..." when a piece is
+    missing or wrong, or when the tokenizer and the CTC head disagree."""
+    try:
+        tokenizer = tokenizer_from_dict(raw["tokenizer"])
+        encoder_config = from_dict(EncoderConfig, raw["encoder_config"], prefix="encoder")
+        features_config = from_dict(FeatureConfig, raw["features_config"], prefix="features")
+        vocab_size = int(raw["vocab_size"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise BundleError(f"{path} {damaged}: {err}") from None
+    if tokenizer.vocab_size != vocab_size:
+        raise BundleError(
+            f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but its CTC head has "
+            f"{vocab_size} outputs; the bundle mixes a model and a tokenizer that do not belong "
+            f"together"
+        )
+    return tokenizer, encoder_config, features_config, vocab_size
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     """Load a bundle written by `save_bundle` (a file, or a shipped bundle's name) onto
     `device`, in eval mode."""
@@ -184,19 +206,9 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> ModelBu
         )
     if raw.get("version", 0) > BUNDLE_VERSION:
         raise BundleError(f"{path} was written by a newer asr (bundle version {raw['version']})")
-    try:
-        tokenizer = tokenizer_from_dict(raw["tokenizer"])
-        encoder_config = from_dict(EncoderConfig, raw["encoder_config"], prefix="encoder")
-        features_config = from_dict(FeatureConfig, raw["features_config"], prefix="features")
-        vocab_size = int(raw["vocab_size"])
-    except (KeyError, ValueError, TypeError) as err:
-        raise BundleError(f"{path} is a damaged model bundle: {err}") from None
-    if tokenizer.vocab_size != vocab_size:
-        raise BundleError(
-            f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but its CTC head has "
-            f"{vocab_size} outputs; the bundle mixes a model and a tokenizer that do not belong "
-            f"together"
-        )
+    tokenizer, encoder_config, features_config, vocab_size = bundle_parts(
+        raw, path, "is a damaged model bundle"
+    )
     model, frontend = CtcModel(encoder_config, vocab_size), LogMelFeatures(features_config)
     try:
         model.load_state_dict(raw["model_state"])

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from asr.audio import LogMelFeatures
-from asr.checkpoint import BundleError, ModelBundle
-from asr.config import EncoderConfig, FeatureConfig, from_dict, to_dict
+from asr.checkpoint import BundleError, ModelBundle, bundle_parts
+from asr.config import EncoderConfig, to_dict
 from asr.extras import require
 from asr.modules.subsampling import conv_out_length
-from asr.tokenizer import BLANK_ID, Tokenizer, tokenizer_from_dict
+from asr.tokenizer import BLANK_ID, Tokenizer
 
 ONNX_FORMAT = "asr-onnx-model"
 ONNX_VERSION = 1
@@ -167,16 +167,17 @@ def load_onnx_bundle(path: str | Path, threads: int | None = None) -> ModelBundl
 def _parse_metadata(
     path: Path, raw: str
 ) -> tuple[EncoderConfig, LogMelFeatures, Tokenizer, int, dict[str, Any]]:
+    damaged = "has damaged asr metadata"
     try:
         meta = json.loads(raw)
         if meta.get("format") != ONNX_FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, expected {ONNX_FORMAT!r}")
         if int(meta.get("version", 0)) > ONNX_VERSION:
             raise ValueError(f"written by a newer asr (version {meta['version']})")
-        encoder_config = from_dict(EncoderConfig, meta["encoder_config"], prefix="encoder")
-        features_config = from_dict(FeatureConfig, meta["features_config"], prefix="features")
-        tokenizer = tokenizer_from_dict(meta["tokenizer"])
-        vocab_size = int(meta["vocab_size"])
+    except (ValueError, TypeError, AttributeError) as err:
+        raise BundleError(f"{path} {damaged}: {err}") from None
+    tokenizer, encoder_config, features_config, vocab_size = bundle_parts(meta, path, damaged)
+    try:
         frontend = LogMelFeatures(features_config)
         frontend.set_global_stats(
             torch.tensor(meta["global_mean"], dtype=torch.float32),
@@ -184,10 +185,5 @@ def _parse_metadata(
         )
         info = dict(meta.get("info") or {})
     except (KeyError, ValueError, TypeError) as err:
-        raise BundleError(f"{path}: damaged asr metadata in the ONNX model: {err}") from None
-    if tokenizer.vocab_size != vocab_size:
-        raise BundleError(
-            f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but the model has "
-            f"{vocab_size} outputs"
-        )
+        raise BundleError(f"{path} {damaged}: {err}") from None
     return encoder_config, frontend.eval(), tokenizer, vocab_size, info

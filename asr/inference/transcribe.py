@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,7 @@ class Transcriber:
         ]
         pieces.sort(key=lambda piece: -piece[2])  # longest first, stable: less padding
         with torch.inference_mode():
-            for batch in _batches(pieces, batch_seconds):
+            for batch in batch_pieces(pieces, batch_seconds, lambda piece: piece[2]):
                 self._transcribe_batch(batch, decoder)
         for source in sources:
             if source.result.error is None:
@@ -247,11 +247,12 @@ def plan_chunks(duration: float, chunk_seconds: float, overlap: float) -> list[t
     return chunks
 
 
-def _batches(pieces: list, batch_seconds: float) -> list[list]:
-    """Consecutive runs of pieces (longest first) whose padded length stays <= batch_seconds."""
+def batch_pieces(pieces: list, batch_seconds: float, length: Callable[[Any], float]) -> list[list]:
+    """Consecutive runs of pieces (longest first; `length(piece)` in seconds) whose padded length,
+    (first piece's length) x (count), stays <= batch_seconds."""
     batches: list[list] = []
     for piece in pieces:
-        if batches and batches[-1][0][2] * (len(batches[-1]) + 1) <= batch_seconds:
+        if batches and length(batches[-1][0]) * (len(batches[-1]) + 1) <= batch_seconds:
             batches[-1].append(piece)
         else:
             batches.append([piece])

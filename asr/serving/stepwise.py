@@ -30,6 +30,7 @@ from asr.inference.transcribe import (
     Result,
     Transcriber,
     Word,
+    batch_pieces,
     plan_chunks,
     stitch_chunks,
 )
@@ -70,7 +71,8 @@ def transcribe_stepwise(
         if on_words is not None and settled:
             on_words(settled)
 
-    for step in _steps(plan, batch_seconds):
+    # batched as `Transcriber.transcribe` batches them
+    for step in batch_pieces(plan, batch_seconds, lambda chunk: chunk[1]):
         if should_stop is not None and should_stop():
             raise Stopped(f"stopped after {len(words)} words")
         for chunk in _decode(transcriber, path, step, options, batch_seconds, chunk_overlap):
@@ -83,20 +85,6 @@ def transcribe_stepwise(
     settle(pending)
     text = " ".join(w.word for w in words)
     return Result(id=str(path), path=str(path), text=text, words=words, duration=duration)
-
-
-def _steps(
-    plan: list[tuple[float, float]], batch_seconds: float
-) -> list[list[tuple[float, float]]]:
-    """Consecutive chunks of the plan, batched as `Transcriber.transcribe` batches them: as
-    many as keep (longest chunk) x (count) <= batch_seconds."""
-    steps: list[list[tuple[float, float]]] = []
-    for chunk in plan:
-        if steps and steps[-1][0][1] * (len(steps[-1]) + 1) <= batch_seconds:
-            steps[-1].append(chunk)
-        else:
-            steps.append([chunk])
-    return steps
 
 
 def _decode(
