@@ -31,8 +31,8 @@ from asr.config import FeatureConfig
 from asr.modules.masks import make_pad_mask
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".nist")
-LOG_OFFSET = 1e-6  # log(power + 1e-6): digital silence stays finite and does not dominate stats
 STD_FLOOR = 1e-5  # a feature that never varies is divided by this, not by zero
+PER_FEATURE_STD_OFFSET = 1e-5  # normalize "per_feature" divides by std + this (NeMo's)
 MIN_RATE, MAX_RATE = 1000, 1_000_000  # sample rates outside: a damaged header, not audio
 # torchaudio's exact resampler builds a kernel of (target / g) x (rate / g) taps, g = gcd: for a
 # rate like 4001 Hz that is 64 million taps (1.5 GB), 44101 Hz would take 16 GB. Past 4 million
@@ -244,9 +244,12 @@ def find_audio_files(path: str | Path) -> list[Path]:
 class LogMelFeatures(nn.Module):
     """Waveforms (B, N) with lengths -> normalized log-mel features (B, T, F) with lengths.
 
-    Frame t covers samples [t * hop, t * hop + win) exactly, so T = 1 + (N - win) // hop (0 when
-    N < win) and an utterance's features do not depend on the padding of its batch. Padded
-    frames of the output are 0.
+    By default frame t covers samples [t * hop, t * hop + win) exactly, so T = 1 + (N - win) // hop
+    (0 when N < win). With `center` frame t is centred on sample t * hop over zero padding, and
+    T = N // hop (NeMo's count: the STFT's last frame, centred past the end, is dropped). Either
+    way an utterance's features do not depend on the padding of its batch, and padded frames of
+    the output are 0. The window and the mel filterbank are buffers: saved in every bundle, and
+    an imported model's own are loaded into them.
     """
 
     def __init__(self, config: FeatureConfig) -> None:
@@ -259,6 +262,7 @@ class LogMelFeatures(nn.Module):
                 f"features.win_ms={config.win_ms} gives {self.win} samples, more than "
                 f"features.n_fft={config.n_fft}"
             )
+        slaney = config.mel_scale == "slaney"
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=config.sample_rate,
             n_fft=config.n_fft,
@@ -266,18 +270,26 @@ class LogMelFeatures(nn.Module):
             hop_length=self.hop,
             n_mels=config.n_mels,
             window_fn=torch.hann_window,
+            wkwargs={"periodic": config.window == "hann"},
             power=2.0,
-            center=False,
+            center=config.center,
+            pad_mode="constant",
+            norm="slaney" if slaney else None,
+            mel_scale="slaney" if slaney else "htk",
         )
-        # torch.stft centres the win-sample window inside each n_fft frame; padding half the
-        # difference on each side makes frame t start at sample t * hop.
-        self.pad_left = (config.n_fft - self.win) // 2
-        self.pad_right = config.n_fft - self.win - self.pad_left
+        # Uncentred: torch.stft centres the win-sample window inside each n_fft frame; padding
+        # half the difference on each side makes frame t start at sample t * hop.
+        self.pad_left = 0 if config.center else (config.n_fft - self.win) // 2
+        self.pad_right = 0 if config.center else config.n_fft - self.win - self.pad_left
         self.register_buffer("global_mean", torch.zeros(config.n_mels))
         self.register_buffer("global_std", torch.ones(config.n_mels))
 
     def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
-        """1 + (N - win) // hop, and 0 when N < win."""
+        """Uncentred: 1 + (N - win) // hop, and 0 when N < win. Centred: N // hop."""
+        if self.config.center:
+            if isinstance(num_samples, Tensor):
+                return torch.div(num_samples, self.hop, rounding_mode="floor")
+            return int(num_samples) // self.hop
         if isinstance(num_samples, Tensor):
             return (torch.div(num_samples - self.win, self.hop, rounding_mode="floor") + 1).clamp(
                 min=0
@@ -298,31 +310,45 @@ class LogMelFeatures(nn.Module):
     def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waves (B, N), wave_lengths (B,) -> feats (B, T, F), feat_lengths (B,)."""
         B, N = waves.shape
-        feat_lengths = self.num_frames(wave_lengths.to(waves.device).long())  # (B,)
+        wave_lengths = wave_lengths.to(waves.device).long()
+        feat_lengths = self.num_frames(wave_lengths)  # (B,)
         T = self.num_frames(N)
         if T == 0:
             return waves.new_zeros(B, 0, self.config.n_mels), feat_lengths
-        padded = nn.functional.pad(waves, (self.pad_left, self.pad_right))  # (B, N + n_fft - win)
         # float32 even under bf16/fp16 autocast: log power needs the range and precision.
         with torch.autocast(device_type=waves.device.type, enabled=False):
-            power = self.mel(padded.float())  # (B, F, T)
+            waves = waves.float()
+            if self.config.preemphasis:
+                waves = self._preemphasis(waves, wave_lengths)
+            padded = nn.functional.pad(waves, (self.pad_left, self.pad_right))
+            power = self.mel(padded)[..., :T]  # (B, F, T); centred: drop the frame past the end
         assert power.shape[-1] == T, (power.shape, T)
-        feats = torch.log(power + LOG_OFFSET).transpose(1, 2)  # (B, T, F)
+        feats = torch.log(power + self.config.log_offset).transpose(1, 2)  # (B, T, F)
         pad_mask = make_pad_mask(feat_lengths, T)  # (B, T)
         feats = self._normalize(feats, pad_mask, feat_lengths)
         return feats.masked_fill(pad_mask[:, :, None], 0.0), feat_lengths
 
+    def _preemphasis(self, waves: Tensor, wave_lengths: Tensor) -> Tensor:
+        """x[0], x[n] - a x[n-1]; samples past each item's length stay 0: (B, N)."""
+        a = self.config.preemphasis
+        out = torch.cat([waves[:, :1], waves[:, 1:] - a * waves[:, :-1]], dim=1)
+        return out.masked_fill(make_pad_mask(wave_lengths, waves.shape[1]), 0.0)
+
     def _normalize(self, feats: Tensor, pad_mask: Tensor, feat_lengths: Tensor) -> Tensor:
-        if self.config.normalize == "global":
+        normalize = self.config.normalize
+        if normalize == "global":
             return (feats - self.global_mean) / self.global_std
-        if self.config.normalize == "none":
+        if normalize == "none":
             return feats
-        # "utterance": mean and variance over the valid frames of each utterance only.
+        # "utterance", "per_feature": statistics over the valid frames of each utterance only.
         valid = (~pad_mask)[:, :, None].to(feats.dtype)  # (B, T, 1)
-        count = feat_lengths.clamp(min=1)[:, None, None].to(feats.dtype)  # (B, 1, 1)
-        mean = (feats * valid).sum(dim=1, keepdim=True) / count  # (B, 1, F)
-        var = (((feats - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count  # (B, 1, F)
-        return (feats - mean) / var.sqrt().clamp(min=STD_FLOOR)
+        n = feat_lengths[:, None, None].to(feats.dtype)  # (B, 1, 1)
+        mean = (feats * valid).sum(dim=1, keepdim=True) / n.clamp(min=1)  # (B, 1, F)
+        squares = (((feats - mean) * valid) ** 2).sum(dim=1, keepdim=True)  # (B, 1, F)
+        if normalize == "per_feature":  # NeMo's: unbiased, 0 for a single frame, plus 1e-5
+            std = (squares / (n - 1)).sqrt().nan_to_num(nan=0.0, posinf=0.0)
+            return (feats - mean) / (std + PER_FEATURE_STD_OFFSET)
+        return (feats - mean) / (squares / n.clamp(min=1)).sqrt().clamp(min=STD_FLOOR)
 
 
 def compute_global_stats(

@@ -33,6 +33,15 @@ class EncoderConfig:
     conv_kernel_size: int = 31
     subsampling_factor: int = 4
     subsampling_channels: int = 144
+    # Zero frames (and mel bins) on each side of every subsampling convolution: 0 (ours: output
+    # frames only see the input) or 1 (NeMo's "striding": frames centred on 2t, length
+    # (T - 1) // 2 + 1 per conv); with 1, frames past an item's length are zeroed between convs.
+    subsampling_padding: int = 0
+    # Multiply the subsampled frames by sqrt(d_model) before the blocks (NeMo's `xscaling`).
+    xscaling: bool = False
+    # One content/position bias pair (u, v) shared by every block's attention instead of a pair
+    # per block (NeMo's `untie_biases: false`, Transformer-XL's original choice).
+    shared_pos_bias: bool = False
     dropout: float = 0.1
     attn_dropout: float = 0.1
     activation: str = "swish"
@@ -72,6 +81,10 @@ class EncoderConfig:
             raise ValueError(
                 f"encoder.conv_kernel_size must be a positive odd number, "
                 f"got {self.conv_kernel_size}"
+            )
+        if self.subsampling_padding not in (0, 1):
+            raise ValueError(
+                f"encoder.subsampling_padding must be 0 or 1, got {self.subsampling_padding}"
             )
         if self.subsampling_factor not in (4, 8):
             raise ValueError(
@@ -115,20 +128,44 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+FEATURE_NORMALIZATIONS = ("utterance", "per_feature", "global", "none")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Log-mel front end: 25 ms windows every 10 ms at 16 kHz."""
+    """Log-mel front end: 25 ms windows every 10 ms at 16 kHz (asr.audio.LogMelFeatures).
+
+    The defaults are this toolkit's own. NeMo's front end (asr.interop.nemo) is: preemphasis
+    0.97, center true, window hann_symmetric, mel_scale slaney, log_offset 2**-24, normalize
+    per_feature; its mel filterbank and window come from the checkpoint (they are buffers of
+    the front end's state, saved in every bundle).
+    """
 
     sample_rate: int = 16000
     n_mels: int = 80
     win_ms: float = 25.0
     hop_ms: float = 10.0
     n_fft: int = 512
-    normalize: str = "utterance"  # "utterance" | "global" | "none"
+    # "utterance": mean and population std over the utterance's frames; "per_feature": the same
+    # with the unbiased std plus 1e-5 (NeMo's); "global": statistics of the training set; "none".
+    normalize: str = "utterance"
+    # x[n] - preemphasis * x[n-1] before the STFT (0: off).
+    preemphasis: float = 0.0
+    # false: frame t covers samples [t*hop, t*hop + win), T = 1 + (N - win) // hop;
+    # true: frame t is centred on sample t*hop (zero padding at both ends), T = N // hop.
+    center: bool = False
+    window: str = "hann"  # "hann" (periodic, torch's default) | "hann_symmetric"
+    mel_scale: str = "htk"  # "htk" (no area normalization) | "slaney" (librosa's default)
+    log_offset: float = 1e-6  # log(power + log_offset)
 
     def __post_init__(self) -> None:
         _check_positive(self, "features", "sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft")
-        _check_choice(self, "features", "normalize", ("utterance", "global", "none"))
+        _check_positive(self, "features", "log_offset")
+        _check_choice(self, "features", "normalize", FEATURE_NORMALIZATIONS)
+        _check_choice(self, "features", "window", ("hann", "hann_symmetric"))
+        _check_choice(self, "features", "mel_scale", ("htk", "slaney"))
+        if not 0.0 <= self.preemphasis < 1.0:
+            raise ValueError(f"features.preemphasis must be in [0, 1), got {self.preemphasis}")
         win, hop = (round(self.sample_rate * ms / 1000) for ms in (self.win_ms, self.hop_ms))
         if not 1 <= win <= self.n_fft or hop < 1:
             raise ValueError(
@@ -217,8 +254,14 @@ class OptimConfig:
     grad_clip: float = 5.0
     # The objective: (1 - w) * CTC of the last block + w * mean CTC of encoder.inter_ctc_layers.
     inter_ctc_weight: float = 0.3
+    # Fine-tuning (init_from): the encoder learns at lr * encoder_lr_scale (the CTC head at lr),
+    # and the subsampling plus the first freeze_blocks blocks do not learn at all.
+    encoder_lr_scale: float = 1.0
+    freeze_blocks: int = 0
 
     def __post_init__(self) -> None:
+        _check_at_least(self, "optim", 0.0, "encoder_lr_scale")
+        _check_at_least(self, "optim", 0, "freeze_blocks")
         _check_choice(self, "optim", "schedule", ("noam", "cosine"))
         _check_at_least(self, "optim", 0.0, "inter_ctc_weight", high=1.0)
         _check_positive(self, "optim", "lr")
@@ -288,7 +331,12 @@ class TrainConfig:
         if not self.exp_dir.strip():
             raise ValueError(f"exp_dir must name a folder, got {self.exp_dir!r}")
         # Validate the encoder overrides now, so a bad key fails before any work starts.
-        self.encoder_config()
+        layers = self.encoder_config().num_layers
+        if self.optim.freeze_blocks > layers:
+            raise ValueError(
+                f"optim.freeze_blocks={self.optim.freeze_blocks} is more than the encoder's "
+                f"{layers} blocks"
+            )
 
     def encoder_config(self) -> EncoderConfig:
         return from_dict(

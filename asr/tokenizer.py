@@ -11,7 +11,9 @@ can live inside a checkpoint loaded with `torch.load(weights_only=True)`; `save`
 
 How id 0 becomes the blank for SentencePiece: the model is trained with `pad_id=0` (piece
 `<blank>`, a control symbol that encoding never produces and decoding renders as nothing),
-`unk_id=1` and no BOS/EOS. SentencePiece ids are therefore our ids, with no offset.
+`unk_id=1` and no BOS/EOS. SentencePiece ids are therefore our ids, with no offset. A model
+trained elsewhere (NeMo's, blank last) gets a `<blank>` piece inserted at id 0 on import
+(`with_blank_first`), which moves its ids up by one and changes no segmentation.
 """
 
 from __future__ import annotations
@@ -151,10 +153,10 @@ class SentencePieceTokenizer(Tokenizer):
         self.kind = kind
         self._proto = bytes(model_proto)
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
-        if self._sp.pad_id() != BLANK_ID or self._sp.unk_id() != 1:
+        if self._sp.pad_id() != BLANK_ID:
             raise ValueError(
-                "SentencePiece model must reserve id 0 for the blank (pad_id=0, unk_id=1); "
-                f"got pad_id={self._sp.pad_id()}, unk_id={self._sp.unk_id()}"
+                "SentencePiece model must reserve id 0 for the blank (pad_id=0); "
+                f"got pad_id={self._sp.pad_id()}"
             )
 
     @property
@@ -211,6 +213,29 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
     except RuntimeError as err:
         raise ValueError(_explain_training_error(str(err), config)) from None
     return SentencePieceTokenizer(model.getvalue(), config.kind)
+
+
+def with_blank_first(model_proto: bytes) -> bytes:
+    """A SentencePiece model with a `<blank>` control piece inserted at id 0 (pad_id 0): every
+    piece's id moves up by one; encoding and decoding are otherwise unchanged."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(model_proto)
+    spec = proto.trainer_spec
+    if any(p.piece == BLANK_PIECE for p in proto.pieces) or spec.pad_id >= 0:
+        raise ValueError("the SentencePiece model already has a padding or <blank> piece")
+    pieces = list(proto.pieces)
+    blank = pb.ModelProto.SentencePiece(
+        piece=BLANK_PIECE, score=0.0, type=pb.ModelProto.SentencePiece.CONTROL
+    )
+    del proto.pieces[:]
+    proto.pieces.extend([blank, *pieces])
+    for name in ("unk_id", "bos_id", "eos_id"):
+        if getattr(spec, name) >= 0:
+            setattr(spec, name, getattr(spec, name) + 1)
+    spec.pad_id, spec.pad_piece = BLANK_ID, BLANK_PIECE
+    return proto.SerializeToString()
 
 
 def _explain_training_error(message: str, config: TokenizerConfig) -> str:

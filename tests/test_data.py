@@ -493,3 +493,20 @@ def test_librispeech_mini_loads_through_audio_dataset(tmp_path):
         assert math.isfinite(batch.waves.abs().max().item()) and batch.waves.abs().max() <= 1.0
         seen += len(batch)
     assert seen == 76 and ds.num_failed == 0
+
+
+def test_resuming_at_the_end_of_an_epoch_starts_the_next_one():
+    # A checkpoint saved after an epoch's last batch: an empty rest of that epoch would make
+    # the trainer stop at once ("no training batches"); the next epoch is what comes next.
+    durs = durations_for_tests()
+    sampler = DurationBucketSampler(durs, 50.0, seed=7)
+    sampler.set_epoch(3)
+    epoch3 = all_batches(sampler)
+    sampler.set_epoch(4)
+    epoch4 = all_batches(sampler)
+    resumed = DurationBucketSampler(durs, 50.0, seed=7)
+    resumed.load_state_dict({"epoch": 3, "num_yielded": len(epoch3)})
+    assert len(resumed) == len(epoch4) > 0
+    resumed.set_epoch(3)  # a trainer may first announce the epoch it restored, then the next
+    resumed.set_epoch(4)
+    assert all_batches(resumed) == epoch4

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from asr.cli import demo, evaluate, listen, pack, serve, train, transcribe
+from asr.cli import demo, evaluate, hub, import_nemo, listen, pack, serve, train, transcribe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("listen", help="transcribe the microphone live (a streaming model)")
     listen.add_listen_arguments(p)
     p.set_defaults(func=listen.listen_command)
+    p = sub.add_parser("import-nemo", help="a NeMo Conformer-CTC .nemo file -> model.pt")
+    import_nemo.add_import_nemo_arguments(p)
+    p.set_defaults(func=import_nemo.import_nemo_command)
+    p = sub.add_parser("push-to-hub", help="upload a model.pt and its model card to the HF Hub")
+    hub.add_push_arguments(p)
+    p.set_defaults(func=hub.push_command)
     p = sub.add_parser("demo", help="the built-in demo: synthesize a corpus, train, evaluate")
     demo.add_demo_arguments(p)
     p.set_defaults(func=demo.demo_command)

@@ -190,7 +190,7 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
     try:
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
-                _check_member(member, root, archive)
+                check_member(member, root, archive)
                 if hasattr(tarfile, "data_filter"):
                     tar.extract(member, root, filter="data")
                 else:  # pragma: no cover - Python without extraction filters
@@ -203,7 +203,8 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
     return target
 
 
-def _check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
+def check_member(member: tarfile.TarInfo, root: str, archive: Path) -> None:
+    """UnsafeArchiveError naming `member` if extracting it under `root` could write elsewhere."""
     name = member.name
 
     def refuse(reason: str) -> UnsafeArchiveError:

@@ -78,6 +78,10 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.num_yielded = int(state["epoch"]), int(state["num_yielded"])
+        if self.num_yielded >= len(self._rank_batches()):
+            # saved after the epoch's last batch: resume at the start of the next epoch (an
+            # empty rest of an epoch would end training at once)
+            self.epoch, self.num_yielded = self.epoch + 1, 0
         self._start = self.num_yielded
 
     def __len__(self) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asr.checkpoint import ModelBundle, atomic_write, load_bundle
+from asr.checkpoint import ModelBundle, atomic_write
 from asr.extras import require
 from asr.inference.onnx import (
     INPUT_NAMES,
@@ -42,6 +42,7 @@ from asr.inference.onnx import (
     import_onnxruntime,
     session_options,
 )
+from asr.interop.sources import open_bundle
 from asr.model import CtcModel
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def export_onnx(model: str | Path, output: str | Path, quantize: str = "none") -
     onnx = require("onnx", "onnx", "ONNX export")
     require("onnxscript", "onnx", "ONNX export")
     import_onnxruntime()
-    bundle = load_bundle(model)
+    bundle = open_bundle(model)
     if bundle.model.config.style_tokens:
         raise ValueError(
             f"{model}: models with global style tokens cannot be exported to ONNX yet (their "

@@ -57,9 +57,9 @@ def bundle_metadata(bundle: ModelBundle, quantization: str = "none") -> dict[str
         "features_config": to_dict(frontend.config),
         "tokenizer": bundle.tokenizer.to_dict(),
         "vocab_size": bundle.model.vocab_size,
-        # float32 -> Python float -> JSON text -> float32 is exact: nothing is rounded.
-        "global_mean": frontend.global_mean.tolist(),
-        "global_std": frontend.global_std.tolist(),
+        # The front end's buffers: normalization statistics, window, mel filterbank (an imported
+        # model's own). float32 -> Python float -> JSON text -> float32 is exact.
+        "frontend_state": {k: v.tolist() for k, v in frontend.state_dict().items()},
         "info": bundle.info,
         "quantization": quantization,
     }
@@ -86,7 +86,7 @@ class OnnxCtcModel:
 
     def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
         """Frames out for frames in, as the exported subsampling computes them."""
-        return conv_out_length(feat_lengths, self.num_convs)
+        return conv_out_length(feat_lengths, self.num_convs, self.config.subsampling_padding)
 
     def __call__(
         self, feats: torch.Tensor, feat_lengths: torch.Tensor
@@ -179,11 +179,16 @@ def _parse_metadata(
     tokenizer, encoder_config, features_config, vocab_size = bundle_parts(meta, path, damaged)
     try:
         frontend = LogMelFeatures(features_config)
-        frontend.set_global_stats(
-            torch.tensor(meta["global_mean"], dtype=torch.float32),
-            torch.tensor(meta["global_std"], dtype=torch.float32),
-        )
+        if "frontend_state" in meta:
+            state = {k: torch.tensor(v, dtype=torch.float32)
+                     for k, v in meta["frontend_state"].items()}  # fmt: skip
+            frontend.load_state_dict(state)
+        else:  # written before the whole front-end state was stored
+            frontend.set_global_stats(
+                torch.tensor(meta["global_mean"], dtype=torch.float32),
+                torch.tensor(meta["global_std"], dtype=torch.float32),
+            )
         info = dict(meta.get("info") or {})
-    except (KeyError, ValueError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
         raise BundleError(f"{path} {damaged}: {err}") from None
     return encoder_config, frontend.eval(), tokenizer, vocab_size, info

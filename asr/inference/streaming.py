@@ -72,11 +72,17 @@ class Stream:
                 "this model cannot stream: it was trained without encoder.causal_conv (its "
                 "convolutions look ahead); train one with causal_conv and dynamic_chunk_training"
             )
-        if frontend.config.normalize == "utterance":
+        if frontend.config.normalize in ("utterance", "per_feature"):
             raise ValueError(
                 "this model normalizes features per utterance, which needs the whole "
                 "utterance: streaming needs features.normalize global or none"
             )
+        if frontend.config.center or frontend.config.preemphasis:
+            raise ValueError("streaming needs an uncentred front end without pre-emphasis "
+                             "(features.center false, features.preemphasis 0)")  # fmt: skip
+        if model.config.subsampling_padding:
+            raise ValueError("streaming needs encoder.subsampling_padding 0 (padded "
+                             "subsampling looks one frame ahead)")  # fmt: skip
         if chunk_ms <= 0:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         self.model, self.frontend, self.decoder = model, frontend, decoder
@@ -192,7 +198,7 @@ class Stream:
         feats = self.feats[first : first + count][None].to(self.device)  # (1, count, F)
         model = self.model
         with torch.inference_mode():
-            x, _ = model.encoder.subsampling(feats, torch.tensor([count], device=self.device))
+            x, _ = model.encoder.subsample(feats, torch.tensor([count], device=self.device))
             log_probs, self.states = model.forward_chunk(x, self.states, self.max_cache)
         log_probs = log_probs[0].float().cpu()  # (n, V)
         self.log_probs.append(log_probs)

@@ -26,12 +26,13 @@ import torch
 from torch import Tensor
 
 from asr.audio import AudioError, audio_duration, load_audio, load_audio_array
-from asr.checkpoint import ModelBundle, load_bundle
+from asr.checkpoint import ModelBundle
 from asr.inference.alignment import Word, align_words
 from asr.inference.decoding import Decoder, DecodingOptions, make_decoder
 from asr.inference.onnx import is_onnx_path, load_onnx_bundle
 from asr.inference.result import Result
 from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS, Stream
+from asr.interop.sources import model_file, open_bundle
 
 DEFAULT_BATCH_SECONDS = 120.0
 # Self-attention is quadratic in length: on 2 busy CPU cores the "s" model ran a 60 s file at
@@ -67,16 +68,18 @@ class _Source:
 def load_model(path: str | Path, device: str = "cpu") -> Transcriber:
     """A `Transcriber` for the model bundle at `path` ("auto" device: CUDA when available).
 
-    `path` is a `model.pt` bundle, the name of a shipped one, or an exported `.onnx` file (run
-    by ONNX Runtime on the CPU, `asr.inference.onnx`).
+    `path` is a `model.pt` bundle, the name of a shipped one, an NVIDIA NeMo `.nemo` file, an
+    `hf://OWNER/REPO[@REVISION][/FILE]` path on the Hugging Face Hub (`asr.interop.sources`), or
+    an exported `.onnx` file (run by ONNX Runtime on the CPU, `asr.inference.onnx`).
     """
     if is_onnx_path(path):
-        return Transcriber(load_onnx_bundle(path), "cpu" if device == "auto" else device)
+        bundle = load_onnx_bundle(model_file(path))
+        return Transcriber(bundle, "cpu" if device == "auto" else device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available")
-    return Transcriber(load_bundle(path, device), device)
+    return Transcriber(open_bundle(path, device), device)
 
 
 class Transcriber:

@@ -16,6 +16,7 @@ chunk with the cached keys/values and convolution inputs of the chunks before it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -125,8 +126,10 @@ class ConformerEncoder(nn.Module):
         self.config = config
         c = config
         self.subsampling = Conv2dSubsampling(
-            c.feat_dim, c.d_model, c.subsampling_channels, c.subsampling_factor
-        )
+            c.feat_dim, c.d_model, c.subsampling_channels, c.subsampling_factor,
+            c.subsampling_padding,
+        )  # fmt: skip
+        self.xscale = math.sqrt(c.d_model) if c.xscaling else None
         self.input_dropout = Dropout(c.dropout)
         self.pos_enc = RelativePositionalEncoding(c.d_model)
         self.style = (
@@ -148,6 +151,11 @@ class ConformerEncoder(nn.Module):
             )
             for _ in range(c.num_layers)
         )
+        if c.shared_pos_bias:  # one (u, v) pair, the same Parameter in every block
+            first = self.blocks[0].mhsa.attention
+            for block in self.blocks[1:]:
+                block.mhsa.attention.pos_bias_u = first.pos_bias_u
+                block.mhsa.attention.pos_bias_v = first.pos_bias_v
 
     def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
         """Frames out for frames in: T' = floor((T - 3) / 2) + 1 applied 2 (4x) or 3 (8x) times."""
@@ -167,7 +175,7 @@ class ConformerEncoder(nn.Module):
         `chunk` (frames after subsampling) and `left_chunks` limit attention as in streaming;
         None: full context, or in training with `dynamic_chunk_training` a size drawn per batch.
         """
-        x, out_lengths = self.subsampling(feats, feat_lengths)  # (B, T', D)
+        x, out_lengths = self.subsample(feats, feat_lengths)  # (B, T', D)
         if self.style is not None:
             embedding, _ = self.style(feats, feat_lengths)  # (B, D)
             x = x + embedding.unsqueeze(1)
@@ -175,6 +183,13 @@ class ConformerEncoder(nn.Module):
             chunk = self.draw_chunk(x.shape[1])
         x = self.forward_blocks(self.input_dropout(x), out_lengths, after_block, chunk, left_chunks)
         return x, out_lengths
+
+    def subsample(
+        self, feats: torch.Tensor, feat_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks' input: subsampled frames (B, T', D), times sqrt(D) with `xscaling`."""
+        x, out_lengths = self.subsampling(feats, feat_lengths)
+        return (x if self.xscale is None else x * self.xscale), out_lengths
 
     def draw_chunk(self, length: int) -> int | None:
         """A chunk size for one training batch of `length` frames (WeNet's rule): full context

@@ -1,8 +1,11 @@
 """Convolutional subsampling of log-mel features (Gulati et al. 2020, section 2).
 
-Two (4x) or three (8x) Conv2d layers with kernel 3 and stride 2 over time and frequency, no
-padding, then a linear projection to d_model. Output frame t only sees input frames inside the
-item's valid length, so padding never changes valid outputs.
+Two (4x) or three (8x) Conv2d layers with kernel 3 and stride 2 over time and frequency, then
+a linear projection to d_model. Without padding (ours) output frame t only sees input frames
+inside the item's valid length, so padding never changes valid outputs. With `padding=1`
+(NeMo's "striding" subsampling) each convolution pads p zero frames and bins on both sides,
+and the frames past each item's length are zeroed before every convolution, so a frame at the
+edge sees zeros whatever the batch holds: padding never changes valid outputs either.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from asr.modules.attention import exporting
 KERNEL, STRIDE = 3, 2
 
 
-def conv_out_length(length: torch.Tensor | int, num_convs: int) -> torch.Tensor | int:
-    """Frames after `num_convs` unpadded kernel-3 stride-2 convs: L -> (L - 3) // 2 + 1, floor 0."""
+def conv_out_length(
+    length: torch.Tensor | int, num_convs: int, padding: int = 0
+) -> torch.Tensor | int:
+    """Frames after `num_convs` kernel-3 stride-2 convs with `padding` zeros on each side:
+    L -> (L + 2 padding - 3) // 2 + 1 each, floor 0."""
     for _ in range(num_convs):
-        length = (length - KERNEL) // STRIDE + 1
+        length = (length + 2 * padding - KERNEL) // STRIDE + 1
         length = length.clamp(min=0) if isinstance(length, torch.Tensor) else max(length, 0)
     return length
 
@@ -27,37 +33,52 @@ def conv_out_length(length: torch.Tensor | int, num_convs: int) -> torch.Tensor 
 class Conv2dSubsampling(nn.Module):
     """(B, T, F) features -> (B, T', D) with T' = conv_out_length(T), factor 4 or 8."""
 
-    def __init__(self, feat_dim: int, d_model: int, channels: int, factor: int = 4) -> None:
+    def __init__(
+        self, feat_dim: int, d_model: int, channels: int, factor: int = 4, padding: int = 0
+    ) -> None:
         super().__init__()
         if factor not in (4, 8):
             raise ValueError(f"subsampling factor must be 4 or 8, got {factor}")
         self.num_convs = {4: 2, 8: 3}[factor]
+        self.padding = padding
         layers: list[nn.Module] = []
         in_channels, freq = 1, feat_dim
         for _ in range(self.num_convs):
-            layers += [nn.Conv2d(in_channels, channels, KERNEL, STRIDE), nn.ReLU()]
-            in_channels, freq = channels, conv_out_length(freq, 1)
+            layers += [nn.Conv2d(in_channels, channels, KERNEL, STRIDE, padding), nn.ReLU()]
+            in_channels, freq = channels, conv_out_length(freq, 1, padding)
         if freq < 1:
             raise ValueError(f"feat_dim={feat_dim} is too small for {factor}x subsampling")
         self.conv = nn.Sequential(*layers)
         self.out = nn.Linear(channels * freq, d_model)
 
     def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
-        return conv_out_length(feat_lengths, self.num_convs)
+        return conv_out_length(feat_lengths, self.num_convs, self.padding)
+
+    def _mask(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """With padding: x (B, C, T, F) with frames t >= lengths[b] zeroed (no-op without)."""
+        if not self.padding:
+            return x
+        keep = torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]  # (B, T)
+        return x * keep[:, None, :, None].to(x.dtype)
 
     def forward(
         self, feats: torch.Tensor, feat_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, F), feat_lengths (B,) -> (x (B, T', D), out_lengths (B,))."""
+        lengths = feat_lengths
         if exporting():  # plain NCHW convolutions: an ONNX graph has no channels-last views, and
             # the permutes below would become copies of the largest tensors of the encoder
-            x = self.conv(feats.unsqueeze(1))  # (B, C, T', F')
-            b, c, t, f = x.shape
+            x = feats.unsqueeze(1)  # (B, 1, T, F)
+            for conv in self.conv[::2]:
+                x = torch.relu(conv(self._mask(x, lengths)))
+                lengths = conv_out_length(lengths, 1, self.padding)
+            b, c, t, f = x.shape  # (B, C, T', F')
             x = self.out(x.transpose(1, 2).reshape(b, t, c * f))  # (C, F') order: out's own
-            return x, self.output_lengths(feat_lengths)
-        x = self._first_conv(feats)  # (B, C, T1, F1), channels-last memory
+            return x, lengths
+        x = self._first_conv(self._mask(feats.unsqueeze(1), lengths).squeeze(1))  # (B, C, T1, F1)
         for conv in self.conv[2::2]:  # the later convs, on channels-last input (oneDNN NHWC)
-            x = torch.relu(conv(x))  # (B, C, T', F')
+            lengths = conv_out_length(lengths, 1, self.padding)
+            x = torch.relu(conv(self._mask(x, lengths)))  # (B, C, T', F')
         b, c, t, f = x.shape
         # Channels-last memory is (B, T', F', C): flatten (F', C) as it lies, and order the
         # projection's input features the same way, instead of copying x to (B, T', C, F').
@@ -73,6 +94,9 @@ class Conv2dSubsampling(nn.Module):
         the channels-last layout the next conv wants.
         """
         conv = self.conv[0]
+        if self.padding:
+            p = self.padding
+            feats = F.pad(feats, (p, p, p, p))  # (B, T + 2p, F + 2p)
         b = feats.shape[0]
         patches = feats.unfold(1, KERNEL, STRIDE).unfold(2, KERNEL, STRIDE)  # (B, T1, F1, 3, 3)
         t1, f1 = patches.shape[1], patches.shape[2]

@@ -76,6 +76,10 @@ class AsrSystem(L.LightningModule):
         self.frontend = LogMelFeatures(config.features)
         self.spec_augment = SpecAugment.from_config(config.augment)
         self.model = CtcModel(config.encoder_config(), tokenizer.vocab_size)
+        frozen = config.optim.freeze_blocks
+        if frozen:  # fine-tuning: the subsampling and the first blocks keep their weights
+            for module in (self.model.encoder.subsampling, *self.model.encoder.blocks[:frozen]):
+                module.requires_grad_(False)
         # The relative-position table grows to the longest input a process has seen: a cache,
         # not state, whose shape differs between DDP ranks; DDP must not broadcast it.
         self._ddp_params_and_buffers_to_ignore = [
@@ -211,14 +215,21 @@ class AsrSystem(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o = self.config.optim
-        decay, no_decay = [], []
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
+            if not param.requires_grad:  # frozen blocks (optim.freeze_blocks)
+                continue
             # Biases, norms and the attention biases u, v are not decayed.
-            (no_decay if param.ndim < 2 or "pos_bias" in name else decay).append(param)
+            decayed = param.ndim >= 2 and "pos_bias" not in name
+            groups.setdefault((name.startswith("encoder."), decayed), []).append(param)
         optimizer = torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": o.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
+                {
+                    "params": params,
+                    "weight_decay": o.weight_decay if decayed else 0.0,
+                    "lr": o.lr * (o.encoder_lr_scale if encoder else 1.0),
+                }
+                for (encoder, decayed), params in sorted(groups.items())
             ],
             lr=o.lr,
             betas=o.betas,

@@ -25,9 +25,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ti
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from asr.audio import LogMelFeatures, compute_global_stats, load_audio
-from asr.checkpoint import load_bundle, partial_files, safe_torch_load, save_bundle
+from asr.checkpoint import partial_files, safe_torch_load, save_bundle
 from asr.config import TrainConfig, from_dict, save_config
 from asr.data.manifest import read_manifest
+from asr.interop.sources import open_bundle
 from asr.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_dict, train_tokenizer
 from asr.training.checkpoint_io import lightning_checkpoint_io
 from asr.training.datamodule import AsrDataModule
@@ -49,7 +50,7 @@ def prepare_tokenizer(config: TrainConfig, exp_dir: Path) -> Tokenizer:
     elif saved.is_file():
         tokenizer = load_tokenizer(saved)
     elif config.init_from:
-        tokenizer = load_bundle(config.init_from).tokenizer
+        tokenizer = open_bundle(config.init_from).tokenizer
     else:
         if not config.data.train_manifest:
             raise ValueError("set data.train_manifest or tokenizer.path to get a tokenizer")
@@ -88,7 +89,7 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     encoder is copied whole and the head (and self-conditioning projection) row by row for the
     pieces both tokenizers have (the blank, and e.g. the letters of two character sets).
     """
-    bundle = load_bundle(path)
+    bundle = open_bundle(path)
     mine, theirs = system.model.config, bundle.model.config
     # Fields that change no weight and no computation at inference may differ: dropout, and how
     # training draws chunks. A causal convolution has the same weights as a centred one, so an

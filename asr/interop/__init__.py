@@ -1,0 +1,1 @@
+"""Interoperability: models from other toolkits and the Hugging Face Hub."""

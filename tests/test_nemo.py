@@ -1,0 +1,244 @@
+"""`asr import-nemo` against NVIDIA NeMo's own outputs, bad archives, and fine-tuning.
+
+tests/fixtures/nemo was made by bench/nemo_parity.py with NeMo installed (see its README):
+a tiny NeMo Conformer-CTC with random weights, two real LibriSpeech utterances, and NeMo's
+features, log-probs and greedy transcripts for them. NeMo itself is not needed here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from asr.audio import load_audio
+from asr.checkpoint import load_bundle
+from asr.cli import main
+from asr.config import load_config
+from asr.inference.decoding import greedy_decode
+from asr.interop.nemo import NemoImportError, import_nemo
+from asr.interop.sources import open_bundle
+from asr.model import ctc_loss
+from asr.training.train import train
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nemo"
+NEMO = FIXTURE / "tiny.nemo"
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict:
+    return torch.load(FIXTURE / "tiny.nemo-outputs.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return import_nemo(NEMO)
+
+
+def run_model(bundle, utt: str):
+    wave = load_audio(FIXTURE / f"{utt}.flac", 16000)[None]
+    with torch.inference_mode():
+        feats, feat_len = bundle.frontend(wave, torch.tensor([wave.shape[1]]))
+        log_probs, out_len = bundle.model(feats, feat_len)
+    return feats[0], log_probs[0], out_len
+
+
+def test_features_log_probs_and_transcripts_match_nemo(bundle, expected):
+    assert len(expected) == 2
+    for utt, theirs in expected.items():
+        feats, log_probs, out_len = run_model(bundle, utt)
+        assert feats.shape == theirs["feats"].shape
+        torch.testing.assert_close(feats, theirs["feats"], rtol=0, atol=1e-4)
+        # NeMo's blank is its last output, ours the first
+        nemo_order = torch.cat([log_probs[:, 1:], log_probs[:, :1]], dim=1)
+        torch.testing.assert_close(nemo_order, theirs["log_probs"], rtol=0, atol=1e-4)
+        text = bundle.tokenizer.decode(greedy_decode(log_probs[None], out_len)[0])
+        assert text == theirs["text"] and text  # random weights: NeMo's garbage, exactly
+
+
+def test_the_cli_writes_a_bundle_that_transcribes_like_nemo(tmp_path, expected, capsys):
+    out, config = tmp_path / "model.pt", tmp_path / "finetune.yaml"
+    assert main(["import-nemo", str(NEMO), "--output", str(out),
+                 "--train-config", str(config)]) == 0  # fmt: skip
+    assert "EncDecCTCModelBPE" in capsys.readouterr().err
+    loaded = load_bundle(out)
+    assert loaded.info["source"] == "nemo"
+    cfg = loaded.model.config
+    assert (cfg.subsampling_padding, cfg.xscaling, cfg.shared_pos_bias) == (1, True, False)
+    assert loaded.frontend.config.normalize == "per_feature" and loaded.frontend.config.center
+    utt = sorted(expected)[0]
+    assert main(["transcribe", "--model", str(out), str(FIXTURE / f"{utt}.flac")]) == 0
+    assert capsys.readouterr().out.strip().endswith(expected[utt]["text"])
+    written = yaml.safe_load(config.read_text())
+    assert written["init_from"] == str(out) and written["encoder"]["xscaling"] is True
+    assert load_config(config).encoder_config() == cfg  # the config describes the model
+
+
+def test_the_tokenizer_keeps_nemo_ids_one_up(bundle):
+    import sentencepiece as spm
+
+    with tarfile.open(NEMO) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("tokenizer.model"))
+        sp = spm.SentencePieceProcessor(model_proto=tar.extractfile(member).read())
+    assert bundle.tokenizer.vocab_size == sp.get_piece_size() + 1
+    text = "the quick brown fox jumps over a lazy dog"
+    assert bundle.tokenizer.encode(text) == [i + 1 for i in sp.encode(text)]
+    assert bundle.tokenizer.decode([i + 1 for i in sp.encode(text)]) == text
+
+
+def rewrite(tmp_path: Path, change, name: str = "bad.nemo") -> Path:
+    """A copy of the fixture with its members passed through change(name, bytes)."""
+    out = tmp_path / name
+    with tarfile.open(NEMO) as src, tarfile.open(out, "w") as dst:
+        for member in (m for m in src.getmembers() if m.isfile()):
+            data = src.extractfile(member).read()
+            for new_name, new_data in change(member.name, data):
+                info = tarfile.TarInfo(new_name)
+                info.size = len(new_data)
+                dst.addfile(info, io.BytesIO(new_data))
+    return out
+
+
+def with_config(edit):
+    def change(name, data):
+        if name.endswith("model_config.yaml"):
+            cfg = yaml.safe_load(data)
+            edit(cfg)
+            data = yaml.safe_dump(cfg).encode()
+        return [(name, data)]
+
+    return change
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda n, d: [(n, d), ("../../escape.txt", b"x")], r"refused member '\.\./\.\./escape"),
+        (
+            lambda n, d: [(n, pickle.dumps({"w": RunsCode()}) if n.endswith(".ckpt") else d)],
+            r"refusing to load .*pickled code",
+        ),
+        (
+            with_config(lambda c: c["encoder"].update(subsampling="dw_striding")),
+            r"unsupported subsampling 'dw_striding'.*FastConformer",
+        ),
+        (
+            with_config(
+                lambda c: c.update(target="nemo.collections.asr.models.EncDecHybridRNNTCTCBPEModel")
+            ),
+            r"unsupported NeMo model EncDecHybridRNNTCTCBPEModel \(a hybrid",
+        ),
+        (
+            with_config(lambda c: c["encoder"].update(att_context_size=[70, 13])),
+            r"unsupported att_context_size",
+        ),
+        (
+            with_config(lambda c: c["preprocessor"].update(normalize="all_features")),
+            r"unsupported feature normalization 'all_features'",
+        ),
+    ],
+    ids=["path-escape", "pickle-code", "fastconformer", "hybrid", "limited-context", "norm"],
+)
+def test_bad_archives_fail_with_one_line_and_write_nothing(tmp_path, capsys, change, message):
+    bad = rewrite(tmp_path, change)
+    out = tmp_path / "model.pt"
+    with pytest.raises(NemoImportError, match=message):
+        import_nemo(bad, out)
+    assert main(["import-nemo", str(bad), "--output", str(out)]) == 2
+    err = capsys.readouterr()
+    assert "this must never run" not in err.out + err.err
+    assert err.err.count("\n") == 1 and err.err.startswith("asr: error: ")
+    assert not out.exists() and not (tmp_path / "escape.txt").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_truncated_or_foreign_file_is_named(tmp_path, capsys):
+    truncated = tmp_path / "cut.nemo"
+    truncated.write_bytes(NEMO.read_bytes()[: NEMO.stat().st_size // 2])
+    for path, message in [(truncated, "not a readable .nemo archive"),
+                          (FIXTURE / "manifest.jsonl", "not a readable .nemo archive"),
+                          (tmp_path / "missing.nemo", "not found")]:  # fmt: skip
+        assert main(["import-nemo", str(path), "--output", str(tmp_path / "m.pt")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(path.name) in err and err.count("\n") == 1
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_nemo_file_is_imported_on_load(expected):
+    utt = sorted(expected)[0]
+    _, log_probs, _ = run_model(open_bundle(NEMO), utt)
+    nemo_order = torch.cat([log_probs[:, 1:], log_probs[:, :1]], dim=1)
+    torch.testing.assert_close(nemo_order, expected[utt]["log_probs"], rtol=0, atol=1e-4)
+
+
+def finetune_overrides(tmp_path: Path, model: Path, folder: str, steps: int, *extra: str):
+    manifest = FIXTURE / "manifest.jsonl"
+    return [
+        f"exp_dir={tmp_path / folder}", f"init_from={model}", f"trainer.max_steps={steps}",
+        f"data.train_manifest={manifest}", f"data.val_manifest={manifest}",
+        "data.num_workers=0", "data.max_batch_seconds=10", "trainer.val_every_n_steps=2",
+        "trainer.progress_bar=false", "optim.freeze_blocks=1", "optim.encoder_lr_scale=0.5",
+        "augment.freq_masks=0", "augment.time_masks=0", "augment.speed_factors=[1.0]",
+        *extra,
+    ]  # fmt: skip
+
+
+def utterance_loss(bundle) -> float:
+    """Mean CTC loss of the fixture's utterances under `bundle` (eval mode)."""
+    losses = []
+    for line in (FIXTURE / "manifest.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        wave = load_audio(FIXTURE / row["audio"], 16000)[None]
+        with torch.inference_mode():
+            feats, feat_len = bundle.frontend(wave, torch.tensor([wave.shape[1]]))
+            log_probs, out_len = bundle.model(feats, feat_len)
+        tokens = torch.tensor([bundle.tokenizer.encode(row["text"])])
+        losses.append(float(ctc_loss(log_probs, out_len, tokens, torch.tensor([tokens.shape[1]]))))
+    return sum(losses) / len(losses)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("imported")
+    model, config = folder / "model.pt", folder / "ft.yaml"
+    assert main(["import-nemo", str(NEMO), "--output", str(model),
+                 "--train-config", str(config)]) == 0  # fmt: skip
+    return model, config
+
+
+def test_fine_tuning_the_imported_model_lowers_its_loss(tmp_path, imported):
+    model, config = imported
+    fast = ("optim.warmup_steps=0", "optim.lr=3e-3")
+    tuned = train(load_config(config, finetune_overrides(tmp_path, model, "a", 4, *fast)))
+    before, after = load_bundle(model), load_bundle(tuned)
+    assert utterance_loss(after) < utterance_loss(before)
+    assert after.tokenizer.to_dict() == before.tokenizer.to_dict()
+    old, new = before.model.state_dict(), after.model.state_dict()
+    for key in old:  # the subsampling and block 0 are frozen, the rest learned
+        if key.startswith(("encoder.subsampling.", "encoder.blocks.0.")) and "running" not in key:
+            torch.testing.assert_close(new[key], old[key], rtol=0, atol=0, msg=key)
+    assert not torch.equal(new["encoder.blocks.1.ff1.net.1.weight"],
+                           old["encoder.blocks.1.ff1.net.1.weight"])  # fmt: skip
+
+
+def test_fine_tuning_the_imported_model_resumes_exactly(tmp_path, imported):
+    # 2 batches an epoch: the interrupted run stops at an epoch's end, the hardest resume point
+    model, config = imported
+    for folder, steps in [("a", 4), ("b", 2), ("b", 4)]:  # b resumes from its last.ckpt
+        train(load_config(config, finetune_overrides(tmp_path, model, folder, steps)))
+    a = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 4
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
