@@ -14,9 +14,10 @@ from asr.model import CtcModel
 from asr.modules.conformer import ConformerEncoder
 
 if TYPE_CHECKING:
+    from asr.checkpoint import ModelBundle
     from asr.inference.transcribe import Transcriber
 
-__all__ = ["ConformerEncoder", "CtcModel", "EncoderConfig", "load_model"]
+__all__ = ["ConformerEncoder", "CtcModel", "EncoderConfig", "import_nemo", "load_model"]
 __version__ = "0.1.0"
 
 
@@ -25,3 +26,11 @@ def load_model(path: str, device: str = "cpu") -> Transcriber:
     from asr.inference.transcribe import load_model as _load
 
     return _load(path, device=device)
+
+
+def import_nemo(path: str, output: str | None = None) -> ModelBundle:
+    """An NVIDIA NeMo Conformer-CTC `.nemo` file as a model bundle, written to `output` (a
+    `model.pt`) when given: see `asr.interop.nemo`."""
+    from asr.interop.nemo import import_nemo as _import
+
+    return _import(path, output)

@@ -16,7 +16,6 @@ import re
 import socket
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from asr.checkpoint import PRETRAINED_DIR, BundleError, load_bundle, save_bundle
 from asr.cli import main
 from asr.config import EncoderConfig, FeatureConfig
 from asr.interop.hf_hub import TRAINING_KEYS, model_card, parse_hf, push_to_hub, resolve_hf
+from asr.interop.nemo import import_nemo
 from asr.interop.sources import open_bundle
 from asr.model import CtcModel
 from asr.tokenizer import CharTokenizer
@@ -204,20 +204,18 @@ def test_a_repo_without_a_model_is_refused_listing_its_files(hub_cache):
         resolve_hf("hf://acme/two")
 
 
-def test_a_nemo_file_from_the_hub_or_disk_is_imported_on_load(hub_cache, tmp_path, monkeypatch):
-    # The importer itself (asr.interop.nemo) is tested on its own: here a stand-in records
-    # which file it is given, so only the choice of file and the dispatch are under test.
-    snapshot = cache_repo(hub_cache, "nvidia/stt_tiny", {"stt_tiny.nemo": b"x", "README.md": b""})
-    local = tmp_path / "local.nemo"
-    local.write_bytes(b"x")
-    given = []
-    stand_in = types.ModuleType("asr.interop.nemo")
-    stand_in.import_nemo = lambda path: given.append(Path(path)) or load_bundle(DEMO)
-    monkeypatch.setitem(sys.modules, "asr.interop.nemo", stand_in)
+def test_a_nemo_file_from_the_hub_or_disk_is_imported_on_load(hub_cache, tmp_path):
+    # The real importer on the NeMo-made fixture (tests/fixtures/nemo): from a Hub repo that
+    # holds only a .nemo (as nvidia/stt_* do) and from disk, the same weights as importing it.
+    fixture = Path(__file__).resolve().parent / "fixtures" / "nemo" / "tiny.nemo"
+    data = fixture.read_bytes()
+    snapshot = cache_repo(hub_cache, "nvidia/stt_tiny", {"stt_tiny.nemo": data, "README.md": b""})
     assert resolve_hf("hf://nvidia/stt_tiny") == snapshot / "stt_tiny.nemo"
-    assert open_bundle("hf://nvidia/stt_tiny").info == load_bundle(DEMO).info
-    assert asr.load_model(str(local)).bundle.info == load_bundle(DEMO).info
-    assert given == [snapshot / "stt_tiny.nemo", local]
+    expected = import_nemo(fixture).model.state_dict()
+    for loaded in (open_bundle("hf://nvidia/stt_tiny"), asr.load_model(str(fixture)).bundle):
+        assert loaded.info["source"] == "nemo"
+        for key, value in expected.items():
+            assert torch.equal(loaded.model.state_dict()[key], value), key
 
 
 def card_parts(card: str) -> tuple[dict, dict[str, str]]:

@@ -65,6 +65,7 @@ FIELD_CHANGES = {
     "style_tokens": True, "num_style_tokens": 4, "style_token_heads": 2,
     "inter_ctc_layers": (1,), "self_conditioning": True,
     "causal_conv": True, "dynamic_chunk_training": True, "max_chunk_frames": 2,
+    "subsampling_padding": 1, "xscaling": True, "shared_pos_bias": True,
 }  # fmt: skip
 
 

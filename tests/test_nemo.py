@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+import asr
 from asr.audio import load_audio
 from asr.checkpoint import load_bundle
 from asr.cli import main
@@ -175,11 +176,13 @@ def test_a_truncated_or_foreign_file_is_named(tmp_path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_a_nemo_file_is_imported_on_load(expected):
+def test_a_nemo_file_is_imported_on_load_and_by_the_public_function(tmp_path, expected):
     utt = sorted(expected)[0]
-    _, log_probs, _ = run_model(open_bundle(NEMO), utt)
-    nemo_order = torch.cat([log_probs[:, 1:], log_probs[:, :1]], dim=1)
-    torch.testing.assert_close(nemo_order, expected[utt]["log_probs"], rtol=0, atol=1e-4)
+    out = tmp_path / "model.pt"
+    for bundle in (open_bundle(NEMO), asr.import_nemo(str(NEMO), str(out)), load_bundle(out)):
+        _, log_probs, _ = run_model(bundle, utt)
+        nemo_order = torch.cat([log_probs[:, 1:], log_probs[:, :1]], dim=1)
+        torch.testing.assert_close(nemo_order, expected[utt]["log_probs"], rtol=0, atol=1e-4)
 
 
 def finetune_overrides(tmp_path: Path, model: Path, folder: str, steps: int, *extra: str):
@@ -242,3 +245,21 @@ def test_fine_tuning_the_imported_model_resumes_exactly(tmp_path, imported):
     assert a["global_step"] == b["global_step"] == 4
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_the_imported_model_exports_to_onnx_with_its_own_front_end(tmp_path, expected, imported):
+    pytest.importorskip("onnxruntime")
+    model, _ = imported
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "--model", str(model), "--format", "onnx",
+                 "--output", str(onnx_path)]) == 0  # fmt: skip
+    onnx_bundle = asr.load_model(str(onnx_path)).bundle
+    for name, value in load_bundle(model).frontend.state_dict().items():  # window, filterbank
+        assert torch.equal(onnx_bundle.frontend.state_dict()[name], value), name
+    for utt, theirs in expected.items():
+        wave = load_audio(FIXTURE / f"{utt}.flac", 16000)[None]
+        feats, feat_len = onnx_bundle.frontend(wave, torch.tensor([wave.shape[1]]))
+        log_probs, out_len = onnx_bundle.model(feats, feat_len)
+        valid = log_probs[0, : int(out_len[0])]
+        nemo_order = torch.cat([valid[:, 1:], valid[:, :1]], dim=1)
+        torch.testing.assert_close(nemo_order, theirs["log_probs"], rtol=0, atol=1e-4)

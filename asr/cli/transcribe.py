@@ -42,8 +42,9 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR",
                         help="audio files, or folders searched for audio files")  # fmt: skip
     parser.add_argument("--model", required=True,
-                        help="model bundle (model.pt), a shipped model's name, or an exported "
-                        ".onnx file (run by ONNX Runtime: pip install 'asr[onnx]')")  # fmt: skip
+                        help="model bundle (model.pt), a shipped model's name, a NeMo .nemo "
+                        "file (imported on load), hf://OWNER/REPO on the Hugging Face Hub, or "
+                        "an exported .onnx file (run by ONNX Runtime: pip install 'asr[onnx]')")  # fmt: skip
     parser.add_argument("--output-dir", type=Path,
                         help="write <stem>.<format> per input here (sub-folders kept)")  # fmt: skip
     parser.add_argument("--format", nargs="+", default=["txt"], metavar="FORMAT",
