@@ -40,13 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_json
 
 MODEL = "demo-synthetic-char"
-SENTENCES = [
-    "the old man walked slowly along the river",
-    "she found a small green box under the table",
-    "we will meet at the station after lunch",
-    "the children played in the garden until dark",
-    "a cold wind came down from the hills",
-]
 
 
 def make_audio(path: Path, seconds: float = 10.0) -> float:
@@ -54,14 +47,9 @@ def make_audio(path: Path, seconds: float = 10.0) -> float:
     import torch
     import torchaudio
 
-    from asr.corpora.espeak import ESPEAK_SAMPLE_RATE, Speech, find_synthesizer
+    from asr.corpora.espeak import ESPEAK_SAMPLE_RATE, PROBE_SENTENCES, speak
 
-    synthesizer = find_synthesizer().open()
-    pieces = []
-    for i, text in enumerate(SENTENCES):
-        pcm = synthesizer.synthesize(Speech("en-us", text, 160, 50, 50, i))
-        pieces += [pcm.astype(np.float32) / 32768, np.zeros(ESPEAK_SAMPLE_RATE // 3, np.float32)]
-    wave = torch.from_numpy(np.concatenate(pieces))
+    wave = torch.from_numpy(speak(PROBE_SENTENCES[:5], pause_seconds=1 / 3))
     wave = torchaudio.functional.resample(wave, ESPEAK_SAMPLE_RATE, 16000).numpy()
     wave = np.resize(wave, round(seconds * 16000))
     sf.write(path, wave, 16000, subtype="PCM_16")

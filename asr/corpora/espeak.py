@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +152,33 @@ class _Program:
 
     def version(self) -> str:
         return subprocess.run([self.path, "--version"], capture_output=True, text=True).stdout
+
+
+# Fixed sentences for listening to a model on eSpeak NG speech (the serving tests and load
+# benchmark): written for it, not drawn from the demo corpus's grammar.
+PROBE_SENTENCES = (
+    "the old man walked slowly along the river",
+    "she found a small green box under the table",
+    "we will meet at the station after lunch",
+    "the children played in the garden until dark",
+    "a cold wind came down from the hills",
+    "he wrote a long letter to his brother",
+    "the market was busy on saturday morning",
+    "please close the window before you leave",
+)
+
+
+def speak(texts: Iterable[str], pause_seconds: float = 0.4) -> np.ndarray:
+    """eSpeak NG saying `texts` one after another (en-us at 160 words a minute, the i-th text in
+    voice variant i), each followed by `pause_seconds` of silence: float32 in [-1, 1) at
+    `ESPEAK_SAMPLE_RATE`. RuntimeError when no synthesizer works here."""
+    synthesizer = find_synthesizer().open()
+    silence = np.zeros(round(pause_seconds * ESPEAK_SAMPLE_RATE), np.float32)
+    pieces = []
+    for i, text in enumerate(texts):
+        pcm = synthesizer.synthesize(Speech("en-us", text, 160, 50, 50, i))
+        pieces += [pcm.astype(np.float32) / 32768, silence]
+    return np.concatenate(pieces)
 
 
 def find_synthesizer() -> Synthesizer:

@@ -31,6 +31,7 @@ import math
 import pickle
 import re
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ def read_nemo(path: Path) -> dict[str, bytes]:
                     members[name] = data.read() if data is not None else b""
     except UnsafeArchiveError as err:
         raise NemoImportError(str(err)) from None
-    except (tarfile.TarError, EOFError, OSError, zlib_error()) as err:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise NemoImportError(
             f"{path} is not a readable .nemo archive (truncated or not a tar): {err}"
         ) from None
@@ -131,12 +132,6 @@ def read_nemo(path: Path) -> dict[str, bytes]:
         if required not in members:
             raise NemoImportError(f"{path} is not a NeMo model: it has no {required}")
     return members
-
-
-def zlib_error() -> type[Exception]:
-    import zlib
-
-    return zlib.error
 
 
 def _model_kind(name: str) -> str:
