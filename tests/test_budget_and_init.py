@@ -169,3 +169,28 @@ def test_the_an4_config_fine_tunes_the_shipped_model():
     for key, value in system.model.state_dict().items():
         if key.startswith("encoder."):
             torch.testing.assert_close(value, source[key], rtol=0, atol=0, msg=key)
+
+
+def test_init_from_can_add_style_tokens_that_start_silent_and_then_learn(corpus, pretrained):
+    config = load_config(TINY, ["encoder.style_tokens=true", f"init_from={pretrained}"])
+    bundle = load_bundle(pretrained)
+    system = train_module.AsrSystem(config, bundle.tokenizer)
+    assert train_module.initialize_from(system, pretrained) == []
+    model, reference = system.model.eval(), bundle.model.eval()
+    torch.manual_seed(0)
+    feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 77])
+    with torch.no_grad():
+        out, out_lengths = model(feats, lengths)
+        expected, expected_lengths = reference(feats, lengths)
+    assert torch.equal(out_lengths, expected_lengths)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)  # the new layer adds 0
+    # ... but it is trainable: the zeroed value projection gets a gradient
+    model.train()
+    out, _ = model(feats, lengths)
+    out.logsumexp(-1).sum().backward()
+    value = model.encoder.style.attention.value.weight
+    assert value.grad is not None and value.grad.abs().sum() > 0
+    # only style tokens may be added; other shape changes are still refused
+    other = load_config(TINY, ["encoder.style_tokens=true", "encoder.num_heads=1"])
+    with pytest.raises(ValueError, match="encoder.num_heads"):
+        train_module.initialize_from(train_module.AsrSystem(other, bundle.tokenizer), pretrained)

@@ -77,6 +77,8 @@ def estimate_global_stats(config: TrainConfig, frontend: LogMelFeatures) -> None
 # Parameters indexed by token: (name, dimension of the token index). With another tokenizer
 # the rows of the pieces both vocabularies share are copied; the others keep their fresh init.
 VOCAB_PARAMETERS = (("head.weight", 0), ("head.bias", 0), ("condition.weight", 1))
+# Encoder fields of the global-style-token layer, which fine-tuning may add to a bundle.
+STYLE_FIELDS = ("style_tokens", "num_style_tokens", "style_token_heads")
 
 
 def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
@@ -88,6 +90,10 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     load. With another tokenizer the
     encoder is copied whole and the head (and self-conditioning projection) row by row for the
     pieces both tokenizers have (the blank, and e.g. the letters of two character sets).
+
+    One layer may be added: global style tokens (`encoder.style_tokens`) on a bundle trained
+    without them. The new layer starts fresh with its value projection zeroed, so its embedding
+    is 0 and the model computes exactly what the bundle did until training moves it.
     """
     bundle = open_bundle(path)
     mine, theirs = system.model.config, bundle.model.config
@@ -95,6 +101,9 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     # training draws chunks. A causal convolution has the same weights as a centred one, so an
     # offline model can be fine-tuned into a streaming one (causal_conv + dynamic chunks).
     free = {"causal_conv", "dynamic_chunk_training", "max_chunk_frames"}
+    adding_style = mine.style_tokens and not theirs.style_tokens
+    if adding_style:
+        free |= set(STYLE_FIELDS)
     shape_fields = [f.name for f in dataclasses.fields(mine)
                     if "dropout" not in f.name and f.name not in free]  # fmt: skip
     differ = [f"encoder.{n}: {getattr(theirs, n)!r} in the bundle, {getattr(mine, n)!r} here"
@@ -106,6 +115,10 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     if differ:
         raise ValueError(f"init_from {path}: the model does not match the config: {differ[0]}")
     state = bundle.model.state_dict()
+    if adding_style:
+        fresh = {k: v for k, v in system.model.state_dict().items() if k.startswith("encoder.style.")}
+        fresh["encoder.style.attention.value.weight"].zero_()
+        state.update(fresh)
     if bundle.tokenizer.to_dict() == system.tokenizer.to_dict():
         system.model.load_state_dict(state)
         return []
