@@ -116,7 +116,9 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
         raise ValueError(f"init_from {path}: the model does not match the config: {differ[0]}")
     state = bundle.model.state_dict()
     if adding_style:
-        fresh = {k: v for k, v in system.model.state_dict().items() if k.startswith("encoder.style.")}
+        fresh = {
+            k: v for k, v in system.model.state_dict().items() if k.startswith("encoder.style.")
+        }
         fresh["encoder.style.attention.value.weight"].zero_()
         state.update(fresh)
     if bundle.tokenizer.to_dict() == system.tokenizer.to_dict():
