@@ -194,3 +194,21 @@ def test_init_from_can_add_style_tokens_that_start_silent_and_then_learn(corpus,
     other = load_config(TINY, ["encoder.style_tokens=true", "encoder.num_heads=1"])
     with pytest.raises(ValueError, match="encoder.num_heads"):
         train_module.initialize_from(train_module.AsrSystem(other, bundle.tokenizer), pretrained)
+
+
+def test_init_from_may_change_the_normalization_but_not_the_features(pretrained):
+    bundle = load_bundle(pretrained)
+    assert bundle.frontend.config.normalize == "utterance"
+    # global or per-utterance statistics: features of the same scale, the weights carry over
+    for normalize in ("global", "per_feature"):
+        config = load_config(TINY, [f"features.normalize={normalize}"])
+        system = train_module.AsrSystem(config, bundle.tokenizer)
+        assert train_module.initialize_from(system, pretrained) == []
+        for key, value in bundle.model.state_dict().items():
+            assert torch.equal(system.model.state_dict()[key], value), key
+    # un-normalized log-mels, or other features, are refused with the field named
+    for change in ("features.normalize=none", "features.hop_ms=20.0"):
+        config = load_config(TINY, [change])
+        system = train_module.AsrSystem(config, bundle.tokenizer)
+        with pytest.raises(ValueError, match=r"init_from .*features: .* in the bundle"):
+            train_module.initialize_from(system, pretrained)
