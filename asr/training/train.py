@@ -97,9 +97,10 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
 
     The encoder configuration (but dropout and the streaming fields) and the front end (but
     the choice between global and per-utterance normalization, `same_front_end`) must match the
-    bundle's: a difference is a ValueError naming the field, never a silently partial load. With another tokenizer the
-    encoder is copied whole and the head (and self-conditioning projection) row by row for the
-    pieces both tokenizers have (the blank, and e.g. the letters of two character sets).
+    bundle's: a difference is a ValueError naming the field, never a silently partial load.
+    With another tokenizer the encoder is copied whole and the head (and self-conditioning
+    projection) row by row for the pieces both tokenizers have (the blank, and e.g. the letters
+    of two character sets).
 
     One layer may be added: global style tokens (`encoder.style_tokens`) on a bundle trained
     without them. The new layer starts fresh with its value projection zeroed, so its embedding
