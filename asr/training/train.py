@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from asr.audio import LogMelFeatures, compute_global_stats, load_audio
 from asr.checkpoint import partial_files, safe_torch_load, save_bundle
-from asr.config import FeatureConfig, TrainConfig, from_dict, save_config
+from asr.config import TrainConfig, from_dict, save_config
 from asr.data.manifest import read_manifest
 from asr.interop.sources import open_bundle
 from asr.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_dict, train_tokenizer
@@ -81,23 +81,21 @@ VOCAB_PARAMETERS = (("head.weight", 0), ("head.bias", 0), ("condition.weight", 1
 STYLE_FIELDS = ("style_tokens", "num_style_tokens", "style_token_heads")
 
 
-def same_front_end(mine: FeatureConfig, theirs: FeatureConfig) -> bool:
-    """Whether a model trained on `theirs` features can be fine-tuned on `mine`: the same
-    features, up to how they are normalized, as long as both normalize (to zero mean and unit
-    variance per band: per utterance, or with the training set's statistics); un-normalized
-    log-mels have another scale."""
-    if (mine.normalize == "none") != (theirs.normalize == "none"):
-        return False
-    return dataclasses.replace(mine, normalize=theirs.normalize) == theirs
+def field_differences(section: str, mine: Any, theirs: Any, skip: set[str]) -> list[str]:
+    """`section.field: bundle's value in the bundle, this value here` for each field of two
+    config dataclasses that differs, but those in `skip`."""
+    return [f"{section}.{f.name}: {getattr(theirs, f.name)!r} in the bundle, "
+            f"{getattr(mine, f.name)!r} here" for f in dataclasses.fields(mine)
+            if f.name not in skip and getattr(mine, f.name) != getattr(theirs, f.name)]  # fmt: skip
 
 
 def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     """Copy a bundle's model weights into `system` before training; returns the pieces of the
     system's tokenizer that the bundle's tokenizer lacks (their CTC head rows start fresh).
 
-    The encoder configuration (but dropout and the streaming fields) and the front end (but
-    the choice between global and per-utterance normalization, `same_front_end`) must match the
-    bundle's: a difference is a ValueError naming the field, never a silently partial load.
+    The encoder configuration (but dropout and the streaming fields) and the front end (but the
+    choice between global and per-utterance normalization) must match the bundle's: a
+    difference is a ValueError naming the field, never a silently partial load.
     With another tokenizer the encoder is copied whole and the head (and self-conditioning
     projection) row by row for the pieces both tokenizers have (the blank, and e.g. the letters
     of two character sets).
@@ -115,14 +113,16 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     adding_style = mine.style_tokens and not theirs.style_tokens
     if adding_style:
         free |= set(STYLE_FIELDS)
-    shape_fields = [f.name for f in dataclasses.fields(mine)
-                    if "dropout" not in f.name and f.name not in free]  # fmt: skip
-    differ = [f"encoder.{n}: {getattr(theirs, n)!r} in the bundle, {getattr(mine, n)!r} here"
-              for n in shape_fields if getattr(mine, n) != getattr(theirs, n)]  # fmt: skip
-    if not same_front_end(system.frontend.config, bundle.frontend.config):
-        differ += [
-            f"features: {bundle.frontend.config} in the bundle, {system.frontend.config} here"
-        ]
+    free |= {f.name for f in dataclasses.fields(mine) if "dropout" in f.name}
+    differ = field_differences("encoder", mine, theirs, free)
+    # The front end may normalize otherwise, as long as both normalize: per utterance or with
+    # the training set's statistics, the bands have zero mean and unit variance; raw log-mels
+    # have another scale.
+    features, their_features = system.frontend.config, bundle.frontend.config
+    normalized = features.normalize != "none" and their_features.normalize != "none"
+    differ += field_differences(
+        "features", features, their_features, {"normalize"} if normalized else set()
+    )
     if differ:
         raise ValueError(f"init_from {path}: the model does not match the config: {differ[0]}")
     state = bundle.model.state_dict()
