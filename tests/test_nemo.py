@@ -7,10 +7,12 @@ features, log-probs and greedy transcripts for them. NeMo itself is not needed h
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import pickle
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,13 @@ from asr.checkpoint import load_bundle
 from asr.cli import main
 from asr.config import load_config
 from asr.inference.decoding import greedy_decode
-from asr.interop.nemo import NemoImportError, import_nemo
+from asr.interop.nemo import (
+    CONFIG_MEMBER,
+    WEIGHTS_MEMBER,
+    NemoImportError,
+    import_nemo,
+    read_nemo,
+)
 from asr.interop.sources import open_bundle
 from asr.model import ctc_loss
 from asr.training.train import train
@@ -174,6 +182,106 @@ def test_a_truncated_or_foreign_file_is_named(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and str(path.name) in err and err.count("\n") == 1
     assert not (tmp_path / "m.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile archives: a gzip bomb stops at the caps, before its member is in memory
+
+GiB = 1 << 30
+ZEROS = 16 << 20  # one gzip member of 16 MiB of zeros compresses to 16 kB
+
+
+def gzip_tar(path: Path, members: list[tuple[str, bytes | int, bytes]]) -> Path:
+    """A tar.gz of (name, data or that many zero bytes, tar type) members, written as a chain of
+    gzip members (one gzip file may hold many): gigabytes of zeros cost megabytes of disk and
+    no memory to make, and the tar headers declare the true (uncompressed) sizes."""
+    zeros = gzip.compress(bytes(ZEROS), mtime=0)
+    with open(path, "wb") as f:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, data if isinstance(data, int) else len(data)
+            f.write(gzip.compress(info.tobuf(tarfile.USTAR_FORMAT), mtime=0))
+            if isinstance(data, int):  # the data and its padding to the next 512-byte block
+                count, rest = divmod(data + (-data % tarfile.BLOCKSIZE), ZEROS)
+                f.write(zeros * count + gzip.compress(bytes(rest), mtime=0))
+            else:
+                f.write(gzip.compress(data + bytes(-len(data) % tarfile.BLOCKSIZE), mtime=0))
+        f.write(gzip.compress(bytes(2 * tarfile.BLOCKSIZE), mtime=0))  # end of archive
+    return path
+
+
+def peak_python_memory(call) -> tuple[Exception, int]:
+    """The exception `call()` raised and the peak bytes Python allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        call()
+    except Exception as err:  # returned for the caller to check
+        raised = err
+    else:
+        raise AssertionError("the hostile archive was read without an error")
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak
+
+
+CONFIG = (CONFIG_MEMBER, b"target: EncDecCTCModelBPE\n", tarfile.REGTYPE)
+
+
+def test_a_gzip_bomb_member_fails_fast_naming_it_without_reading_it(tmp_path):
+    size = 4 * GiB + 512 * (1 << 20)  # over the 4 GiB default limit
+    bomb = gzip_tar(tmp_path / "bomb.nemo", [CONFIG, (WEIGHTS_MEMBER, size, tarfile.REGTYPE)])
+    assert bomb.stat().st_size < 6_000_000
+    err, peak = peak_python_memory(lambda: read_nemo(bomb))
+    assert isinstance(err, NemoImportError), repr(err)
+    assert str(err) == (
+        f"{bomb}: member 'model_weights.ckpt' is 4.5 GiB uncompressed, over the limit of 4.0 GiB "
+        f"per member (asr.interop.nemo.MAX_MEMBER_BYTES)"
+    )
+    assert peak < 32 << 20  # bytes, while reading the member would have taken 4.5 GiB
+
+
+def test_a_bomb_in_a_pax_header_is_refused_before_tarfile_reads_it(tmp_path):
+    # tarfile reads an extended header into memory whole, before read_nemo sees any member
+    pax = ("././@PaxHeader", 4 * GiB + 512 * (1 << 20), tarfile.XHDTYPE)
+    bomb = gzip_tar(tmp_path / "pax.nemo", [pax])
+    err, peak = peak_python_memory(lambda: read_nemo(bomb))
+    assert isinstance(err, NemoImportError), repr(err)
+    assert "a tar header of 4.5 GiB, over the limit of 4.0 GiB per member" in str(err)
+    assert peak < 32 << 20
+
+
+def test_members_that_together_pass_the_total_limit_are_refused(tmp_path):
+    members = [CONFIG, (WEIGHTS_MEMBER, b"w", tarfile.REGTYPE)]
+    members += [(f"part{i}.bin", 3 << 20, tarfile.REGTYPE) for i in range(3)]
+    archive = gzip_tar(tmp_path / "many.nemo", members)
+    with pytest.raises(NemoImportError) as err:
+        read_nemo(archive, max_total_bytes=8 << 20)
+    assert str(err.value) == (
+        f"{archive}: member 'part2.bin' (3.0 MiB) brings the archive to 9.0 MiB uncompressed, "
+        f"over the limit of 8.0 MiB for a whole archive (asr.interop.nemo.MAX_TOTAL_BYTES)"
+    )
+    names = {CONFIG_MEMBER, WEIGHTS_MEMBER, "part0.bin", "part1.bin", "part2.bin"}
+    assert set(read_nemo(archive, max_total_bytes=10 << 20)) == names
+    # What tarfile reads by itself, an extended header here, counts towards the total too.
+    pax = gzip_tar(tmp_path / "pax.nemo", [("././@PaxHeader", 3 << 20, tarfile.XHDTYPE)])
+    with pytest.raises(
+        NemoImportError,
+        match=r"pax\.nemo is over 2\.0 MiB uncompressed, the "
+        r"limit for a whole archive \(asr\.interop\.nemo\.MAX_TOTAL_BYTES\)",
+    ):
+        read_nemo(pax, max_total_bytes=2 << 20)
+
+
+def test_an_archive_of_countless_members_is_refused(tmp_path):
+    # each member costs a TarInfo in memory however small the archive is
+    members = [CONFIG, (WEIGHTS_MEMBER, b"w", tarfile.REGTYPE)]
+    members += [(f"empty{i}", b"", tarfile.REGTYPE) for i in range(20)]
+    archive = gzip_tar(tmp_path / "countless.nemo", members)
+    limit = r"more than 10 members \(asr\.interop\.nemo\.MAX_MEMBERS\): 'empty8' is number 11"
+    with pytest.raises(NemoImportError, match=limit):
+        read_nemo(archive, max_members=10)
+    assert len(read_nemo(archive, max_members=22)) == 22
 
 
 def test_a_nemo_file_is_imported_on_load_and_by_the_public_function(tmp_path, expected):
