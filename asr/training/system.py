@@ -4,6 +4,11 @@ One batch: waves -> log-mel features (float32) -> SpecAugment -> CtcModel -> CTC
 Validation decodes greedily and sums word and character error counts over the whole set (and over
 ranks) before dividing, with the same text normalizer as `asr evaluate`.
 
+A batch that cannot be trained on (empty: every utterance failed to load; or a non-finite loss)
+is skipped on every rank at once, never on one alone, which would leave the others waiting in
+DDP's gradient all-reduce: the ranks agree through a summed flag, all run a zero-weighted
+backward, none lets its optimizer step. `skipped_steps` counts such steps in the logs.
+
 Randomness is exactly resumable by construction: every training step re-seeds the global RNGs
 from (seed, global step, rank), so dropout and SpecAugment masks of step k never depend on what
 ran before it, and waveform augmentation is seeded per (seed, epoch, utterance) in the dataset.
@@ -89,8 +94,9 @@ class AsrSystem(L.LightningModule):
         ]
         self.val_words = ErrorCounts()
         self.val_chars = ErrorCounts()
-        self.bad_steps = 0  # consecutive non-finite losses
+        self.bad_steps = 0  # consecutive steps with a non-finite loss on some rank
         self.skipped_steps = 0
+        self._skip_update = False  # this step was skipped: the optimizer must not step
         budget = config.trainer.max_time
         self._budget_seconds = max_time_seconds(budget) if budget is not None else None
 
@@ -112,30 +118,45 @@ class AsrSystem(L.LightningModule):
                 feats = self.spec_augment(feats, feat_lengths)
         return feats, feat_lengths
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        if batch is None or not len(batch):  # every utterance failed to load (already warned)
-            return None
-        norm_stats = self._running_stats()
-        feats, feat_lengths = self.features(batch, augment=True)
-        loss, parts = ctc_objective(
-            self.model,
-            feats,
-            feat_lengths,
-            batch.targets,
-            batch.target_lengths,
-            self.config.optim.inter_ctc_weight,
-        )
-        if not torch.isfinite(loss):
-            # The forward pass has already folded this batch into the batch-norm statistics.
-            self.model.load_state_dict(norm_stats, strict=False)
-            return self._skip_step(batch)
-        self.bad_steps = 0
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
-        if "inter_ctc" in parts:  # the two parts of the objective, to see each one learn
-            self.log("train_ctc", parts["ctc"], batch_size=len(batch))
-            self.log("train_inter_ctc", parts["inter_ctc"], batch_size=len(batch))
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self._skip_update = False
+        empty = batch is None or not len(batch)  # every utterance failed to load (already warned)
+        loss: torch.Tensor | None = None
+        if not empty:
+            norm_stats = self._running_stats()
+            feats, feat_lengths = self.features(batch, augment=True)
+            loss, parts = ctc_objective(
+                self.model,
+                feats,
+                feat_lengths,
+                batch.targets,
+                batch.target_lengths,
+                self.config.optim.inter_ctc_weight,
+            )
+        nonfinite = loss is not None and not bool(torch.isfinite(loss))
+        ranks = self._bad_ranks(empty, nonfinite)
+        if any(ranks):
+            if not empty:  # the forward pass has already folded this batch into the batch norms
+                self.model.load_state_dict(norm_stats, strict=False)
+            loss = self._skip_step(batch, empty, nonfinite, ranks)
+        else:
+            self.bad_steps = 0
+            self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
+            if "inter_ctc" in parts:  # the two parts of the objective, to see each one learn
+                self.log("train_ctc", parts["ctc"], batch_size=len(batch))
+                self.log("train_inter_ctc", parts["inter_ctc"], batch_size=len(batch))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
+        self.log("skipped_steps", float(self.skipped_steps))
         return loss
+
+    def _bad_ranks(self, empty: bool, nonfinite: bool) -> tuple[int, int]:
+        """How many ranks have an empty batch, how many a non-finite loss: every rank must agree
+        to skip a step, or the others would wait forever in DDP's gradient all-reduce."""
+        flags = torch.tensor([float(empty), float(nonfinite)], device=self.device)
+        if self.trainer.world_size > 1:
+            flags = self.trainer.strategy.reduce(flags, reduce_op="sum")
+        empty_ranks, nonfinite_ranks = flags.tolist()
+        return int(empty_ranks), int(nonfinite_ranks)
 
     def _running_stats(self) -> dict[str, torch.Tensor]:
         """Copies of the model's batch-norm buffers (running mean/var, batch count): small."""
@@ -145,21 +166,41 @@ class AsrSystem(L.LightningModule):
             if "running_" in k or "num_batches" in k
         }
 
-    def _skip_step(self, batch: Any) -> None:
-        self.bad_steps += 1
+    def _skip_step(
+        self, batch: Any, empty: bool, nonfinite: bool, ranks: tuple[int, int]
+    ) -> torch.Tensor:
+        """Count and report a step skipped on every rank (`ranks`: how many had an empty batch,
+        how many a non-finite loss). Its loss is a zero-weighted sum of every trainable
+        parameter, so backward (and DDP's all-reduce) still runs on every rank; then
+        `on_before_optimizer_step` drops the zero gradients and the optimizer leaves the step
+        out (zero gradients would still move AdamW's weights through its moments and weight
+        decay). The learning-rate schedule steps as usual, on every rank alike."""
+        self._skip_update = True
         self.skipped_steps += 1
-        log.warning(
-            "non-finite loss at step %d (utterances %s): batch skipped (%d skipped so far)",
-            self.global_step,
-            ", ".join(batch.ids[:5]),
-            self.skipped_steps,
-        )
+        if ranks[1]:  # empty batches are bad data, not divergence
+            self.bad_steps += 1
+        step, world = self.global_step, self.trainer.world_size
+        if empty:
+            reason = f"empty batch at step {step} (every utterance failed to load)"
+        elif nonfinite:
+            reason = f"non-finite loss at step {step} (utterances {', '.join(batch.ids[:5])})"
+        else:
+            reason = (
+                f"at step {step}, {ranks[0]} of {world} ranks had an empty batch and {ranks[1]} "
+                f"a non-finite loss"
+            )
+        skipped = "batch skipped" if world == 1 else f"step skipped on all {world} ranks"
+        log.warning("%s: %s (%d skipped so far)", reason, skipped, self.skipped_steps)
         if self.bad_steps >= MAX_CONSECUTIVE_BAD_STEPS:
             raise NonFiniteLossError(
                 f"the loss was NaN or infinite for {self.bad_steps} steps in a row; training "
                 f"has diverged (try a lower optim.lr or longer optim.warmup_steps)"
             )
-        return None
+        return sum((p * 0).sum() for p in self.parameters() if p.requires_grad)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_update:  # no gradient, no update: AdamW leaves such parameters alone
+            optimizer.zero_grad(set_to_none=True)
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
