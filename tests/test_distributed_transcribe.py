@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tone_corpus
 from test_transcribe import make_bundle
 
+from asr.checkpoint import load_bundle, save_bundle
 from asr.cli import main
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.data.pack import pack_manifest
+from asr.inference.transcribe import DEFAULT_CHUNK_SECONDS
 
 ASR = Path(sys.executable).parent / "asr"  # the console script: Lightning's launcher reruns it
 
@@ -114,4 +117,48 @@ def test_corpus_mode_errors_name_the_culprit(corpus, tmp_path, capsys):
     assert main([*argv, "--manifest", str(bad), "--output-dir", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"asr: error: {bad}: not a manifest file, nor a folder written by `asr pack`"
+    )
+
+
+def other_model(model: Path, folder: Path) -> Path:
+    """The bundle `model` with one weight changed: another model, same everything else."""
+    bundle = load_bundle(model)
+    with torch.no_grad():
+        next(bundle.model.parameters()).add_(0.5)
+    save_bundle(folder / "other.pt", bundle.model, bundle.frontend, bundle.tokenizer, bundle.info)
+    return folder / "other.pt"
+
+
+def test_a_rerun_with_another_model_or_options_is_refused_naming_what_differs(
+    corpus, tmp_path, capsys
+):
+    """The transcripts of a folder all come from one model and one set of options: a rerun that
+    differs is refused (the folder untouched) unless --overwrite starts over."""
+    manifest, model = corpus
+    out, other = tmp_path / "out", other_model(model, tmp_path)
+    assert main(transcribe(manifest, model, out)) == 1
+    first = (out / "transcripts.jsonl").read_bytes()
+    capsys.readouterr()
+    for extra, named in [
+        (["--model", str(other)], "model"),
+        (["--beam-size", "4"], "beam_size: 1 then, 4 now"),
+        (["--chunk-seconds", "5"], f"chunk_seconds: {DEFAULT_CHUNK_SECONDS} then, 5.0 now"),
+    ]:
+        argv = transcribe(manifest, model, out, *extra)
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith(f"asr: error: {out} holds transcripts made with other settings")
+        assert named in err and "--overwrite" in err and err.count("\n") == 1, err
+        assert (out / "transcripts.jsonl").read_bytes() == first
+    # A batch size changes no result (padding invariance): resuming with another is fine.
+    assert main(transcribe(manifest, model, out, "--batch-seconds", "7")) == 1
+    assert "(8 by an earlier run)" in capsys.readouterr().err
+    # --overwrite starts over: what a fresh run with the other model gives, nothing of the first.
+    assert main(transcribe(manifest, other, out, "--overwrite")) == 1
+    assert "(0 by an earlier run)" in capsys.readouterr().err
+    assert main(transcribe(manifest, other, tmp_path / "fresh")) == 1
+    assert (
+        (out / "transcripts.jsonl").read_bytes()
+        == (tmp_path / "fresh" / "transcripts.jsonl").read_bytes()
+        != first
     )

@@ -229,3 +229,27 @@ def test_librispeech_recipe_packs_shards_and_trains_from_them(librispeech_mini, 
     config = load_config(work / "exp_s" / "config.yaml")
     assert config.data.hf_dataset == str(work / "shards") and config.data.hf_streaming
     assert load_bundle(work / "exp_s" / "model.pt").info["trained_steps"] == 2
+
+
+def test_a_rerun_repacks_the_shards_whose_source_files_changed(tmp_path: Path, caplog) -> None:
+    """A source file rewritten since its shard was packed (another size or modification time)
+    makes a rerun pack that shard again, saying so in one line; the others are kept."""
+    manifest = tone_corpus(tmp_path, 12)
+    out = tmp_path / "packed"
+    first = pack_manifest(manifest, out, shard_size=100_000)
+    names = [Path(shard["file"]).name for shard in first["shards"]]
+    changed = read_manifest(manifest)[plan_shards(read_manifest(manifest), 100_000)[2][0]]
+    wave, rate = sf.read(changed.audio, dtype="int16")
+    sf.write(changed.audio, -wave, rate, subtype="PCM_16")  # same length, other samples
+    before = {name: (out / "data" / name).stat().st_ino for name in names}
+    with caplog.at_level("WARNING", logger="asr.data.pack"):
+        again = pack_manifest(manifest, out, shard_size=100_000)
+    assert again["reused_shards"] == len(names) - 1
+    (line,) = [r.getMessage() for r in caplog.records if "changed" in r.getMessage()]
+    assert names[2] in line and changed.audio in line and "\n" not in line
+    kept = [name for name in names if (out / "data" / name).stat().st_ino == before[name]]
+    assert kept == names[:2] + names[3:]
+    fresh = pack_manifest(manifest, tmp_path / "fresh", shard_size=100_000)
+    assert again["shards"] == fresh["shards"]
+    for name in names:
+        assert (out / "data" / name).read_bytes() == (tmp_path / "fresh/data" / name).read_bytes()

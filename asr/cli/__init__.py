@@ -1,21 +1,22 @@
 """The `asr` command line: thin wrappers over the library. `asr COMMAND --help` for each.
 
-User errors (a missing file, a bad config key, unreadable audio) end with one line
-`asr: error: ...` and exit status 2, never a traceback.
+User errors (a missing file, a bad config key, unreadable audio, a bad option) end with one line
+`asr: error: ...` and exit status 2, never a traceback (`asr.cli.errors`); any other exception
+is a bug and shows its traceback, as does every error with -v.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
 
 from asr.cli import demo, evaluate, hub, import_nemo, listen, pack, serve, train, transcribe
+from asr.cli.errors import Parser, UsageError, describe, report, user_errors
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asr", description="Conformer-CTC speech recognition")
+def build_parser() -> Parser:
+    parser = Parser(prog="asr", description="Conformer-CTC speech recognition")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_commands(sub)
@@ -46,40 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from asr.audio import AudioError
-    from asr.checkpoint import BundleError
-    from asr.extras import MissingExtraError
-    from asr.training.system import NonFiniteLossError
-
-    return (
-        AudioError,
-        BundleError,
-        MissingExtraError,
-        NonFiniteLossError,
-        ValueError,
-        FileNotFoundError,
-        IsADirectoryError,
-        PermissionError,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:  # already reported
+        return int(err.code)
     # Warnings from every library; INFO (DEBUG with -v) only from our own `asr.*` loggers.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("asr").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except user_errors() as err:
-        if args.verbose:
-            raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"asr: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("asr: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if args.verbose or not isinstance(err, user_errors()):
+            raise  # a bug, or -v: the traceback
+        return report(describe(err))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from asr.demo import run_demo
+from asr.demo import CONFIG, QUICK_OVERRIDES, run_demo
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,16 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_command(args: argparse.Namespace) -> int:
+    """Check the work folder and the config overrides (what training will be given), then run
+    the demo: a bad value fails in a second, not after synthesizing the corpus."""
+    from asr.config import load_config
+    from asr.training.checks import check_training_config
+
+    work_dir = Path(args.work_dir)
+    if work_dir.exists() and not work_dir.is_dir():
+        raise ValueError(f"--work-dir {work_dir} exists and is not a folder")
+    quick = QUICK_OVERRIDES if args.quick else ()
+    check_training_config(load_config(CONFIG, [*quick, *args.overrides]))
     run_demo(args.work_dir, quick=args.quick, seed=args.seed, overrides=args.overrides,
              lm=not args.no_lm)  # fmt: skip
     return 0

@@ -46,13 +46,14 @@ def open_microphone():
 def listen_command(args: argparse.Namespace) -> int:
     from asr.inference.transcribe import load_model
 
+    # The model and the options first: their errors need no microphone to be found.
+    transcriber = load_model(args.model)
+    stream = transcriber.stream(args.chunk_ms, args.left_seconds, id="microphone")
     sd = open_microphone()
     try:
         sd.query_devices(args.input_device, kind="input")
     except (ValueError, sd.PortAudioError) as err:
         raise ValueError(f"no microphone to listen to: {err}") from None
-    transcriber = load_model(args.model)
-    stream = transcriber.stream(args.chunk_ms, args.left_seconds, id="microphone")
     pieces: queue.Queue = queue.Queue()
 
     def collect(block, frames, time_info, status) -> None:  # PortAudio's thread: just queue

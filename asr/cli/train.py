@@ -10,9 +10,11 @@ import argparse
 
 def cmd_train(args: argparse.Namespace) -> int:
     from asr.config import load_config
+    from asr.training.checks import check_training_config
     from asr.training.train import train
 
     config = load_config(args.config, args.overrides)
+    check_training_config(config)  # before any work: one line for a bad manifest or device
     path = train(config, resume=not args.no_resume)
     print(f"model written to {path}")
     return 0
@@ -39,7 +41,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "--format onnx exports a model bundle: give --model model.pt (make one from "
                 "training checkpoints first with `asr export --checkpoint ... --output model.pt`)"
             )
-        path = export_onnx(args.model, args.output, quantize=args.quantize)
+        try:
+            path = export_onnx(args.model, args.output, quantize=args.quantize)
+        except RuntimeError as err:  # the check of the export (ONNX Runtime vs PyTorch) failed
+            if "export check failed" not in str(err):
+                raise
+            raise ValueError(f"{err} (nothing was written to {args.output})") from None
         print(f"ONNX model ({args.quantize}) written to {path}")
         return 0
     if args.quantize != "none":

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 from asr.audio import AudioError, audio_duration, find_audio_files, load_audio
-from asr.checkpoint import BundleError, atomic_write
+from asr.checkpoint import atomic_write
 from asr.cli.decoding import add_decoding_arguments, decoding_options
+from asr.cli.errors import USER_ERROR, report
 from asr.cli.transcribe_manifest import (
     add_manifest_arguments,
     manifest_command,
     wants_manifest_mode,
 )
-from asr.extras import MissingExtraError
 from asr.inference.formats import FORMATS, format_result
 from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS
 from asr.inference.transcribe import (
@@ -36,8 +36,10 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Transcribe audio files of any length. Without --output-dir the text goes to stdout: "
         "just the text for a single file argument, otherwise one `path<TAB>text` line per file "
-        "(--format json: one JSON object per line). Errors go to stderr, one line per failed "
-        "input, and make the exit status 1; the other inputs are still transcribed."
+        "(--format json: one JSON object per line). Each input that fails is one `asr: error:` "
+        "line on stderr and the others are still transcribed: the exit status is 0 when all "
+        "were transcribed, 1 when some failed, 2 when none could be (or an option, the model "
+        "or the command line is wrong)."
     )
     parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR",
                         help="audio files, or folders searched for audio files")  # fmt: skip
@@ -101,17 +103,21 @@ def stream_file(transcriber: Transcriber, path: Path, args: argparse.Namespace, 
 
 
 def transcribe_command(args: argparse.Namespace) -> int:
-    """Run `asr transcribe`; 0 when every input was transcribed, else 1."""
+    """Run `asr transcribe`: 0 when every input was transcribed, 1 when some failed and the
+    others were transcribed, 2 (a user error) when none could be. A bad option or model raises
+    (`asr.cli.main` reports it); each input that fails is one `asr: error:` line."""
     if wants_manifest_mode(args):  # a corpus, through Lightning (asr.training.predict)
         return manifest_command(args)
+    if args.overwrite:
+        raise ValueError("--overwrite starts a --manifest run over; files are always rewritten")
     formats, inputs = _split_formats(args.format)
     args.inputs = [*args.inputs, *inputs]  # `--format txt json a.wav`: a.wav is an input
     if not formats:
-        return _error(f"--format {args.format[0]!r} is not one of {', '.join(FORMATS)}")
+        raise ValueError(f"--format {args.format[0]!r} is not one of {', '.join(FORMATS)}")
     if not args.inputs:
-        return _error("no audio files or folders given")
+        raise ValueError("no audio files or folders given")
     if args.output_dir is None and (len(formats) > 1 or formats[0] in ("srt", "vtt")):
-        return _error("without --output-dir, choose one --format of txt or json for stdout")
+        raise ValueError("without --output-dir, choose one --format of txt or json for stdout")
     slots: list[tuple[Path, Path] | str] = []  # (input, output name) or an error, in order
     for arg in args.inputs:
         try:
@@ -122,24 +128,21 @@ def transcribe_command(args: argparse.Namespace) -> int:
         for path in found:
             slots.append((path, path.relative_to(arg) if Path(arg).is_dir() else Path(path.name)))
     inputs = [slot[0] for slot in slots if not isinstance(slot, str)]
-    try:
-        options = decoding_options(args)
-        transcriber = load_model(args.model, device=args.device)
-        began = time.perf_counter()  # the real-time factor leaves model loading out
-        if args.streaming:
-            results = [stream_file(transcriber, path, args, options) for path in inputs]
-        else:
-            results = transcriber.transcribe(
-                inputs, args.batch_seconds, args.chunk_seconds, args.chunk_overlap, options=options
-            )
-    except (BundleError, MissingExtraError, ValueError) as err:
-        return _error(str(err))
+    options = decoding_options(args)
+    transcriber = load_model(args.model, device=args.device)
+    began = time.perf_counter()  # the real-time factor leaves model loading out
+    if args.streaming:
+        results = [stream_file(transcriber, path, args, options) for path in inputs]
+    else:
+        results = transcriber.transcribe(
+            inputs, args.batch_seconds, args.chunk_seconds, args.chunk_overlap, options=options
+        )
     bare = len(args.inputs) == 1 and len(slots) == 1 and not Path(args.inputs[0]).is_dir()
     done = iter(results)
     for slot in slots:
         result = None if isinstance(slot, str) else next(done)
         if result is None or result.error is not None:
-            _error(slot if result is None else result.error)
+            report(slot if result is None else result.error)
         elif args.output_dir is not None:
             for fmt in formats:
                 out = args.output_dir / slot[1].with_suffix(f".{fmt}")
@@ -149,8 +152,10 @@ def transcribe_command(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
         else:
             print(result.text if bare else f"{result.path}\t{result.text}", flush=True)
-    seconds, audio = time.perf_counter() - began, sum(r.duration for r in results)
     succeeded = sum(r.error is None for r in results)
+    if succeeded == 0:
+        return USER_ERROR  # each input's error is its line above; nothing else to say
+    seconds, audio = time.perf_counter() - began, sum(r.duration for r in results)
     rtf = f" (real-time factor {seconds / audio:.3f})" if audio > 0 else ""
     print(
         f"asr transcribe: {succeeded} of {len(slots)} inputs, {audio:.1f} s of "
@@ -165,8 +170,3 @@ def _split_formats(values: list[str]) -> tuple[list[str], list[str]]:
     names = [name for value in values for name in value.split(",") if name]
     count = next((i for i, name in enumerate(names) if name not in FORMATS), len(names))
     return list(dict.fromkeys(names[:count])), names[count:]
-
-
-def _error(message: str) -> int:
-    print(f"asr transcribe: error: {' '.join(message.split())}", file=sys.stderr)
-    return 1

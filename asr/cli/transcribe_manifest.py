@@ -14,7 +14,7 @@ def add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the corpus mode of `asr transcribe`."""
     group = parser.add_argument_group(
         "a corpus (--manifest): OUTPUT_DIR/transcripts.jsonl in corpus order; a rerun skips "
-        "what is done"
+        "what is done, and refuses another model or other decoding or chunking options"
     )
     group.add_argument("--manifest",
                        help="a JSONL manifest, or a folder (or fsspec URL) written by `asr pack`")  # fmt: skip
@@ -23,6 +23,8 @@ def add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
                        help="processes per machine (DDP: one per GPU; gloo on CPU)")  # fmt: skip
     group.add_argument("--num-nodes", type=int, default=1,
                        help="machines, each running --devices processes (srun or torchrun)")  # fmt: skip
+    group.add_argument("--overwrite", action="store_true",
+                       help="start over: drop what OUTPUT_DIR holds from an earlier run")  # fmt: skip
 
 
 def wants_manifest_mode(args: argparse.Namespace) -> bool:
@@ -30,7 +32,8 @@ def wants_manifest_mode(args: argparse.Namespace) -> bool:
 
 
 def manifest_command(args: argparse.Namespace) -> int:
-    """Run the corpus mode; 0 when every utterance was transcribed, else 1."""
+    """Run the corpus mode: 0 when every utterance was transcribed, 1 when some failed (their
+    errors are in the output), 2 (a user error) when none could be."""
     import torch
 
     from asr.cli.decoding import decoding_options
@@ -55,10 +58,16 @@ def manifest_command(args: argparse.Namespace) -> int:
     summary = transcribe_corpus(
         args.manifest, args.model, args.output_dir, split=args.split, devices=args.devices,
         num_nodes=args.num_nodes, accelerator="gpu" if cuda else "cpu", settings=settings,
+        overwrite=args.overwrite,
     )  # fmt: skip
     if not summary.is_global_zero:
         return 0
     failed = summary.total - summary.succeeded
+    if summary.total and not summary.succeeded:
+        raise ValueError(
+            f"none of the {summary.total} utterances of {args.manifest} could be transcribed "
+            f"(the first: {summary.first_error}); each one's error is in {summary.output}"
+        )
     print(
         f"asr transcribe: {summary.succeeded} of {summary.total} utterances transcribed "
         f"({summary.done_before} by an earlier run), {summary.audio_seconds:.1f} s of audio in "

@@ -21,6 +21,11 @@ Resuming: shards are planned before any is written (rows in manifest order, a ne
 source bytes would pass `shard_size`) and the plan is kept in `.pack/`. Each shard is written
 under a temporary name, renamed once complete, then recorded; a rerun keeps every recorded shard
 and writes the others, so a killed run never leaves a half-written shard that looks finished.
+A shard's record holds the size and modification time of each source file, taken before the
+file was read: a rerun packs again every shard one of whose files has changed since (or has
+appeared, or gone), with a warning line. Size and time, not a hash of the bytes: checking the
+bytes would read the whole corpus again on every rerun, where a stat costs nothing; like make
+and rsync, this misses only a rewrite that keeps both the size and the time to the nanosecond.
 
 Checks: every utterance is read as training reads it (`asr.data.dataset.load_utterance`: the
 file decodes, is not truncated, lasts its stated duration); what fails is dropped and listed in
@@ -128,6 +133,12 @@ def pack_manifest(
     for partial in partial_files(output / DATA_DIR) + partial_files(output / STATE_DIR):
         partial.unlink(missing_ok=True)  # left by a run killed mid-write; never read
     todo = {k for k, name in enumerate(names) if not _finished(output, name)}
+    for k in sorted(set(range(len(plan))) - todo):  # finished: are their sources unchanged?
+        first, count = plan[k]
+        changed = _changed_sources(output, names[k], utterances[first : first + count])
+        if changed:
+            log.warning("%s: %s since it was packed; packing it again", names[k], changed)
+            todo.add(k)
     jobs = [
         (utterances[first : first + count], output, names[k], manifest.parent.absolute())
         for k, (first, count) in enumerate(plan)
@@ -191,6 +202,30 @@ def _finished(output: Path, name: str) -> bool:
     return (output / DATA_DIR / name).is_file() and (output / STATE_DIR / f"{name}.json").is_file()
 
 
+def _source_stat(path: str) -> list[int] | None:
+    """[size, modification time in ns] of a source file, None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _changed_sources(output: Path, name: str, utterances: Sequence[Utterance]) -> str:
+    """Which source files of a finished shard changed since it was packed, in words ("" if
+    none): each file's size and time now against its record's."""
+    record = json.loads((output / STATE_DIR / f"{name}.json").read_text())
+    if "sources" not in record:
+        return "its source files' sizes and times were not recorded (an older asr pack)"
+    recorded = record["sources"]
+    files = dict.fromkeys(utt.audio for utt in utterances)
+    changed = [path for path in files if _source_stat(path) != recorded.get(path)]
+    if not changed:
+        return ""
+    shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return f"{len(changed)} source file(s) changed ({shown})"
+
+
 def _pack_shard(job: tuple[list[Utterance], Path, str, Path]) -> dict[str, Any]:
     """Check and read the utterances of one shard, write it (atomically), then its record."""
     import pyarrow as pa
@@ -201,6 +236,8 @@ def _pack_shard(job: tuple[list[Utterance], Path, str, Path]) -> dict[str, Any]:
     record: dict[str, Any] = {"file": f"{DATA_DIR}/{name}", "rows": 0, "seconds": 0.0}
     record.update(source_bytes=0, dropped=[])
     sources: dict[str, list[int]] = {}  # source file -> [its bytes, rows citing it]
+    # Taken before any file is read: a file changed while packing differs from it on a rerun.
+    record["sources"] = {utt.audio: _source_stat(utt.audio) for utt in utterances}
 
     def write(tmp: Path) -> None:
         rows: list[dict[str, Any]] = []

@@ -9,17 +9,24 @@ once all ranks are done, rank 0 merges the parts into one file in manifest order
     OUT/transcripts.jsonl     one JSON object per utterance (`Result.to_dict()`), manifest order
     OUT/parts/rank<r>.jsonl   what rank r transcribed, a line per utterance, with its position
 
+    OUT/run.json              the model and options they come from (`run_settings`)
+
 A rerun skips every utterance already in a part (one that failed is tried again), so a killed
-run loses only the batch each rank was working on. `--devices N` starts N processes on this
+run loses only the batch each rank was working on. A rerun never mixes results: one with another
+model or other decoding or chunking options is refused, naming what differs, unless `overwrite`
+starts over. `--devices N` starts N processes on this
 machine (Lightning's launcher); on a cluster, srun or torchrun start them and Lightning reads the
 ranks from the environment.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +37,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
-from asr.checkpoint import atomic_write
+from asr.checkpoint import BundleError, atomic_write
 from asr.data.manifest import read_manifest
 from asr.inference.decoding import DecodingOptions
 from asr.inference.transcribe import (
@@ -40,12 +47,14 @@ from asr.inference.transcribe import (
     AudioSegment,
     load_model,
 )
+from asr.interop.sources import model_file
 
 log = logging.getLogger(__name__)
 
 ITEMS_PER_STEP = 32  # utterances per predict_step; the Transcriber batches their chunks itself
 TRANSCRIPTS = "transcripts.jsonl"
 PARTS = "parts"
+RUN = "run.json"
 
 
 @dataclass(frozen=True)
@@ -123,9 +132,13 @@ class TranscribeModule(L.LightningModule):
     """`Trainer.predict` with this module: each rank transcribes its batches into its part file,
     then rank 0 merges the parts (see the module docstring)."""
 
-    def __init__(self, model: str, out_dir: Path, ids: list[str], settings: Settings) -> None:
+    def __init__(
+        self, model: str, out_dir: Path, ids: list[str], settings: Settings, run: dict[str, Any],
+        start_over: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.model_path, self.out_dir, self.ids, self.settings = model, out_dir, ids, settings
+        self.run, self.start_over = run, start_over
         self.transcriber = None
         self._part = None
 
@@ -134,6 +147,11 @@ class TranscribeModule(L.LightningModule):
             local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", self.trainer.num_devices)))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
         self.transcriber = load_model(self.model_path, device=str(self.device))
+        # Every rank has read the parts (what is done) before any rank gets here: the earlier
+        # run's files go, and the new settings are recorded, before any part is written.
+        if self.trainer.is_global_zero:
+            begin_run(self.out_dir, self.run, self.start_over)
+        self.trainer.strategy.barrier("run recorded")
         self._part = _open_part(self.out_dir / PARTS / f"rank{self.global_rank}.jsonl")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, index: int) -> Any:
@@ -196,12 +214,87 @@ def merge_parts(out_dir: Path, ids: list[str]) -> Path:
     """OUT/transcripts.jsonl from the parts, in corpus order (written atomically)."""
     records = read_parts(out_dir, ids)
     missing = [i for i in range(len(ids)) if i not in records]
-    if missing:
-        raise RuntimeError(f"the parts in {out_dir / PARTS} lack {len(missing)} utterance(s)")
+    if missing:  # each rank wrote its part where rank 0 cannot see it
+        raise ValueError(
+            f"the parts in {out_dir / PARTS} lack {len(missing)} of {len(ids)} utterance(s), "
+            f"e.g. {ids[missing[0]]!r}: is --output-dir on a file system every process (every "
+            f"node) shares? Rerun to transcribe what is missing"
+        )
     lines = "".join(json.dumps(records[i], ensure_ascii=False) + "\n" for i in range(len(ids)))
     path = out_dir / TRANSCRIPTS
     atomic_write(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     return path
+
+
+def run_settings(model: str | Path, settings: Settings) -> dict[str, Any]:
+    """What the transcripts depend on, as kept in OUT/run.json: the model file's sha256 (its
+    weights, front end and tokenizer), the decoding options (an LM's or a lexicon's sha256 with
+    its path) and the chunking. Not the batch size nor the device: they change no result (the
+    engine is padding invariant), so a killed run may be resumed with a smaller batch."""
+    path = model_file(model)
+    if not path.is_file():
+        raise BundleError(f"model file not found: {path}")
+    run: dict[str, Any] = {"model": str(model), "model_sha256": _sha256(path)}
+    for name, value in dataclasses.asdict(settings.options).items():
+        run[name] = value
+        if name in ("lm", "lexicon"):
+            run[f"{name}_sha256"] = None if value is None else _sha256(Path(value))
+    run.update(chunk_seconds=settings.chunk_seconds, chunk_overlap=settings.chunk_overlap)
+    return run
+
+
+def check_run(out_dir: Path, run: dict[str, Any]) -> None:
+    """Refuse (ValueError, one line) to add to `out_dir` transcripts made otherwise than `run`
+    says, or by an asr that did not record how."""
+    path = out_dir / RUN
+    advice = "rerun with --overwrite to start over, or choose another --output-dir"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        differences = _differences(before, run)
+        if differences:
+            raise ValueError(f"{out_dir} holds transcripts made with other settings ({path}): "
+                             f"{'; '.join(differences)}; {advice}")  # fmt: skip
+    elif any((out_dir / PARTS).glob("*.jsonl")) or (out_dir / TRANSCRIPTS).exists():
+        raise ValueError(f"{out_dir} holds transcripts without a record of their model and "
+                         f"options ({path}); {advice}")  # fmt: skip
+
+
+def begin_run(out_dir: Path, run: dict[str, Any], start_over: bool) -> None:
+    """Record `run` in OUT/run.json, first removing an earlier run's files if `start_over`
+    (run.json first: a start-over killed halfway leaves files no rerun mixes with its own)."""
+    if start_over:
+        (out_dir / RUN).unlink(missing_ok=True)
+        (out_dir / TRANSCRIPTS).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / PARTS, ignore_errors=True)
+    text = json.dumps(run, indent=1) + "\n"
+    atomic_write(out_dir / RUN, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """ "key: then-value then, now-value now" for each setting that differs; a file (model, LM,
+    lexicon) differs by content, shown with its path."""
+    found = []
+    for key in dict.fromkeys([*before, *now]):
+        name = key.removesuffix("_sha256")
+        if key != name:
+            if before.get(key) != now.get(key):
+                then, new = (_file(d.get(name), d.get(key)) for d in (before, now))
+                found.append(f"{name}: {then} then, {new} now")
+        elif f"{key}_sha256" not in now and before.get(key) != now.get(key):
+            found.append(f"{key}: {before.get(key)} then, {now.get(key)} now")
+    return found
+
+
+def _file(path: str | None, digest: str | None) -> str:
+    return "none" if digest is None else f"{path} (sha256 {digest[:12]})"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -215,6 +308,7 @@ class Summary:
     seconds: float
     is_global_zero: bool
     output: Path
+    first_error: str | None = None  # of the utterances that failed, the first in corpus order
 
 
 def transcribe_corpus(
@@ -227,15 +321,22 @@ def transcribe_corpus(
     num_nodes: int = 1,
     accelerator: str = "cpu",
     settings: Settings = Settings(),
+    overwrite: bool = False,
 ) -> Summary:
     """Transcribe every utterance of `source` (a manifest or a packed folder) not yet done into
-    `out_dir` on `devices` x `num_nodes` processes; every process returns its `Summary`."""
+    `out_dir` on `devices` x `num_nodes` processes; every process returns its `Summary`.
+    What `out_dir` holds from a run with another model or options is refused (`check_run`), or
+    with `overwrite` replaced."""
     if devices < 1 or num_nodes < 1:
         raise ValueError(f"--devices and --num-nodes must be >= 1, got {devices} and {num_nodes}")
     out_dir = Path(out_dir)
     began = time.perf_counter()
     corpus = Corpus(source, split)
-    done = {i for i, r in read_parts(out_dir, corpus.ids).items() if r["error"] is None}
+    run = run_settings(model, settings)
+    if not overwrite:
+        check_run(out_dir, run)
+    parts = {} if overwrite else read_parts(out_dir, corpus.ids)
+    done = {i for i, r in parts.items() if r["error"] is None}
     corpus.skip(done)  # before any rank writes: every rank shares out the same list
     distributed = devices * num_nodes > 1
     trainer = L.Trainer(
@@ -245,11 +346,12 @@ def transcribe_corpus(
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=out_dir,
     )  # fmt: skip
-    module = TranscribeModule(model, out_dir, corpus.ids, settings)
+    module = TranscribeModule(model, out_dir, corpus.ids, settings, run, start_over=overwrite)
     loader = torch.utils.data.DataLoader(corpus, batch_size=ITEMS_PER_STEP, collate_fn=_as_list)
     if len(corpus):
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     elif trainer.is_global_zero:
+        begin_run(out_dir, run, start_over=overwrite)  # nothing to do: empty, or all done
         merge_parts(out_dir, corpus.ids)
     records = read_parts(out_dir, corpus.ids) if trainer.is_global_zero else {}
     return Summary(
@@ -260,6 +362,9 @@ def transcribe_corpus(
         seconds=time.perf_counter() - began,
         is_global_zero=trainer.is_global_zero,
         output=out_dir / TRANSCRIPTS,
+        first_error=next(
+            (records[i]["error"] for i in sorted(records) if records[i]["error"]), None
+        ),
     )
 
 
