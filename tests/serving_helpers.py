@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,17 +34,23 @@ def speak(texts: list[str], pause: float = 0.4) -> np.ndarray:
 
 
 def speech_files(folder: Path) -> dict[str, Path]:
-    """short (one sentence), long (about 45 s: three 20 s chunks) and ten_minutes (the long
-    one repeated, 16 kHz: minutes of work for a worker) WAV files."""
+    """short (one sentence) and long (about 45 s: three 20 s chunks) WAV files."""
     short = speak(SENTENCES[:1])
     long = speak(SENTENCES * 2)
-    files = {name: folder / f"{name}.wav" for name in ("short", "long", "ten_minutes")}
+    files = {name: folder / f"{name}.wav" for name in ("short", "long")}
     soundfile.write(files["short"], short, RATE, subtype="PCM_16")
     soundfile.write(files["long"], long[: round(45 * RATE)], RATE, subtype="PCM_16")
-    # Written at 16 kHz without resampling (slower, deeper speech): it only has to keep a
-    # worker busy, and needs no resampling there.
-    soundfile.write(files["ten_minutes"], np.resize(long, 600 * 16000), 16000, subtype="PCM_16")
     return files
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
+    """Poll `condition` until it is true; fail naming `what` after `timeout` seconds (a deadline
+    for a test that would otherwise hang, never a measure of speed)."""
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout:
+            pytest.fail(f"{what}: not so after {timeout:g} s")
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -62,8 +68,7 @@ def serve_process(
                                    env={**os.environ, **(env or {})})  # fmt: skip
     try:
         url = _wait_for_url(process, log)
-        while httpx.get(f"{url}/health").status_code != 200:
-            time.sleep(0.05)
+        wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, f"{url}/health answers")
         yield url
     finally:
         process.terminate()

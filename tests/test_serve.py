@@ -1,7 +1,9 @@
 """`asr serve` over real HTTP on a loopback port: every response format against the transcript
 the `Transcriber` gives for the same file, OpenAI's own client library, bad requests (one clear
 error each, and the server goes on serving), API keys, the upload limit, the bounded queue, the
-time limit, and the step-by-step transcription behind them. The page is tested in Chromium in
+time limit (a gate in the workers, not the speed of the machine, decides when a job finishes),
+uploads admitted before their body and written once, the Host and Origin checks, and the
+step-by-step transcription behind them. The page is tested in Chromium in
 tests/test_serve_page.py.
 
 The main server is the real command (`asr serve` in a subprocess); the servers with tight limits
@@ -13,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ pytest.importorskip("fastapi", reason="asr serve needs the serve extra: pip inst
 import httpx
 import openai
 import uvicorn
-from serving_helpers import KEY, MODEL, serve_process, speech_files
+from serving_helpers import KEY, MODEL, serve_process, speech_files, wait_until
 
 import asr
 from asr.checkpoint import bundle_path
@@ -33,7 +35,7 @@ from asr.inference.formats import format_result, subtitle_cues
 from asr.inference.transcribe import Result, Word
 from asr.serving.app import ServerLimits, build_app
 from asr.serving.stepwise import Stopped, transcribe_stepwise
-from asr.serving.workers import ModelWorkers
+from asr.serving.workers import Job, ModelWorkers
 
 ENV_KEYS = "sk-env-one, sk-env-two"
 URL = "/v1/audio/transcriptions"
@@ -61,10 +63,13 @@ def expected(transcriber, audio):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("server")
+    (folder / "keys.txt").write_text("sk-file-one\n\n  sk-file-two  \n")
     second = f"second={bundle_path(MODEL)}"
     args = ["--model", MODEL, "--model", second, "--api-key", KEY, "--max-upload-mb", "2",
-            "--threads", "2"]  # fmt: skip
-    with serve_process(tmp_path_factory.mktemp("server"), args, {"ASR_API_KEYS": ENV_KEYS}) as url:
+            "--threads", "2", "--api-key-file", str(folder / "keys.txt"),
+            "--allowed-host", "asr.example", "--cors-origin", "http://app.example"]  # fmt: skip
+    with serve_process(folder, args, {"ASR_API_KEYS": ENV_KEYS}) as url:
         yield url
 
 
@@ -178,13 +183,33 @@ def test_models_and_health(server, client):
     assert client.get("/v1/models/nope").status_code == 404
     health = httpx.get(f"{server}/health").json()  # no key needed
     assert health == {"status": "ok", "models": [MODEL, "second"], "workers": 1, "busy": 0,
-                      "queued": 0, "queue_size": 16}  # fmt: skip
+                      "queued": 0, "uploading": 0, "queue_size": 16}  # fmt: skip
 
 
-@pytest.mark.parametrize("key", [KEY, "sk-env-one", "sk-env-two"])
-def test_keys_from_the_flag_and_the_environment_are_accepted(server, key):
+@pytest.mark.parametrize("key", [KEY, "sk-env-one", "sk-env-two", "sk-file-one", "sk-file-two"])
+def test_keys_from_the_flag_the_key_file_and_the_environment_are_accepted(server, key):
     response = httpx.get(f"{server}/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 200
+
+
+def test_the_command_serves_allowed_hosts_and_cors_origins_only(server):
+    keyed = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(f"{server}/v1/models", headers={**keyed, "Host": "asr.example:443"}
+                     ).status_code == 200  # fmt: skip
+    assert httpx.get(f"{server}/v1/models", headers={**keyed, "Host": "other.example"}
+                     ).status_code == 421  # fmt: skip
+    allowed = httpx.get(f"{server}/v1/models", headers={**keyed, "Origin": "http://app.example"})
+    assert allowed.headers["access-control-allow-origin"] == "http://app.example"
+    other = httpx.get(f"{server}/v1/models", headers={**keyed, "Origin": "http://b.example"})
+    assert other.status_code == 403
+
+
+def test_the_api_key_flag_warns_that_ps_shows_it(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "visible to other users in ps" in text
+    assert "--api-key-file" in text and "ASR_API_KEYS" in text
 
 
 def test_the_page_and_health_need_no_key(server):
@@ -296,17 +321,45 @@ def test_an_unknown_route_answers_in_the_error_shape(client):
 # --- queue and time limit (servers in this process) ----------------------------------------
 
 
+class Gate:
+    """ModelWorkers' `before_step` hook as the tests use it: every step of every job waits at
+    the gate until the test opens it or the job is stopped (past its deadline, cancelled by its
+    request). The test, not the speed of the machine, decides when work finishes.
+
+    `held` lists the jobs in the order they reached the gate; `steps` counts the steps asked
+    for. Leaving the `with` block opens the gate, so no worker is left waiting."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.held: list[Job] = []
+        self.steps = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, job: Job) -> None:
+        with self._lock:
+            self.steps += 1
+            if not any(j is job for j in self.held):
+                self.held.append(job)
+        while not (self.opened.is_set() or job.should_stop()):
+            self.opened.wait(0.01)
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.opened.set()
+
+
 @contextlib.contextmanager
-def app_server(workers: ModelWorkers, limits: ServerLimits):
+def app_server(workers: ModelWorkers, limits: ServerLimits | None = None, **options):
     """The application on a free loopback port, served by uvicorn on a thread of this process."""
     sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(build_app(workers, limits), log_level="warning"))
+    app = build_app(workers, limits, **options)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    began = time.monotonic()
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() - began < 30, "server did not start"
-        time.sleep(0.02)
+    wait_until(lambda: server.started or not thread.is_alive(), "the server started")
+    assert thread.is_alive(), "the server stopped"
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
@@ -314,27 +367,35 @@ def app_server(workers: ModelWorkers, limits: ServerLimits):
         thread.join(timeout=30)
 
 
-def wait_for_health(url: str, timeout: float = 30, **state) -> dict:
-    began = time.monotonic()
-    while True:
-        health = httpx.get(f"{url}/health").json()
-        if all(health[k] == v for k, v in state.items()):
-            return health
-        assert time.monotonic() - began < timeout, f"health never reached {state}: {health}"
-        time.sleep(0.02)
+def wait_for_health(url: str, **state) -> dict:
+    health: dict = {}
+
+    def reached() -> bool:
+        health.update(httpx.get(f"{url}/health").json())
+        return all(health[k] == v for k, v in state.items())
+
+    wait_until(reached, f"/health shows {state}")
+    return health
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_recovers(audio, expected):
-    workers = ModelWorkers.load({MODEL: MODEL}, workers=1, queue_size=1)
+@pytest.fixture
+def one_worker(transcriber):
+    """One worker decoding with the module's transcriber, a queue of one, a closed gate."""
+    with Gate() as gate:
+        yield ModelWorkers([{MODEL: transcriber}], queue_size=1, before_step=gate), gate
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_recovers(one_worker, audio, expected):
+    workers, gate = one_worker
     with (
         app_server(workers, ServerLimits(request_timeout=120)) as url,
         httpx.Client(base_url=url, timeout=120) as client,
     ):
-        files = {"file": audio["ten_minutes"].read_bytes()}
         results: list[httpx.Response] = []
         waiting = threading.Thread(target=lambda: results.append(post(client, audio["short"])))
+        files = {"file": audio["short"].read_bytes()}
         with client.stream("POST", URL, files=files, data={"stream": "true"}) as running:
-            wait_for_health(url, busy=1)  # the long file holds the only worker
+            wait_for_health(url, busy=1)  # held at the gate: the only worker
             waiting.start()
             wait_for_health(url, busy=1, queued=1)
             refused = post(client, audio["short"])
@@ -345,29 +406,222 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(audio, expected)
                 "the server is busy: every worker is transcribing and the queue of 1 is full"
             )
             assert running.status_code == 200
-        # The client of the long file left: its job stops and the waiting one runs.
+        # The first client left while its job was held: the job stops, and the waiting one
+        # reaches the worker (still held: the gate is closed).
+        wait_until(lambda: len(gate.held) == 2, "the waiting job reached the worker")
+        assert gate.held[0].cancelled.is_set() and not gate.held[1].should_stop()
+        gate.opened.set()
         waiting.join(timeout=60)
         assert results[0].status_code == 200
         assert results[0].json()["text"] == expected["short"].text
         wait_for_health(url, busy=0, queued=0)
 
 
-def test_a_request_past_its_time_limit_gets_504_and_frees_its_worker(audio, expected):
-    workers = ModelWorkers.load({MODEL: MODEL}, workers=1, queue_size=1)
+def test_a_request_past_its_time_limit_gets_504_and_frees_its_worker(one_worker, audio, expected):
+    workers, gate = one_worker
     with (
         app_server(workers, ServerLimits(request_timeout=3)) as url,
         httpx.Client(base_url=url, timeout=60) as client,
     ):
-        began = time.monotonic()
-        late = post(client, audio["ten_minutes"])
+        late = post(client, audio["short"])  # held at the gate past its deadline
         assert late.status_code == 504, late.text
         assert late.json()["error"]["message"] == (
             "the transcription did not finish within the server's time limit of 3 s"
         )
-        assert time.monotonic() - began < 10
-        wait_for_health(url, timeout=10, busy=0)  # stopped at its next step, not at the end
+        wait_for_health(url, busy=0)
+        assert gate.steps == 1  # stopped before its next step, not after the last
+        gate.opened.set()
         ok = post(client, audio["short"])
         assert ok.status_code == 200 and ok.json()["text"] == expected["short"].text
+
+
+# --- uploads: admitted before their body, written once (servers in this process) -----------
+
+MB = 2**20
+BOUNDARY = "asr-test-boundary"
+HEAD = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"'
+        "\r\nContent-Type: audio/wav\r\n\r\n").encode()  # fmt: skip
+TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def held_upload(url: str, size: int, hold: int, release: threading.Event) -> httpx.Response:
+    """POST a multipart body of exactly `size` bytes (zeros in the field 'file'); all but the
+    last `hold` bytes of the file are sent at once, the rest once `release` is set."""
+    data = size - len(HEAD) - len(TAIL)
+
+    def body():
+        yield HEAD
+        sent = 0
+        while sent < data - hold:
+            piece = min(2**16, data - hold - sent)
+            yield bytes(piece)
+            sent += piece
+        release.wait(120)
+        yield bytes(hold) + TAIL
+
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+               "Content-Length": str(size)}  # fmt: skip
+    return httpx.post(f"{url}{URL}", content=body(), headers=headers, timeout=120)
+
+
+def answer_to_head(url: str, size: int, expect_continue: bool = False) -> bytes:
+    """Send only the head of a multipart POST that announces `size` bytes, never its body;
+    the server's answer up to the end of its headers (b"" when it gives none in 30 s)."""
+    port = int(url.rsplit(":", 1)[1])
+    head = (f"POST {URL} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {size}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            + ("Expect: 100-continue\r\n" if expect_continue else "") + "\r\n")  # fmt: skip
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        with contextlib.suppress(TimeoutError):
+            while b"\r\n\r\n" not in answer and (piece := sock.recv(65536)):
+                answer += piece
+    return answer
+
+
+def upload_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def test_uploads_at_the_limit_go_once_into_their_own_files_within_the_disk_bound(
+    one_worker, tmp_path
+):
+    """workers + queue_size uploads of the largest size, held mid-body: each is written once,
+    straight into its own file under upload_dir, so the disk never holds more than
+    (workers + queue_size) x max_upload_bytes of them."""
+    workers, _ = one_worker
+    limit, hold = 2 * MB, 64 * 2**10
+    limits = ServerLimits(max_upload_bytes=limit, request_timeout=120, upload_dir=tmp_path)
+    release = threading.Event()
+    answers: list[httpx.Response] = []
+    with app_server(workers, limits) as url:
+        uploads = [threading.Thread(target=lambda: answers.append(held_upload(url, limit, hold,
+                                                                              release)))
+                   for _ in range(workers.capacity)]  # fmt: skip
+        try:
+            for upload in uploads:
+                upload.start()
+            arrived = limit - len(HEAD) - len(TAIL) - hold
+
+            def all_arrived() -> bool:
+                files = upload_files(tmp_path)
+                return len(files) == workers.capacity and all(
+                    f.stat().st_size >= arrived - 2**16 for f in files
+                )
+
+            wait_until(all_arrived, f"{workers.capacity} uploads in their files mid-body")
+            files = upload_files(tmp_path)
+            assert sorted(f.name for f in files) == ["upload.wav"] * workers.capacity
+            assert len({f.parent for f in files}) == workers.capacity  # a folder each
+            assert sum(f.stat().st_size for f in files) <= workers.capacity * limit
+            assert wait_for_health(url)["uploading"] == workers.capacity
+        finally:
+            release.set()
+            for upload in uploads:
+                upload.join(timeout=120)
+        assert [a.status_code for a in answers] == [400] * workers.capacity
+        assert all("not a readable audio file" in a.json()["error"]["message"] for a in answers)
+        wait_until(lambda: not any(tmp_path.iterdir()), "every upload removed")
+        assert wait_for_health(url)["uploading"] == 0
+
+
+def test_a_request_beyond_capacity_gets_503_before_it_sends_its_body(one_worker, audio):
+    """Uploads in progress take places as jobs do: with every place taken by an upload still
+    arriving, one more request is refused from its headers alone (no 100 Continue first)."""
+    workers, gate = one_worker
+    release = threading.Event()
+    answers: list[httpx.Response] = []
+    with app_server(workers, ServerLimits(request_timeout=120)) as url:
+        uploads = [threading.Thread(target=lambda: answers.append(held_upload(url, MB, MB // 2,
+                                                                              release)))
+                   for _ in range(workers.capacity)]  # fmt: skip
+        try:
+            for upload in uploads:
+                upload.start()
+            wait_for_health(url, uploading=workers.capacity)
+            for expect_continue in (False, True):
+                answer = answer_to_head(url, MB, expect_continue).decode()
+                assert answer.startswith("HTTP/1.1 503 "), answer
+                assert "\r\nretry-after: " in answer.lower()
+        finally:
+            release.set()
+            for upload in uploads:
+                upload.join(timeout=120)
+        assert [a.status_code for a in answers] == [400] * workers.capacity
+        gate.opened.set()
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert post(client, audio["short"]).status_code == 200  # the places are free again
+
+
+# --- who may call: Host and Origin (servers in this process) ---------------------------------
+
+
+def test_a_request_naming_another_host_gets_421_naming_it(one_worker, audio):
+    """DNS rebinding: a page of rebound.example whose name now points at 127.0.0.1 reaches the
+    server with its own name in Host; any port of the server's own names is fine."""
+    workers, gate = one_worker
+    gate.opened.set()
+    with app_server(workers) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for host in ("rebound.example:8000", "rebound.example", "127.0.0.2"):
+            refused = client.get("/v1/models", headers={"Host": host})
+            assert refused.status_code == 421, (host, refused.text)
+            error = refused.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            assert error["message"].startswith(f"Host {host!r} is not a name of this server")
+            assert "\n" not in error["message"] and error["code"] == "host_not_allowed"
+        with open(audio["short"], "rb") as f:
+            upload = client.post(URL, files={"file": f}, headers={"Host": "rebound.example"})
+        assert upload.status_code == 421
+        for host in ("127.0.0.1:1", "localhost", "LOCALHOST:9999", f"{url[7:]}"):
+            assert client.get("/v1/models", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_cross_origin_request_gets_403_naming_its_origin(one_worker, audio):
+    """A page of another origin can POST a form (no CORS preflight): refused. The server's own
+    page (same scheme, host and port) is not."""
+    workers, gate = one_worker
+    gate.opened.set()
+    with app_server(workers) as url, httpx.Client(base_url=url, timeout=60) as client:
+        port = url.rsplit(":", 1)[1]
+        for origin in ("http://evil.example", f"http://127.0.0.1:{int(port) + 1}",
+                       f"https://127.0.0.1:{port}", "null"):  # fmt: skip
+            with open(audio["short"], "rb") as f:
+                refused = client.post(URL, files={"file": f}, headers={"Origin": origin})
+            assert refused.status_code == 403, (origin, refused.text)
+            error = refused.json()["error"]
+            assert error["message"].startswith(f"Origin {origin!r} may not use this server")
+            assert error["code"] == "origin_not_allowed" and "\n" not in error["message"]
+            assert "access-control-allow-origin" not in refused.headers
+        for own in (url, f"http://localhost:{port}"):  # the Host it was reached by
+            with open(audio["short"], "rb") as f:
+                same = client.post(URL, files={"file": f}, headers={"Origin": own,
+                                                                    "Host": own[7:]})  # fmt: skip
+            assert same.status_code == 200, same.text
+
+
+def test_an_allowed_cors_origin_gets_cors_headers(one_worker, audio):
+    workers, gate = one_worker
+    gate.opened.set()
+    allowed = "http://app.example:3000"
+    with (
+        app_server(workers, cors_origins=[allowed + "/"]) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        preflight = client.options(URL, headers={
+            "Origin": allowed, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        })  # fmt: skip
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == allowed
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        with open(audio["short"], "rb") as f:
+            answer = client.post(URL, files={"file": f}, headers={"Origin": allowed})
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == allowed
+        refused = client.options(URL, headers={"Origin": "http://app.example:3001",
+                                               "Access-Control-Request-Method": "POST"})  # fmt: skip
+        assert refused.status_code == 403
 
 
 # --- step by step --------------------------------------------------------------------------
@@ -404,10 +658,18 @@ def test_stepwise_transcription_stops_between_steps(transcriber, audio):
 def test_serve_refuses_bad_options_with_one_line(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing.pt"), "--port", "0"]) == 2
     assert main(["serve", "--model", "a=x.pt", "--model", "a=y.pt"]) == 2
+    keys = tmp_path / "keys.txt"
+    assert main(["serve", "--model", MODEL, "--api-key-file", str(keys)]) == 2
+    keys.write_text("\n  \n")
+    assert main(["serve", "--model", MODEL, "--api-key-file", str(keys)]) == 2
+    assert main(["serve", "--model", MODEL, "--upload-dir", str(tmp_path / "none")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 2 and all(e.startswith("asr: error: ") for e in errors)
+    assert len(errors) == 5 and all(e.startswith("asr: error: ") for e in errors)
     assert "missing.pt" in errors[0]
     assert errors[1] == "asr: error: two models are named 'a': name them with NAME=MODEL"
+    assert errors[2].startswith(f"asr: error: --api-key-file {keys}: cannot read it: ")
+    assert errors[3] == f"asr: error: --api-key-file {keys} holds no key (one key per line)"
+    assert errors[4] == f"asr: error: upload folder {tmp_path / 'none'} is not a folder"
 
 
 def test_serve_refuses_a_port_in_use(capsys):

@@ -12,8 +12,8 @@ folder, and also in $ASR_SCREENSHOTS when that is set.
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -119,14 +119,14 @@ def test_the_page_transcribes_an_upload_and_follows_playback(browser, server, fi
     assert shown_words(browser) == [w.word for w in expected.words]
 
     # Seeking the player lights up the word heard at that time (the screenshot shows the last).
-    WebDriverWait(browser, 10).until(
+    WebDriverWait(browser, 30).until(
         lambda d: d.execute_script("return document.getElementById('player').readyState") >= 1
     )
     for index in (0, len(expected.words) - 1, len(expected.words) // 2):
         word = expected.words[index]
         browser.execute_script("document.getElementById('player').currentTime = arguments[0]",
                                (word.start + word.end) / 2)  # fmt: skip
-        WebDriverWait(browser, 10).until(lambda d, index=index: lit_word(d) == index)
+        WebDriverWait(browser, 30).until(lambda d, index=index: lit_word(d) == index)
     screenshot(browser, tmp_path, "page-upload.png")
 
     # The downloads are the server's subtitles of the words the page was given.
@@ -155,23 +155,34 @@ def fetch_text(browser, url: str) -> str:
     )
 
 
+def recorded_seconds(browser) -> float:
+    """Seconds of microphone audio the page has captured so far, as it reports them."""
+    return float(browser.find_element(By.TAG_NAME, "body").get_attribute("data-recorded") or 0)
+
+
 def test_the_page_records_the_microphone_and_transcribes_it(browser, server, files, tmp_path):
     open_page(browser, server)
     record = browser.find_element(By.ID, "record")
     record.click()
-    wait_for_state(browser, "recording", timeout=20)
-    time.sleep(4)
+    wait_for_state(browser, "recording", timeout=60)
+    # Stop once the page holds 4 s of audio (the microphone's clock, not the test's).
+    WebDriverWait(browser, 120).until(lambda d: recorded_seconds(d) >= 4)
     record.click()
-    assert wait_for_state(browser, "done", "error") == "done", browser.find_element(
+    assert wait_for_state(browser, "done", "error", timeout=120) == "done", browser.find_element(
         By.ID, "status"
     ).text
+    body = browser.find_element(By.TAG_NAME, "body")
+    sent = float(body.get_attribute("data-sent"))  # the WAV's length, from its sample count
+    assert sent >= 4  # everything captured until the click, and what came before Stop took
     status = browser.find_element(By.ID, "status").text
     assert status.startswith("recording.wav: ")
-    WebDriverWait(browser, 10).until(
+    duration = re.search(r" in ([0-9.]+) s of audio\.$", status)  # the server's, to 0.1 s
+    assert duration and float(duration[1]) == pytest.approx(sent, abs=0.051), status
+    WebDriverWait(browser, 30).until(
         lambda d: d.execute_script("return document.getElementById('player').readyState") >= 1
     )
     seconds = browser.execute_script("return document.getElementById('player').duration")
-    assert 3 < seconds < 8  # what was recorded, sent as WAV: about the 4 s between the clicks
+    assert seconds == pytest.approx(sent, abs=1e-3)  # the player plays what was sent
     heard = shown_words(browser)
     said = {w.word for w in asr.load_model(MODEL).transcribe(files["mic"])[0].words}
     # The fake microphone plays the file from its start; the model hears many of its words.

@@ -40,9 +40,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="larger uploads get 413 (default %(default)s)")  # fmt: skip
     parser.add_argument("--request-timeout", type=float, default=600.0,
                         help="seconds a request may take, upload included (default %(default)s)")  # fmt: skip
+    parser.add_argument("--upload-dir", type=Path, metavar="DIR",
+                        help="folder for uploads while they are received and transcribed "
+                        "(default: the system's temporary folder); it holds at most (workers + "
+                        "queue size) x the upload limit")  # fmt: skip
     parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                        help=f"require 'Authorization: Bearer KEY' (repeatable; also "
-                        f"{API_KEYS_VARIABLE}, comma-separated)")  # fmt: skip
+                        help="require 'Authorization: Bearer KEY' (repeatable). A key given here "
+                        "is visible to other users in ps: prefer --api-key-file or "
+                        f"{API_KEYS_VARIABLE} (comma-separated keys)")  # fmt: skip
+    parser.add_argument("--api-key-file", type=Path, metavar="PATH",
+                        help="require one of the keys in PATH, one key per line")  # fmt: skip
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a name clients may call this server by in the Host header, "
+                        "besides its address and localhost (any port; repeatable; '*': any); "
+                        "other names get 421, against DNS rebinding")  # fmt: skip
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="a web origin (scheme://host[:port]) whose pages may call this "
+                        "server, with CORS headers (repeatable; '*': any); requests from other "
+                        "pages than the server's own get 403")  # fmt: skip
     add_decoding_arguments(parser)
 
 
@@ -60,17 +75,20 @@ def serve_command(args: argparse.Namespace) -> int:
 
     models = model_names(args.model)
     keys = [*args.api_key, *os.environ.get(API_KEYS_VARIABLE, "").split(",")]
+    if args.api_key_file is not None:
+        keys += read_key_file(args.api_key_file)
     keys = [key.strip() for key in keys if key.strip()]
-    limits = ServerLimits(round(args.max_upload_mb * 2**20), args.request_timeout)
+    limits = ServerLimits(round(args.max_upload_mb * 2**20), args.request_timeout, args.upload_dir)
     if args.workers < 1 or args.queue_size < 0:
         raise ValueError("--workers must be >= 1 and --queue-size >= 0")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     torch.set_num_threads(threads)
     workers = ModelWorkers.load(models, args.workers, args.queue_size, args.device,
                                 decoding_options(args), threads)  # fmt: skip
-    app = build_app(workers, limits, keys)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
+    app = build_app(workers, limits, keys, host=host, allowed_hosts=args.allowed_host,
+                    cors_origins=args.cors_origin)  # fmt: skip
     if not keys and not ipaddress.ip_address(host).is_loopback:
         log.warning("listening on %s without an API key: anyone who can reach it may use it", host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -94,6 +112,19 @@ def model_names(specs: list[str]) -> dict[str, str]:
             raise ValueError(f"two models are named {name!r}: name them with NAME=MODEL")
         models[name] = path
     return models
+
+
+def read_key_file(path: Path) -> list[str]:
+    """The keys in `path`, one a line (blank lines skipped); ValueError when there are none."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise ValueError(f"--api-key-file {path}: cannot read it: {reason}") from None
+    keys = [line.strip() for line in lines if line.strip()]
+    if not keys:
+        raise ValueError(f"--api-key-file {path} holds no key (one key per line)")
+    return keys
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -1,15 +1,23 @@
 """A fixed number of model workers behind a bounded queue.
 
 A `Transcriber` is not thread-safe (it caches its decoder, and the beam-search decoder keeps its
-state while it decodes), so each worker is one thread with its own loaded copy of every served model: no locks around
-decoding, and N workers decode N requests at once. A request is a `Job`; `submit` admits it only
-while fewer than `workers + queue_size` jobs are running or waiting, and otherwise raises
-`QueueFull` with a Retry-After estimate, so a burst costs a 503, never unbounded memory.
+state while it decodes), so each worker is one thread with its own loaded copy of every served
+model: no locks around decoding, and N workers decode N requests at once.
+
+Places: at most `capacity = workers + queue_size` requests are in the server at once, counting
+uploads still arriving and jobs waiting or running. A request takes its place (`reserve`) when
+it arrives, before its body is read, and keeps it through its job: `Place.submit` turns it into
+a job, `Place.release` gives it back when the request ends before one. When none is free,
+`reserve` raises `QueueFull` with a Retry-After estimate, so a burst costs a 503, never
+unbounded memory or disk.
 
 Workers run `transcribe_stepwise`, which asks `Job.should_stop` between steps: a job past its
 deadline or cancelled by its request (client gone, time limit) frees its worker within one step.
-What a job produces reaches the request through `Job.on_event`, called on the worker thread:
-("words", [Word, ...]) as words settle, then ("done", Result) or ("error", exception).
+`before_step(job)`, when given, is called on the worker thread before each step of each job: a
+place to watch the work or hold it (the tests hold jobs there to decide when they finish); a hook
+that waits should return once `job.should_stop()`. What a job produces reaches the request
+through `Job.on_event`, called on the worker thread: ("words", [Word, ...]) as words settle,
+then ("done", Result) or ("error", exception).
 """
 
 from __future__ import annotations
@@ -57,6 +65,29 @@ class Job:
         return self.cancelled.is_set() or time.monotonic() > self.deadline
 
 
+class Place:
+    """One of the server's places, taken by a request before its upload is read (`reserve`):
+    `submit` its job, or `release` it. A request uses it from one task: no lock here."""
+
+    def __init__(self, workers: ModelWorkers) -> None:
+        self._workers = workers
+        self._used = False
+
+    def submit(self, job: Job) -> None:
+        """Queue `job` in this place. It raises (the job then not taken, the place given back)
+        ValueError for an unknown model, QueueFull when the workers are stopping."""
+        if self._used:
+            raise RuntimeError("this place was already used")
+        self._used = True
+        self._workers._submit_in_place(job)
+
+    def release(self) -> None:
+        """Give the place back unless a job took it; a second call does nothing."""
+        if not self._used:
+            self._used = True
+            self._workers._give_back()
+
+
 class ModelWorkers:
     """`len(copies)` worker threads; worker i decodes with its own models `copies[i]`."""
 
@@ -66,6 +97,7 @@ class ModelWorkers:
         queue_size: int,
         options: DecodingOptions | None = None,
         threads: int | None = None,
+        before_step: Callable[[Job], None] | None = None,
     ) -> None:
         if not copies or not copies[0]:
             raise ValueError("need at least one worker and one model")
@@ -76,9 +108,11 @@ class ModelWorkers:
         self.queue_size = queue_size
         self.options = options or DecodingOptions()
         self.threads = threads
+        self.before_step = before_step
         self._copies = copies
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._uploading = 0  # places taken by requests whose job is not submitted yet
         self._admitted = 0  # jobs running or waiting
         self._busy = 0
         self._seconds_per_job = 0.0  # moving average, for Retry-After
@@ -94,6 +128,7 @@ class ModelWorkers:
         device: str = "cpu",
         options: DecodingOptions | None = None,
         threads: int | None = None,
+        before_step: Callable[[Job], None] | None = None,
     ) -> ModelWorkers:
         """Load `workers` copies of each model (`name -> bundle path or shipped name`), each
         warmed up with one second of silence (which also loads an LM now, not on a request)."""
@@ -107,11 +142,11 @@ class ModelWorkers:
                 result = transcriber.transcribe(silence, options=options)[0]
                 if result.error is not None:
                     raise ValueError(f"model {name!r} cannot transcribe: {result.error}")
-        return cls(copies, queue_size, options, threads)
+        return cls(copies, queue_size, options, threads, before_step)
 
     @property
     def capacity(self) -> int:
-        """Jobs admitted at once: one running per worker plus `queue_size` waiting."""
+        """Places: requests in the server at once (uploads arriving, jobs waiting or running)."""
         return self.workers + self.queue_size
 
     def start(self) -> None:
@@ -130,15 +165,36 @@ class ModelWorkers:
             thread.join(timeout=30)
         self._threads = []
 
-    def submit(self, job: Job) -> None:
-        """Queue `job`, or raise `QueueFull` (the job is then not taken: its cleanup is yours)."""
-        if job.model not in self.names:
-            raise ValueError(f"unknown model {job.model!r}")
+    def reserve(self) -> Place:
+        """A free place for a request, or `QueueFull` when all `capacity` are taken."""
         with self._lock:
-            if self._stopping.is_set() or self._admitted >= self.capacity:
+            if self._stopping.is_set() or self._uploading + self._admitted >= self.capacity:
+                raise QueueFull(self._retry_after())
+            self._uploading += 1
+        return Place(self)
+
+    def submit(self, job: Job) -> None:
+        """Queue `job` in a place of its own, or raise `QueueFull` (the job is then not taken:
+        its cleanup is yours)."""
+        place = self.reserve()
+        try:
+            place.submit(job)
+        finally:
+            place.release()
+
+    def _submit_in_place(self, job: Job) -> None:
+        with self._lock:
+            self._uploading -= 1
+            if job.model not in self.names:
+                raise ValueError(f"unknown model {job.model!r}")
+            if self._stopping.is_set():
                 raise QueueFull(self._retry_after())
             self._admitted += 1
         self._jobs.put(job)
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self._uploading -= 1
 
     def status(self) -> dict[str, int]:
         with self._lock:
@@ -146,13 +202,14 @@ class ModelWorkers:
                 "workers": self.workers,
                 "busy": self._busy,
                 "queued": self._admitted - self._busy,
+                "uploading": self._uploading,
                 "queue_size": self.queue_size,
             }
 
     def _retry_after(self) -> int:
-        """Seconds until a place is likely free: the waiting jobs' share of the workers, at the
-        average job time so far (at least 1)."""
-        waiting = self._admitted - self.workers + 1
+        """Seconds until a place is likely free: the share of the workers of the requests ahead,
+        at the average job time so far (at least 1)."""
+        waiting = self._uploading + self._admitted - self.workers + 1
         return max(1, math.ceil(self._seconds_per_job * waiting / self.workers))
 
     def _work(self, models: dict[str, Transcriber]) -> None:
@@ -176,11 +233,16 @@ class ModelWorkers:
                     )
 
     def _run(self, job: Job, transcriber: Transcriber) -> None:
-        def should_stop() -> bool:
+        def stopped() -> bool:
             return self._stopping.is_set() or job.should_stop()
 
+        def should_stop() -> bool:  # asked before each step
+            if self.before_step is not None:
+                self.before_step(job)
+            return stopped()
+
         try:
-            if should_stop():  # timed out or cancelled while waiting
+            if stopped():  # timed out or cancelled while waiting
                 raise Stopped("stopped before it started")
             result = transcribe_stepwise(
                 transcriber,

@@ -7,7 +7,8 @@
 // subtitle writer, so the files match `asr transcribe --format srt vtt`). A recording is kept
 // as raw samples and sent as a 16-bit WAV file, which every server-side reader takes.
 // `document.body.dataset.state` says where the page is: loading, ready, recording, busy,
-// done or error.
+// done or error; while recording, `dataset.recorded` counts the seconds of audio captured
+// (the microphone's clock), and `dataset.sent` is the length of the last recording sent.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -147,10 +148,22 @@ async function startRecording() {
   await context.audioWorklet.addModule("/page/recorder.js");
   const node = new AudioWorkletNode(context, "recorder");
   const blocks = [];
-  node.port.onmessage = (event) => blocks.push(event.data);
+  let samples = 0;
+  let shown = -1; // tenths of a second last shown
+  node.port.onmessage = (event) => {
+    blocks.push(event.data);
+    samples += event.data.length;
+    const tenths = Math.floor((10 * samples) / context.sampleRate);
+    if (tenths !== shown && page.recorder) {
+      shown = tenths;
+      document.body.dataset.recorded = (tenths / 10).toFixed(1);
+      $("status").textContent = `Recording… ${(tenths / 10).toFixed(1)} s; press Stop to transcribe.`;
+    }
+  };
   context.createMediaStreamSource(stream).connect(node);
   node.connect(context.destination); // keeps the node running; it outputs silence
   page.recorder = { stream, context, blocks };
+  document.body.dataset.recorded = "0.0";
   $("record").textContent = "Stop";
   $("record").classList.add("recording");
   setStatus("Recording… press Stop to transcribe.", "recording");
@@ -164,6 +177,8 @@ async function stopRecording() {
   await context.close();
   $("record").textContent = "Record";
   $("record").classList.remove("recording");
+  const count = blocks.reduce((n, block) => n + block.length, 0);
+  document.body.dataset.sent = String(count / rate);
   await transcribe(wavFile(blocks, rate), "recording.wav");
 }
 
