@@ -162,3 +162,21 @@ def test_a_rerun_with_another_model_or_options_is_refused_naming_what_differs(
         == (tmp_path / "fresh" / "transcripts.jsonl").read_bytes()
         != first
     )
+
+
+def test_parts_rank_0_cannot_see_are_one_line_naming_the_output_dir(
+    corpus, tmp_path, capsys, monkeypatch
+):
+    """Each rank writing its part where the merging rank cannot read it (a folder local to each
+    node, not shared) is a user error: one line, status 2, no traceback."""
+    from asr.training import predict
+
+    manifest, model = corpus
+    real_open_part = predict._open_part
+    elsewhere = tmp_path / "node-local"
+    monkeypatch.setattr(predict, "_open_part", lambda path: real_open_part(elsewhere / path.name))
+    assert main(transcribe(manifest, model, tmp_path / "out")) == 2
+    err = capsys.readouterr().err  # after Lightning's INFO lines
+    (line,) = [line for line in err.splitlines() if "error" in line]
+    assert line.startswith(f"asr: error: the parts in {tmp_path / 'out' / 'parts'} lack 9 of 9")
+    assert "shares" in line and "Traceback" not in err
