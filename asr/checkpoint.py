@@ -29,7 +29,7 @@ import torch
 
 from asr.audio import LogMelFeatures
 from asr.config import EncoderConfig, FeatureConfig, from_dict, to_dict
-from asr.model import CtcModel
+from asr.model import AcousticModel, CtcModel
 from asr.tokenizer import Tokenizer, tokenizer_from_dict
 
 # Bundles shipped inside the package, loadable by name (`asr transcribe --model NAME`,
@@ -47,10 +47,16 @@ class BundleError(ValueError):
 class ModelBundle:
     """Everything transcription needs: features front end, acoustic model, tokenizer."""
 
-    model: CtcModel
+    model: AcousticModel  # a CtcModel, or an ONNX Runtime model (asr.inference.onnx)
     frontend: LogMelFeatures
     tokenizer: Tokenizer
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds per output frame: the front end's frame shift times the subsampling."""
+        hop, rate = self.frontend.hop, self.frontend.config.sample_rate
+        return hop * self.model.geometry.factor / rate
 
     def to(self, device: str | torch.device) -> ModelBundle:
         self.model.to(device)

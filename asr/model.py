@@ -13,13 +13,44 @@ Symbols: B batch, T feature frames, T' encoder frames, F feature bins, D width, 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from asr.config import EncoderConfig
 from asr.modules.conformer import ConformerEncoder
+from asr.modules.subsampling import SubsamplingGeometry
 from asr.tokenizer import BLANK_ID
+
+
+class AcousticModel(Protocol):
+    """What inference needs of an acoustic model, PyTorch (`CtcModel`) or ONNX Runtime
+    (`asr.inference.onnx.OnnxCtcModel`): its configuration, vocabulary, geometry (how output
+    frames relate to feature frames: the front end adds sample rate and frame shift, see
+    `ModelBundle.frame_seconds`) and the whole-utterance forward pass. Nothing outside a model
+    recomputes frame counts."""
+
+    config: EncoderConfig
+    vocab_size: int
+
+    @property
+    def geometry(self) -> SubsamplingGeometry: ...
+
+    def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
+        """(B,) feature frames -> (B,) output frames."""
+        ...
+
+    def __call__(
+        self, feats: torch.Tensor, feat_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (B, T, F), feat_lengths (B,) -> (log_probs (B, T', V), out_lengths (B,))."""
+        ...
+
+    def to(self, device: str | torch.device) -> AcousticModel: ...
+
+    def eval(self) -> AcousticModel: ...
 
 
 class CtcModel(nn.Module):
@@ -37,6 +68,10 @@ class CtcModel(nn.Module):
         self.head = nn.Linear(config.d_model, vocab_size)
         # One projection shared by all conditioned blocks, as in the paper and ESPnet.
         self.condition = nn.Linear(vocab_size, config.d_model) if config.self_conditioning else None
+
+    @property
+    def geometry(self) -> SubsamplingGeometry:
+        return self.encoder.subsampling.geometry
 
     def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder.output_lengths(feat_lengths)

@@ -14,15 +14,15 @@ import soundfile
 import torch
 
 import asr
-import asr.inference.transcribe as transcribe_module
+import asr.inference.engine as engine_module
 from asr.audio import LogMelFeatures
 from asr.checkpoint import BundleError, save_bundle
 from asr.cli.transcribe import add_transcribe_arguments, transcribe_command
 from asr.config import EncoderConfig, FeatureConfig
 from asr.inference.alignment import Word
+from asr.inference.engine import AudioSegment, plan_chunks, stitch_chunks
 from asr.inference.formats import format_result, subtitle_cues
 from asr.inference.lm import NgramLM
-from asr.inference.transcribe import AudioSegment, plan_chunks, stitch_chunks
 from asr.model import CtcModel
 from asr.tokenizer import CharTokenizer
 
@@ -131,13 +131,13 @@ def test_chunk_reader_never_reads_more_than_chunk_seconds(transcriber, tmp_path,
     path = tmp_path / "long.wav"
     soundfile.write(path, signal(10.0, 3), RATE)
     requests = []
-    real_load_audio = transcribe_module.load_audio
+    real_load_audio = engine_module.load_audio
 
     def recording_load_audio(path, sample_rate, offset, duration):
         requests.append((offset, duration))
         return real_load_audio(path, sample_rate, offset, duration)
 
-    monkeypatch.setattr(transcribe_module, "load_audio", recording_load_audio)
+    monkeypatch.setattr(engine_module, "load_audio", recording_load_audio)
     [result] = transcriber.transcribe(path, chunk_seconds=3.0, chunk_overlap=1.0)
     assert result.error is None and result.words
     assert max(d for _, d in requests) <= 3.0
@@ -191,9 +191,7 @@ def test_subtitle_cues_respect_duration_length_and_pauses():
         assert cue[-1].end - cue[0].start <= 7.0
         assert len(" ".join(x.word for x in cue)) <= 42
     assert cues[-1] == [words[-1]]  # after a pause of more than 1 s
-    result = transcribe_module.Result(
-        "x", "x.wav", "a b", [w("a", 0.5, 1.0), w("b", 3661.0, 3661.25)]
-    )
+    result = engine_module.Result("x", "x.wav", "a b", [w("a", 0.5, 1.0), w("b", 3661.0, 3661.25)])
     assert format_result(result, "srt") == (
         "1\n00:00:00,500 --> 00:00:01,000\na\n\n2\n01:01:01,000 --> 01:01:01,250\nb\n"
     )

@@ -1,9 +1,9 @@
 """CTC decoding: greedy, and beam search with an optional KenLM n-gram and lexicon.
 
-Here: `DecodingOptions` (the one definition of every decoding option and its default; each
-command's decoding flags are generated from it by `asr.cli.decoding`), `greedy_decode` (argmax,
-collapse repeats, drop blanks; batched and length-aware), `BeamSearchDecoder` (torchaudio's
-flashlight `ctc_decoder`) and `make_decoder`.
+Here: `collapse` (the one CTC collapse: merge repeats, drop blanks; also incremental, for
+streaming), `greedy_decode` (argmax then `collapse`; batched and length-aware),
+`BeamSearchDecoder` (torchaudio's flashlight `ctc_decoder`) and `make_decoder`, which builds
+either from `DecodingOptions` (`asr.inference.options`).
 
 Every decoder maps log_probs (B, T', V) with out_lengths (B,) to token ids per utterance, blanks
 removed and repeats collapsed. Blank is id 0 (Graves et al. 2006). Lexicons are in
@@ -15,78 +15,33 @@ from __future__ import annotations
 import itertools
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from asr.inference.lexicon import lexicon_for, write_spellings
+from asr.inference.options import DecodingOptions
 from asr.tokenizer import BLANK_ID, BLANK_PIECE, SPACE_PIECE, Tokenizer
 
 EXTRA_SIL_PIECE = "<sil>"  # SentencePiece has no silence token: one is added, never emitted
 NEVER = -1e9  # log-probability of that added token (finite: flashlight sums scores)
-# Beam width when an LM or a lexicon is given and no beam size is: the setting the demo's LM
-# result was measured with (BENCHMARKS.md).
-DEFAULT_LM_BEAM = 50
 
 Decoder = Callable[[Tensor, Tensor], list[list[int]]]
 
 
-@dataclass(frozen=True)
-class DecodingOptions:
-    """How log-probs become words. No `lm`, no `lexicon` and `beam_size` 1 is greedy decoding.
-
-    Each field's `help` is the text of its command-line flag (`--beam-size`, `--lm`, ...).
-    """
-
-    beam_size: int | None = field(
-        default=None,
-        metadata={"help": "beams; default 1 (greedy) without --lm/--lexicon, "
-                  f"{DEFAULT_LM_BEAM} with them"},
-    )  # fmt: skip
-    lm: str | None = field(default=None, metadata={"help": "KenLM n-gram model, ARPA or binary"})
-    lexicon: str | None = field(
-        default=None,
-        metadata={"help": "words to decode: `word [token ...]` per line (default with an ARPA "
-                  "--lm: its words)"},
-    )  # fmt: skip
-    # Measured on the demo (BENCHMARKS.md, "LM weight"): weights 0.5-3 and word scores -1..2
-    # with the 3-gram, 1.0 and 0 were best.
-    lm_weight: float = field(default=1.0, metadata={"help": "LM log-probability scale"})
-    word_score: float = field(default=0.0, metadata={"help": "added to the score per word"})
-    # flashlight's own default (natural-log score units), kept: not tuned here.
-    beam_threshold: float = field(
-        default=50.0, metadata={"help": "prune hypotheses this far below the best"}
-    )
-    # A prefix beam search (sums alignments of a prefix); False keeps the best alignment only.
-    log_add: bool = field(default=True, metadata={"help": "sum the scores of a prefix's paths"})
-
-    def __post_init__(self) -> None:
-        if self.beam_size is None:
-            beam = DEFAULT_LM_BEAM if self.lm is not None or self.lexicon is not None else 1
-            object.__setattr__(self, "beam_size", beam)
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
-        for name in ("lm", "lexicon"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).is_file():
-                raise ValueError(f"{name} file not found: {value}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.beam_size == 1 and self.lm is None and self.lexicon is None
+def collapse(labels: list[int], previous: int = BLANK_ID) -> list[int]:
+    """A CTC label path -> its tokens: repeats merged, blanks dropped. `previous` is the label
+    before `labels` (a stream's last frame), so a path cut anywhere collapses the same."""
+    return [label for label, _ in itertools.groupby([previous, *labels]) if label != BLANK_ID][
+        previous != BLANK_ID :
+    ]
 
 
 def greedy_decode(log_probs: Tensor, out_lengths: Tensor) -> list[list[int]]:
     """log_probs (B, T', V), out_lengths (B,) -> per utterance the collapsed argmax path."""
-    B, T, _ = log_probs.shape
-    best = log_probs.argmax(dim=-1)  # (B, T')
-    keep = best != BLANK_ID  # (B, T')
-    keep[:, 1:] &= best[:, 1:] != best[:, :-1]
-    keep &= torch.arange(T, device=best.device)[None, :] < out_lengths.to(best.device)[:, None]
-    best, keep = best.cpu(), keep.cpu()
-    return [best[b][keep[b]].tolist() for b in range(B)]
+    best = log_probs.argmax(dim=-1).cpu()  # (B, T')
+    return [collapse(best[b, : int(length)].tolist()) for b, length in enumerate(out_lengths)]
 
 
 class BeamSearchDecoder:
@@ -147,7 +102,7 @@ class BeamSearchDecoder:
                 decoded.append(self._word_ids(results[0].words if results else []))
                 continue
             path = results[0].tokens[1 : T + 1] if results else []
-            decoded.append([t for t in _collapse(path) if t < self.vocab_size])
+            decoded.append([t for t in collapse(path) if t < self.vocab_size])
         return decoded
 
     def _word_ids(self, word_indices: list[int]) -> list[int]:
@@ -155,10 +110,6 @@ class BeamSearchDecoder:
         # between two words, which would merge them ("oscar must" -> "oscarmust").
         words = [self._decoder.word_dict.get_entry(i) for i in word_indices if i >= 0]
         return self.tokenizer.encode(" ".join(words)) if words else []
-
-
-def _collapse(path: list[int]) -> list[int]:
-    return [label for label, _ in itertools.groupby(path) if label != BLANK_ID]
 
 
 def make_decoder(tokenizer: Tokenizer, options: DecodingOptions) -> Decoder:

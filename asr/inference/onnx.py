@@ -9,8 +9,9 @@ beside it (`vocab_size`, `subsampling_factor`, `blank_id`, `feat_dim`, `normaliz
 `quantization`) describe the graph to tools that read no JSON.
 
 `load_onnx_bundle` rebuilds the front end and tokenizer from that metadata and wraps the ONNX
-Runtime session in `OnnxCtcModel`, which has the interface of `CtcModel` that inference uses
-(`config`, `vocab_size`, `output_lengths`, `__call__(feats, feat_lengths)`), so `Transcriber`,
+Runtime session in `OnnxCtcModel`, which implements the acoustic-model protocol
+(`asr.model.AcousticModel`: `config`, `vocab_size`, `geometry`, `output_lengths`,
+`__call__(feats, feat_lengths)`), as `CtcModel` does, so `Transcriber`,
 `asr transcribe` and `asr evaluate` run the same front end, chunking, decoding, word timing and
 output code for both. ONNX Runtime is an optional dependency: `pip install 'asr[onnx]'`.
 """
@@ -28,7 +29,7 @@ from asr.audio import LogMelFeatures
 from asr.checkpoint import BundleError, ModelBundle, bundle_parts
 from asr.config import EncoderConfig, to_dict
 from asr.extras import require
-from asr.modules.subsampling import conv_out_length
+from asr.modules.subsampling import SubsamplingGeometry
 from asr.tokenizer import BLANK_ID, Tokenizer
 
 ONNX_FORMAT = "asr-onnx-model"
@@ -76,17 +77,17 @@ def bundle_metadata(bundle: ModelBundle, quantization: str = "none") -> dict[str
 
 
 class OnnxCtcModel:
-    """An ONNX Runtime session with the inference interface of `CtcModel` (CPU only)."""
+    """An ONNX Runtime session implementing `asr.model.AcousticModel` (CPU only)."""
 
     def __init__(self, session: Any, config: EncoderConfig, vocab_size: int) -> None:
         self.session = session
         self.config = config
         self.vocab_size = vocab_size
-        self.num_convs = {4: 2, 8: 3}[config.subsampling_factor]
+        self.geometry = SubsamplingGeometry(config.subsampling_factor, config.subsampling_padding)
 
     def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
         """Frames out for frames in, as the exported subsampling computes them."""
-        return conv_out_length(feat_lengths, self.num_convs, self.config.subsampling_padding)
+        return self.geometry.output_lengths(feat_lengths)
 
     def __call__(
         self, feats: torch.Tensor, feat_lengths: torch.Tensor
@@ -161,7 +162,7 @@ def load_onnx_bundle(path: str | Path, threads: int | None = None) -> ModelBundl
         )
     encoder_config, frontend, tokenizer, vocab_size, info = bundle_parts
     model = OnnxCtcModel(session, encoder_config, vocab_size)
-    return ModelBundle(model, frontend, tokenizer, info)  # type: ignore[arg-type]
+    return ModelBundle(model, frontend, tokenizer, info)
 
 
 def _parse_metadata(

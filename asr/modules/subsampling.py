@@ -10,6 +10,8 @@ edge sees zeros whatever the batch holds: padding never changes valid outputs ei
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,43 @@ def conv_out_length(
     return length
 
 
+@dataclass(frozen=True)
+class SubsamplingGeometry:
+    """How output frames relate to feature frames: the one place that knows the arithmetic.
+
+    `factor` 4 or 8 (2 or 3 convolutions), `padding` zeros on each side of each convolution.
+    `stride` feature frames per output frame; `span` feature frames one output frame sees
+    (7 for 4x, 15 for 8x); `right_context` of those after its first frame (`span - 1`).
+    """
+
+    factor: int
+    padding: int = 0
+
+    def __post_init__(self) -> None:
+        if self.factor not in (4, 8):
+            raise ValueError(f"subsampling factor must be 4 or 8, got {self.factor}")
+
+    @property
+    def num_convs(self) -> int:
+        return {4: 2, 8: 3}[self.factor]
+
+    @property
+    def stride(self) -> int:
+        return STRIDE**self.num_convs
+
+    @property
+    def span(self) -> int:
+        return 1 + (KERNEL - 1) * (self.stride - 1) // (STRIDE - 1)
+
+    @property
+    def right_context(self) -> int:
+        return self.span - 1
+
+    def output_lengths(self, feat_lengths: torch.Tensor | int) -> torch.Tensor | int:
+        """Output frames for `feat_lengths` feature frames (tensor or int)."""
+        return conv_out_length(feat_lengths, self.num_convs, self.padding)
+
+
 class Conv2dSubsampling(nn.Module):
     """(B, T, F) features -> (B, T', D) with T' = conv_out_length(T), factor 4 or 8."""
 
@@ -37,9 +76,8 @@ class Conv2dSubsampling(nn.Module):
         self, feat_dim: int, d_model: int, channels: int, factor: int = 4, padding: int = 0
     ) -> None:
         super().__init__()
-        if factor not in (4, 8):
-            raise ValueError(f"subsampling factor must be 4 or 8, got {factor}")
-        self.num_convs = {4: 2, 8: 3}[factor]
+        self.geometry = SubsamplingGeometry(factor, padding)
+        self.num_convs = self.geometry.num_convs
         self.padding = padding
         layers: list[nn.Module] = []
         in_channels, freq = 1, feat_dim
@@ -52,7 +90,7 @@ class Conv2dSubsampling(nn.Module):
         self.out = nn.Linear(channels * freq, d_model)
 
     def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
-        return conv_out_length(feat_lengths, self.num_convs, self.padding)
+        return self.geometry.output_lengths(feat_lengths)
 
     def _mask(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """With padding: x (B, C, T, F) with frames t >= lengths[b] zeroed (no-op without)."""

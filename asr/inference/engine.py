@@ -1,0 +1,267 @@
+"""The transcription engine: every way of transcribing files runs here, a step at a time.
+
+`Engine.run` takes inputs (file paths, `AudioSegment`s, `(samples, rate)` pairs) and
+`ChunkingOptions`, and:
+
+1. plans: an input longer than `chunk_seconds` becomes windows of that length overlapping by
+   `chunk_overlap` (`plan_chunks`); a file is read one window at a time, never whole, so memory
+   stays flat however long it is;
+2. batches: the windows of all inputs, longest first, up to `batch_seconds` of padded audio per
+   forward pass (`batch_pieces`); padding never changes a result;
+3. decodes each batch (a step): front end, acoustic model, the decoder of the
+   `DecodingOptions`, word timings by forced alignment;
+4. stitches the windows of an input: each word is kept from the one window that owns its centre
+   (`stitch_chunks`).
+
+Between steps it asks `should_stop()` (True raises `Stopped`: a server's time limit, a client
+gone) and hands each input's words to `on_words(index, words)` as soon as no later window can
+change them: once window k+1 of an input is decoded, the cut between k and k+1 is known. A
+failing input (missing, empty, corrupt, not audio) gets a `Result` whose `error` is a one-line
+message naming it; the other inputs are transcribed all the same.
+
+`Transcriber.transcribe`, the server, `asr evaluate --model`, `asr transcribe --manifest` (one
+process or many) and the demo all run this loop; none plans, batches or stitches on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from asr.audio import AudioError, audio_duration, load_audio, load_audio_array
+from asr.checkpoint import ModelBundle
+from asr.inference.alignment import Word, align_words
+from asr.inference.decoding import Decoder
+from asr.inference.options import ChunkingOptions
+from asr.inference.result import Result
+
+Chunk = tuple[float, float, list[Word]]  # (start, end, words) in seconds from the input's start
+OnWords = Callable[[int, list[Word]], None]
+
+
+class Stopped(Exception):
+    """`should_stop()` said so before a step: the transcription was abandoned."""
+
+
+@dataclass(frozen=True)
+class AudioSegment:
+    """[offset, offset + duration) seconds of the file at `path` (duration None: to the end)."""
+
+    path: str | Path
+    offset: float = 0.0
+    duration: float | None = None
+    id: str | None = None
+
+
+@dataclass
+class _Source:
+    """One input resolved: where its audio comes from, how long it is, what is decoded so far."""
+
+    result: Result
+    path: Path | None = None
+    offset: float = 0.0
+    samples: Tensor | None = None  # (N,) in-memory inputs only
+    chunks: list[Chunk] = field(default_factory=list)
+    settled: int = 0  # words of `chunks` handed to on_words so far, in stitched order
+    pending: list[Word] = field(default_factory=list)  # words the last window keeps so far
+
+
+class Engine:
+    """Plans, batches, decodes and stitches for one loaded bundle (see the module docstring)."""
+
+    def __init__(self, bundle: ModelBundle, device: torch.device) -> None:
+        self.bundle, self.device = bundle, device
+        self.sample_rate = bundle.frontend.config.sample_rate
+        self.frame_seconds = bundle.frame_seconds
+
+    def run(
+        self,
+        inputs: list[Any],
+        chunking: ChunkingOptions,
+        decoder: Decoder,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_words: OnWords | None = None,
+    ) -> list[Result]:
+        """Results in input order (see the module docstring)."""
+        sources = [self._resolve(i, item) for i, item in enumerate(inputs)]
+        pieces = [
+            (k, start, length)
+            for k, source in enumerate(sources)
+            if source.result.error is None
+            for start, length in plan_chunks(
+                source.result.duration, chunking.chunk_seconds, chunking.chunk_overlap
+            )
+        ]
+        pieces.sort(key=lambda piece: -piece[2])  # longest first, stable: less padding
+        with torch.inference_mode():
+            for step in batch_pieces(pieces, chunking.batch_seconds, lambda piece: piece[2]):
+                if should_stop is not None and should_stop():
+                    done = sum(s.settled for s in sources)
+                    raise Stopped(f"stopped after {done} words")
+                self._decode_step([(sources[k], start, length) for k, start, length in step],
+                                  decoder)  # fmt: skip
+                if on_words is not None:
+                    for k in dict.fromkeys(k for k, _, _ in step):
+                        _hand_out(sources[k], k, on_words, final=False)
+        for k, source in enumerate(sources):
+            if source.result.error is None:
+                if on_words is not None:
+                    _hand_out(source, k, on_words, final=True)
+                source.result.words = stitch_chunks(source.chunks)
+                source.result.text = " ".join(w.word for w in source.result.words)
+            source.chunks, source.pending = [], []
+        return [source.result for source in sources]
+
+    def _resolve(self, index: int, item: Any) -> _Source:
+        """An input -> its `_Source`; a bad input gets its error message instead."""
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], numbers.Real):
+            name = f"array{index}"
+            source = _Source(Result(id=name, path=None))
+            try:
+                source.samples = load_audio_array(item[0], int(item[1]), self.sample_rate, name)
+                source.result.duration = len(source.samples) / self.sample_rate
+            except AudioError as err:
+                source.result.error = str(err)
+            return source
+        segment = item if isinstance(item, AudioSegment) else AudioSegment(item)
+        path = Path(segment.path)
+        source = _Source(Result(id=segment.id or str(path), path=str(path)), path, segment.offset)
+        try:
+            total = audio_duration(path)
+            if segment.offset >= total:
+                raise AudioError(f"offset {segment.offset} s is past the end of '{path}'")
+            rest = total - segment.offset
+            source.result.duration = (
+                rest if segment.duration is None else min(segment.duration, rest)
+            )
+        except AudioError as err:
+            source.result.error = str(err)
+        return source
+
+    def _load(self, source: _Source, start: float, length: float) -> Tensor:
+        """Samples (N,) of [start, start + length) s of the input: only these are read."""
+        if source.samples is not None:
+            first = round(start * self.sample_rate)
+            return source.samples[first : first + round(length * self.sample_rate)]
+        return load_audio(source.path, self.sample_rate, source.offset + start, length)
+
+    def _decode_step(self, step: list[tuple[_Source, float, float]], decoder: Decoder) -> None:
+        """Load, featurize, encode, decode and time the windows of one batch."""
+        model, frontend = self.bundle.model, self.bundle.frontend
+        waves, kept = [], []
+        for source, start, length in step:
+            if source.result.error is not None:
+                continue  # an earlier window of this input already failed
+            try:
+                wave = self._load(source, start, length)
+            except AudioError as err:
+                source.result.error = str(err)
+                continue
+            end = start + len(wave) / self.sample_rate
+            if model.output_lengths(torch.tensor([frontend.num_frames(len(wave))])).item() < 1:
+                source.chunks.append((start, end, []))  # too short for one output frame
+            else:
+                waves.append(wave)
+                kept.append((source, start, end))
+        if not waves:
+            return
+        wave_lengths = torch.tensor([len(w) for w in waves])  # (B,)
+        padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)  # (B, N)
+        feats, feat_lengths = frontend(padded.to(self.device), wave_lengths.to(self.device))
+        log_probs, out_lengths = model(feats, feat_lengths)  # (B, T', V), (B,)
+        token_ids = decoder(log_probs, out_lengths)
+        log_probs, out_lengths = log_probs.cpu(), out_lengths.cpu()
+        for b, (source, start, end) in enumerate(kept):
+            frames = log_probs[b, : int(out_lengths[b])]  # (T'_b, V)
+            words = align_words(
+                frames, token_ids[b], self.bundle.tokenizer, self.frame_seconds, offset=start
+            )
+            source.chunks.append((start, end, words))
+
+
+def _hand_out(source: _Source, index: int, on_words: OnWords, final: bool) -> None:
+    """Give `on_words` the words of `source` that no later window can change (all at the end).
+
+    Windows arrive in plan order. When window k+1 arrives, the cut between k and k+1 is fixed,
+    so window k's words on its side of that cut (and of the cut before it, `pending`) are final.
+    Words are told apart by identity: two windows can hold equal words.
+    """
+    if source.result.error is not None:
+        return
+    while source.settled < len(source.chunks):
+        k = source.settled
+        if k == 0:
+            source.pending = source.chunks[0][2]
+        else:
+            kept = stitch_chunks([source.chunks[k - 1], source.chunks[k]])
+            left = {id(w) for w in source.pending}
+            right = {id(w) for w in source.chunks[k][2]}
+            settled = [w for w in kept if id(w) in left]
+            source.pending = [w for w in kept if id(w) in right]
+            if settled:
+                on_words(index, settled)
+        source.settled += 1
+    if final and source.pending:
+        on_words(index, source.pending)
+        source.pending = []
+
+
+def plan_chunks(duration: float, chunk_seconds: float, overlap: float) -> list[tuple[float, float]]:
+    """(start, length) of windows covering [0, duration): `chunk_seconds` long, each overlapping
+    the next by at least `overlap`; the last one ends at `duration`."""
+    if duration <= chunk_seconds:
+        return [(0.0, duration)]
+    step, chunks = chunk_seconds - overlap, []
+    while not chunks or chunks[-1][0] + chunk_seconds < duration:
+        start = min(len(chunks) * step, duration - chunk_seconds)
+        chunks.append((start, chunk_seconds))
+    return chunks
+
+
+def batch_pieces(pieces: list, batch_seconds: float, length: Callable[[Any], float]) -> list[list]:
+    """Consecutive runs of pieces (longest first; `length(piece)` in seconds) whose padded length,
+    (first piece's length) x (count), stays <= batch_seconds."""
+    batches: list[list] = []
+    for piece in pieces:
+        if batches and length(batches[-1][0]) * (len(batches[-1]) + 1) <= batch_seconds:
+            batches[-1].append(piece)
+        else:
+            batches.append([piece])
+    return batches
+
+
+def stitch_chunks(chunks: Sequence[Chunk]) -> list[Word]:
+    """The words of overlapping chunks `(start, end, words)`, each word kept once.
+
+    Between two chunks the cut is the midpoint of their overlap, moved to the nearest point (in
+    the middle half of the overlap) that lies inside no word of either chunk, so a word seen by
+    both chunks falls on one side of the cut in both. A chunk keeps the words whose centre lies
+    between its two cuts.
+    """
+    chunks = sorted(chunks, key=lambda c: c[0])
+    cuts = [-math.inf]
+    for (_, prev_end, prev_words), (start, _, words) in itertools.pairwise(chunks):
+        cuts.append(_cut(prev_words + words, start, prev_end))
+    cuts.append(math.inf)
+    return [
+        w
+        for k, (_, _, words) in enumerate(chunks)
+        for w in words
+        if cuts[k] <= (w.start + w.end) / 2 < cuts[k + 1]
+    ]
+
+
+def _cut(words: list[Word], lo: float, hi: float) -> float:
+    mid, quarter = (lo + hi) / 2, (hi - lo) / 4
+    candidates = [mid] + [t for w in words for t in (w.start, w.end) if abs(t - mid) <= quarter]
+    free = [t for t in candidates if not any(w.start < t < w.end for w in words)]
+    return min(free, key=lambda t: abs(t - mid)) if free else mid
