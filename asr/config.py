@@ -1,21 +1,22 @@
 """Every hyperparameter as a frozen dataclass, and `load_config(yaml, overrides)`.
 
 Defaults live here; YAML files in `configs/` hold only what differs. A YAML key is the dataclass
-field of the same name. Unknown keys and values of the wrong type raise `ValueError` naming the
-key (and the closest valid key) before any work starts.
+field of the same name. Each dataclass checks its values when built; reading YAML, dotted
+overrides, and the errors for unknown keys (naming the closest valid one) and wrong types are
+`asr.config_io`'s, which knows nothing of the fields here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+# to_dict, save_config and apply_override are re-exported: they have always been imported from here.
+from asr.config_io import apply_override as apply_override
+from asr.config_io import check_at_least, check_choice, check_positive, from_dict, load_dataclass
+from asr.config_io import save_config as save_config
+from asr.config_io import to_dict as to_dict
 
 ACTIVATIONS = ("swish", "leaky_relu")
 CONV_NORMS = ("batch_norm", "layer_norm")
@@ -64,9 +65,9 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inter_ctc_layers", tuple(self.inter_ctc_layers))
-        _check_positive(self, "encoder", "feat_dim", "d_model", "num_layers", "num_heads")
-        _check_positive(self, "encoder", "ff_mult", "subsampling_channels")
-        _check_positive(self, "encoder", "num_style_tokens", "style_token_heads")
+        check_positive(self, "encoder", "feat_dim", "d_model", "num_layers", "num_heads")
+        check_positive(self, "encoder", "ff_mult", "subsampling_channels")
+        check_positive(self, "encoder", "num_style_tokens", "style_token_heads")
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"encoder.d_model={self.d_model} is not divisible by "
@@ -98,14 +99,14 @@ class EncoderConfig:
             )
         if self.self_conditioning and not layers:
             raise ValueError("encoder.self_conditioning needs encoder.inter_ctc_layers")
-        _check_positive(self, "encoder", "max_chunk_frames")
+        check_positive(self, "encoder", "max_chunk_frames")
         if self.dynamic_chunk_training and not self.causal_conv:
             raise ValueError(
                 "encoder.dynamic_chunk_training needs encoder.causal_conv: true (a centred "
                 "convolution would look past the end of each chunk)"
             )
-        _check_choice(self, "encoder", "activation", ACTIVATIONS)
-        _check_choice(self, "encoder", "conv_norm", CONV_NORMS)
+        check_choice(self, "encoder", "activation", ACTIVATIONS)
+        check_choice(self, "encoder", "conv_norm", CONV_NORMS)
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"encoder.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -159,11 +160,11 @@ class FeatureConfig:
     log_offset: float = 1e-6  # log(power + log_offset)
 
     def __post_init__(self) -> None:
-        _check_positive(self, "features", "sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft")
-        _check_positive(self, "features", "log_offset")
-        _check_choice(self, "features", "normalize", FEATURE_NORMALIZATIONS)
-        _check_choice(self, "features", "window", ("hann", "hann_symmetric"))
-        _check_choice(self, "features", "mel_scale", ("htk", "slaney"))
+        check_positive(self, "features", "sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft")
+        check_positive(self, "features", "log_offset")
+        check_choice(self, "features", "normalize", FEATURE_NORMALIZATIONS)
+        check_choice(self, "features", "window", ("hann", "hann_symmetric"))
+        check_choice(self, "features", "mel_scale", ("htk", "slaney"))
         if not 0.0 <= self.preemphasis < 1.0:
             raise ValueError(f"features.preemphasis must be in [0, 1), got {self.preemphasis}")
         win, hop = (round(self.sample_rate * ms / 1000) for ms in (self.win_ms, self.hop_ms))
@@ -188,8 +189,8 @@ class AugmentConfig:
     noise_manifest: str | None = None
 
     def __post_init__(self) -> None:
-        _check_at_least(self, "augment", 0, "freq_masks", "freq_mask_width", "time_masks")
-        _check_at_least(self, "augment", 0.0, "time_mask_max_ratio", "noise_prob", high=1.0)
+        check_at_least(self, "augment", 0, "freq_masks", "freq_mask_width", "time_masks")
+        check_at_least(self, "augment", 0.0, "time_mask_max_ratio", "noise_prob", high=1.0)
         if not self.speed_factors or not all(f > 0 for f in self.speed_factors):
             raise ValueError(
                 f"augment.speed_factors must be positive numbers, got {list(self.speed_factors)}"
@@ -207,8 +208,8 @@ class TokenizerConfig:
     path: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice(self, "tokenizer", "kind", ("char", "unigram", "bpe"))
-        _check_positive(self, "tokenizer", "vocab_size")
+        check_choice(self, "tokenizer", "kind", ("char", "unigram", "bpe"))
+        check_positive(self, "tokenizer", "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -231,9 +232,9 @@ class DataConfig:
     num_workers: int = 2
 
     def __post_init__(self) -> None:
-        _check_positive(self, "data", "max_batch_seconds", "num_buckets", "max_duration")
-        _check_positive(self, "data", "shuffle_buffer")
-        _check_at_least(self, "data", 0, "min_duration", "num_workers")
+        check_positive(self, "data", "max_batch_seconds", "num_buckets", "max_duration")
+        check_positive(self, "data", "shuffle_buffer")
+        check_at_least(self, "data", 0, "min_duration", "num_workers")
         if self.min_duration >= self.max_duration:
             raise ValueError(
                 f"data.min_duration={self.min_duration} must be below "
@@ -260,13 +261,13 @@ class OptimConfig:
     freeze_blocks: int = 0
 
     def __post_init__(self) -> None:
-        _check_at_least(self, "optim", 0.0, "encoder_lr_scale")
-        _check_at_least(self, "optim", 0, "freeze_blocks")
-        _check_choice(self, "optim", "schedule", ("noam", "cosine"))
-        _check_at_least(self, "optim", 0.0, "inter_ctc_weight", high=1.0)
-        _check_positive(self, "optim", "lr")
-        _check_at_least(self, "optim", 0, "weight_decay", "warmup_steps", "grad_clip")
-        _check_at_least(self, "optim", 0.0, "min_lr_ratio", high=1.0)
+        check_at_least(self, "optim", 0.0, "encoder_lr_scale")
+        check_at_least(self, "optim", 0, "freeze_blocks")
+        check_choice(self, "optim", "schedule", ("noam", "cosine"))
+        check_at_least(self, "optim", 0.0, "inter_ctc_weight", high=1.0)
+        check_positive(self, "optim", "lr")
+        check_at_least(self, "optim", 0, "weight_decay", "warmup_steps", "grad_clip")
+        check_at_least(self, "optim", 0.0, "min_lr_ratio", high=1.0)
         if not all(0.0 <= beta < 1.0 for beta in self.betas):
             raise ValueError(f"optim.betas must both be in [0, 1), got {list(self.betas)}")
 
@@ -297,16 +298,16 @@ class TrainerConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice(
+        check_choice(
             self, "trainer", "precision", ("auto", "32-true", "32", "bf16-mixed", "16-mixed")
         )
         if self.max_time is not None:
             max_time_seconds(self.max_time)  # a malformed value fails here, naming the key
         limited = [name for name in ("max_steps", "max_epochs") if getattr(self, name) != -1]
-        _check_positive(self, "trainer", "average_last_k", "log_every_n_steps", "num_nodes")
-        _check_positive(self, "trainer", *limited)
-        _check_at_least(self, "trainer", 0, "val_every_n_steps")
-        _check_at_least(self, "trainer", -1, "save_top_k")
+        check_positive(self, "trainer", "average_last_k", "log_every_n_steps", "num_nodes")
+        check_positive(self, "trainer", *limited)
+        check_at_least(self, "trainer", 0, "val_every_n_steps")
+        check_at_least(self, "trainer", -1, "save_top_k")
 
 
 @dataclass(frozen=True)
@@ -369,147 +370,8 @@ def _preset_fields(name: str) -> dict[str, Any]:
     return ENCODER_PRESETS[name]
 
 
-# --------------------------------------------------------------------------------------------
-# YAML <-> dataclasses
-
-
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
     """Read a YAML file (or start from defaults) and apply `dotted.key=value` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"config file {path} must hold a mapping at the top level")
-    for item in overrides:
-        apply_override(raw, item)
-    return from_dict(TrainConfig, raw)
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 3, 1e-3, [1, 2])."""
-    if "=" not in item:
-        raise ValueError(f"override {item!r} must look like dotted.key=value")
-    key, _, text = item.partition("=")
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
-
-
-def to_dict(config: Any) -> Any:
-    """A dataclass (nested) as plain YAML-friendly values."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    if isinstance(config, tuple | list):
-        return [to_dict(v) for v in config]
-    if isinstance(config, dict):
-        return {k: to_dict(v) for k, v in config.items()}
-    return config
-
-
-def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-
-def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from a dict, checking every key and type."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in raw.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = (
-                f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
-            )
-            raise ValueError(f"unknown config key {name!r}{hint}")
-        kwargs[key] = _coerce(hints[key], value, name)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value if value is not None else {}, prefix=name)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, name)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(errors[0])
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"config key {name!r} expects a list, got {value!r}")
-        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
-        if len(item_types) != len(value):
-            raise ValueError(f"config key {name!r} expects {len(item_types)} values, got {value!r}")
-        return tuple(
-            _coerce(t, v, f"{name}[{i}]") for i, (t, v) in enumerate(zip(item_types, value))
-        )
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"config key {name!r} expects a mapping, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" as a string
-            return float(value)
-        except ValueError:
-            pass
-    if (
-        hint in (int, str, bool)
-        and isinstance(value, hint)
-        and not (hint is int and isinstance(value, bool))
-    ):
-        return value
-    expected = getattr(hint, "__name__", str(hint))
-    raise ValueError(f"config key {name!r} expects {expected}, got {value!r}")
-
-
-def _check_positive(config: Any, section: str, *names: str) -> None:
-    """`section`: the dataclass's key in `TrainConfig`, so that messages name the whole key."""
-    for name in names:
-        if getattr(config, name) <= 0:
-            raise ValueError(f"{section}.{name} must be positive, got {getattr(config, name)}")
-
-
-def _check_at_least(
-    config: Any, section: str, low: float, *names: str, high: float | None = None
-) -> None:
-    """low <= value (<= high, when given)."""
-    for name in names:
-        value = getattr(config, name)
-        if value < low or (high is not None and value > high):
-            limits = f">= {low}" if high is None else f"in [{low}, {high}]"
-            raise ValueError(f"{section}.{name} must be {limits}, got {value}")
-
-
-def _check_choice(config: Any, section: str, name: str, choices: tuple[str, ...]) -> None:
-    if getattr(config, name) not in choices:
-        raise ValueError(
-            f"{section}.{name} must be one of {list(choices)}, got {getattr(config, name)!r}"
-        )
+    return load_dataclass(TrainConfig, path, overrides)

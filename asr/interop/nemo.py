@@ -16,27 +16,16 @@ a few documented differences, each a configuration option here, not a special ca
     blank last (id V)                      blank first: the head's rows move, the tokenizer
                                            gets a <blank> piece at id 0 (ids + 1)
 
-The archive is read in memory, never extracted: every member must be a plain file or folder
-with a safe relative name (`asr.corpora.download.check_member`) and fit the size caps
-(MAX_MEMBER_BYTES, MAX_TOTAL_BYTES, checked before reading: a gzip bomb stops at its tar
-header), and the weights load with `torch.load(weights_only=True)`, so no pickled code runs.
-Anything this mapping does not cover (FastConformer's dw_striding, transducer or hybrid heads,
-limited attention context, ...) is a `NemoImportError` naming it; every weight is accounted for
-or the import fails.
+`asr.interop.nemo_archive` reads the archive in memory within size caps, and the weights
+without running pickled code; this module maps what it reads. Anything the mapping does not
+cover (FastConformer's dw_striding, transducer or hybrid heads, limited attention context, ...)
+is a `NemoImportError` naming it; every weight is accounted for or the import fails.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
-import logging
-import lzma
 import math
-import pickle
 import re
-import tarfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -44,24 +33,24 @@ import torch
 import yaml
 
 from asr.audio import LogMelFeatures
-from asr.checkpoint import BundleError, ModelBundle, save_bundle
+from asr.checkpoint import ModelBundle, save_bundle
 from asr.config import EncoderConfig, FeatureConfig
-from asr.corpora.download import UnsafeArchiveError, check_member
+from asr.interop.nemo_archive import (
+    CONFIG_MEMBER,
+    WEIGHTS_MEMBER,
+    NemoImportError,
+    read_nemo,
+    read_weights,
+)
+
+# Re-exported: the archive's caps keep the names their error messages give them.
+from asr.interop.nemo_archive import MAX_MEMBER_BYTES as MAX_MEMBER_BYTES
+from asr.interop.nemo_archive import MAX_MEMBERS as MAX_MEMBERS
+from asr.interop.nemo_archive import MAX_TOTAL_BYTES as MAX_TOTAL_BYTES
 from asr.model import CtcModel
 from asr.tokenizer import SentencePieceTokenizer, with_blank_first
 
-log = logging.getLogger(__name__)
-
-CONFIG_MEMBER = "model_config.yaml"
-WEIGHTS_MEMBER = "model_weights.ckpt"
 SUPPORTED_MODELS = ("EncDecCTCModelBPE",)
-# Caps on what a .nemo file may make us hold in memory: a large Conformer-CTC .nemo is ~0.5 GB,
-# nearly all of it the weights member; a gzip bomb of a few MB can declare 50 GB.
-MAX_MEMBER_BYTES = 4 << 30
-MAX_TOTAL_BYTES = 6 << 30
-MAX_MEMBERS = 1000  # NeMo writes fewer than ten; each member costs memory however small
-# What tarfile's "r:*" reads, by magic number (NeMo writes gzip or plain tar).
-DECOMPRESSORS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
 # NeMo's AudioToMelSpectrogramPreprocessor defaults, for keys a config leaves out.
 PREPROCESSOR_DEFAULTS: dict[str, Any] = {
     "sample_rate": 16000, "window_size": 0.02, "window_stride": 0.01, "window": "hann",
@@ -77,10 +66,6 @@ ENCODER_DEFAULTS: dict[str, Any] = {
     "conv_context_size": None, "dropout": 0.1, "dropout_att": 0.1, "global_tokens": 0,
     "use_bias": True, "reduction": None,
 }  # fmt: skip
-
-
-class NemoImportError(BundleError):
-    """A `.nemo` file this importer cannot or will not read; the message names the file."""
 
 
 def import_nemo(path: str | Path, output: str | Path | None = None) -> ModelBundle:
@@ -99,7 +84,7 @@ def import_nemo(path: str | Path, output: str | Path | None = None) -> ModelBund
     features_config = feature_config(cfg.get("preprocessor") or {}, path)
     encoder_config = encoder_config_of(cfg.get("encoder") or {}, features_config, path)
     tokenizer = _tokenizer(cfg.get("tokenizer") or {}, members, path)
-    state = _load_weights(members[WEIGHTS_MEMBER], path)
+    state = read_weights(members[WEIGHTS_MEMBER], path)
     vocab = tokenizer.vocab_size  # NeMo's V pieces + our blank at id 0
     model, frontend = CtcModel(encoder_config, vocab), LogMelFeatures(features_config)
     model_state, frontend_state = map_weights(state, encoder_config, vocab, path)
@@ -115,125 +100,6 @@ def import_nemo(path: str | Path, output: str | Path | None = None) -> ModelBund
     if output is not None:
         save_bundle(output, model, frontend, tokenizer, info)
     return bundle
-
-
-def read_nemo(
-    path: Path,
-    *,
-    max_member_bytes: int = MAX_MEMBER_BYTES,
-    max_total_bytes: int = MAX_TOTAL_BYTES,
-    max_members: int = MAX_MEMBERS,
-) -> dict[str, bytes]:
-    """The members of a `.nemo` tar by name (leading "./" removed), checked, read in memory.
-
-    A member whose tar header declares more than `max_member_bytes`, or that would bring the
-    uncompressed archive over `max_total_bytes`, fails before it is read (a gzip bomb is a few
-    megabytes on disk and declares its true, uncompressed sizes); every byte decompressed is
-    counted against `max_total_bytes` too, tarfile's own reads of headers included.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"NeMo model file not found: {path}")
-    members: dict[str, bytes] = {}
-    try:
-        with (
-            _Bounded(path, max_member_bytes, max_total_bytes) as stream,
-            tarfile.open(fileobj=stream, mode="r:") as tar,
-        ):
-            for count, member in enumerate(tar, start=1):
-                if count > max_members:
-                    raise NemoImportError(
-                        f"{path} has more than {max_members} members "
-                        f"(asr.interop.nemo.MAX_MEMBERS): {member.name!r} is number {count}"
-                    )
-                check_member(member, "/nemo-archive", path)
-                if not (member.isfile() or member.isdir()):
-                    raise UnsafeArchiveError(
-                        f"{path}: refused member {member.name!r}: not a plain file or folder"
-                    )
-                if member.isfile():
-                    stream.check_member(member)
-                    data = tar.extractfile(member)
-                    name = re.sub(r"^(\./)+", "", member.name)
-                    members[name] = data.read() if data is not None else b""
-    except UnsafeArchiveError as err:
-        raise NemoImportError(str(err)) from None
-    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
-        raise NemoImportError(
-            f"{path} is not a readable .nemo archive (truncated or not a tar): {err}"
-        ) from None
-    for required in (CONFIG_MEMBER, WEIGHTS_MEMBER):
-        if required not in members:
-            raise NemoImportError(f"{path} is not a NeMo model: it has no {required}")
-    return members
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("kiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
-class _Bounded:
-    """A `.nemo` file, decompressed as it is read, that refuses to read or seek past its limits
-    before decompressing anything: tarfile reads an extended (pax) header or a long name whole,
-    whatever size it declares, before read_nemo sees a member."""
-
-    def __init__(self, path: Path, max_member_bytes: int, max_total_bytes: int) -> None:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-        opener = next((o for m, o in DECOMPRESSORS.items() if magic.startswith(m)), open)
-        self.raw = opener(path, "rb")
-        self.path = path
-        self.max_member_bytes = max_member_bytes
-        self.max_total_bytes = max_total_bytes
-
-    def __enter__(self) -> _Bounded:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.raw.close()
-
-    def check_member(self, member: tarfile.TarInfo) -> None:
-        """NemoImportError naming `member`, before it is read, if its size (declared in its
-        header: the uncompressed size) is over a limit, or would bring the archive over one."""
-        total = self.raw.tell() + member.size  # the tar headers count too
-        if member.size > self.max_member_bytes:
-            raise NemoImportError(
-                f"{self.path}: member {member.name!r} is {_size(member.size)} uncompressed, over "
-                f"the limit of {_size(self.max_member_bytes)} per member "
-                f"(asr.interop.nemo.MAX_MEMBER_BYTES)"
-            )
-        if total > self.max_total_bytes:
-            raise NemoImportError(
-                f"{self.path}: member {member.name!r} ({_size(member.size)}) brings the archive "
-                f"to {_size(total)} uncompressed, over the limit of "
-                f"{_size(self.max_total_bytes)} for a whole archive "
-                f"(asr.interop.nemo.MAX_TOTAL_BYTES)"
-            )
-
-    def read(self, size: int) -> bytes:
-        if size > self.max_member_bytes:
-            raise NemoImportError(
-                f"{self.path}: a tar header of {_size(size)}, over the limit of "
-                f"{_size(self.max_member_bytes)} per member (asr.interop.nemo.MAX_MEMBER_BYTES)"
-            )
-        self._reach(self.raw.tell() + size)
-        return self.raw.read(size)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._reach(offset if whence == io.SEEK_SET else self.raw.tell() + offset)
-        return self.raw.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.raw.tell()
-
-    def _reach(self, end: int) -> None:
-        if end > self.max_total_bytes:
-            raise NemoImportError(
-                f"{self.path} is over {_size(self.max_total_bytes)} uncompressed, the limit for "
-                f"a whole archive (asr.interop.nemo.MAX_TOTAL_BYTES)"
-            )
 
 
 def _model_kind(name: str) -> str:
@@ -416,21 +282,6 @@ def _tokenizer(
         raise
     except Exception as err:  # a damaged protobuf or a model sentencepiece refuses
         raise NemoImportError(f"{path}: its tokenizer {found[0]} is unreadable: {err}") from None
-
-
-def _load_weights(data: bytes, path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise NemoImportError(
-            f"refusing to load {path}: its {WEIGHTS_MEMBER} is not a plain tensor file (it "
-            f"would need to run pickled code, which is never done): {str(err).splitlines()[0]}"
-        ) from None
-    except Exception as err:
-        raise NemoImportError(f"{path}: its {WEIGHTS_MEMBER} is unreadable ({err!r})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise NemoImportError(f"{path}: its {WEIGHTS_MEMBER} is not a state dict of tensors")
-    return state
 
 
 # NeMo's ConformerLayer parameter names (after "encoder.layers.{i}.") -> ours (after
