@@ -2,8 +2,9 @@
 the `Transcriber` gives for the same file, OpenAI's own client library, bad requests (one clear
 error each, and the server goes on serving), API keys, the upload limit, the bounded queue, the
 time limit (a gate in the workers, not the speed of the machine, decides when a job finishes),
-uploads admitted before their body and written once, the Host and Origin checks, and the
-step-by-step transcription behind them. The page is tested in Chromium in
+uploads admitted before their body and written once, the Host and Origin checks, any model name
+on a one-model server, and the workers' jobs on the engine (words as they settle, a stop between
+steps, the server's chunking). The page is tested in Chromium in
 tests/test_serve_page.py.
 
 The main server is the real command (`asr serve` in a subprocess); the servers with tight limits
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import socket
 import threading
@@ -28,13 +30,15 @@ import uvicorn
 from serving_helpers import KEY, MODEL, serve_process, speech_files, wait_until
 
 import asr
+from asr.audio import AudioError
 from asr.checkpoint import bundle_path
 from asr.cli import main
 from asr.cli.serve import listen
+from asr.inference.engine import Stopped
 from asr.inference.formats import format_result, subtitle_cues
+from asr.inference.options import ChunkingOptions
 from asr.inference.transcribe import Result, Word
 from asr.serving.app import ServerLimits, build_app
-from asr.serving.stepwise import Stopped, transcribe_stepwise
 from asr.serving.workers import Job, ModelWorkers
 
 ENV_KEYS = "sk-env-one, sk-env-two"
@@ -624,32 +628,115 @@ def test_an_allowed_cors_origin_gets_cors_headers(one_worker, audio):
         assert refused.status_code == 403
 
 
-# --- step by step --------------------------------------------------------------------------
+# --- jobs on the engine (workers in this process) ------------------------------------------
 
 
-def test_stepwise_transcription_equals_the_transcriber_and_settles_words_early(transcriber, audio):
-    """45 s in 20 s chunks, two chunks a step: two steps, words handed out after each."""
-    whole = transcriber.transcribe(audio["long"], batch_seconds=40)[0]
-    handed: list[list] = []
-    result = transcribe_stepwise(transcriber, audio["long"], on_words=handed.append,
-                                 batch_seconds=40)  # fmt: skip
-    assert result.words == whole.words and result.text == whole.text
+def run_job(workers: ModelWorkers, path: Path) -> list[tuple[str, object]]:
+    """Submit a job for `path` to started `workers`; its events, up to and with the last."""
+    events: list[tuple[str, object]] = []
+    ended = threading.Event()
+
+    def on_event(kind: str, value: object) -> None:
+        events.append((kind, value))
+        if kind != "words":
+            ended.set()
+
+    workers.submit(Job(MODEL, path, math.inf, on_event))
+    assert ended.wait(120), f"the job ended with no result: {events}"
+    return events
+
+
+@contextlib.contextmanager
+def started(workers: ModelWorkers):
+    workers.start()
+    try:
+        yield workers
+    finally:
+        workers.stop()
+
+
+def test_a_job_gives_the_transcribers_result_and_settles_words_early(transcriber, audio):
+    """45 s in 20 s windows, two windows a step (the server's chunking): two steps, words handed
+    out after each, and the same result as `Transcriber.transcribe` with that chunking."""
+    chunking = ChunkingOptions(batch_seconds=40)
+    whole = transcriber.transcribe(audio["long"], chunking)[0]
+    with started(ModelWorkers([{MODEL: transcriber}], 0, chunking=chunking)) as workers:
+        events = run_job(workers, audio["long"])
+    *handed, (kind, result) = events
+    assert kind == "done" and result.words == whole.words and result.text == whole.text
     assert result.duration == whole.duration
-    assert len(handed) == 3 and [w for words in handed for w in words] == whole.words
+    assert [k for k, _ in handed] == ["words"] * 3
+    assert [w for _, words in handed for w in words] == whole.words
 
 
-def test_stepwise_transcription_stops_between_steps(transcriber, audio):
-    handed: list[list] = []
-    asked = []
+def test_a_job_transcribes_with_the_servers_chunking(transcriber, audio):
+    """10 s windows give another transcript than the default 20 s: the workers use theirs."""
+    chunking = ChunkingOptions(chunk_seconds=10, chunk_overlap=2)
+    windowed = transcriber.transcribe(audio["long"], chunking)[0]
+    default = transcriber.transcribe(audio["long"])[0]
+    assert [w.start for w in windowed.words] != [w.start for w in default.words]
+    with started(ModelWorkers([{MODEL: transcriber}], 0, chunking=chunking)) as workers:
+        kind, result = run_job(workers, audio["long"])[-1]
+    assert kind == "done" and result.words == windowed.words
 
-    def should_stop() -> bool:
-        asked.append(len(handed))
-        return len(asked) > 1  # let the first step run, stop before the second
 
-    with pytest.raises(Stopped):
-        transcribe_stepwise(transcriber, audio["long"], on_words=handed.append,
-                            should_stop=should_stop, batch_seconds=40)  # fmt: skip
-    assert asked == [0, 1] and len(handed) == 1
+def test_a_job_stops_between_steps(transcriber, audio):
+    """The engine asks before each step; `before_step` cancels the job before the second."""
+    steps: list[Job] = []
+
+    def before_step(job: Job) -> None:
+        steps.append(job)
+        if len(steps) > 1:
+            job.cancelled.set()
+
+    chunking = ChunkingOptions(batch_seconds=40)
+    workers = ModelWorkers([{MODEL: transcriber}], 0, before_step=before_step, chunking=chunking)
+    with started(workers):
+        events = run_job(workers, audio["long"])
+    assert [kind for kind, _ in events] == ["words", "error"] and len(steps) == 2
+    assert isinstance(events[-1][1], Stopped)
+
+
+def test_a_file_the_engine_cannot_read_is_an_audio_error(transcriber, tmp_path):
+    notes = tmp_path / "notes.wav"
+    notes.write_text("not audio\n")
+    with started(ModelWorkers([{MODEL: transcriber}], 0)) as workers:
+        [(kind, err)] = run_job(workers, notes)
+    assert kind == "error" and isinstance(err, AudioError)
+    assert str(err) == transcriber.transcribe(notes)[0].error
+
+
+# --- any model name on a one-model server ----------------------------------------------------
+
+
+def test_a_one_model_server_answers_openais_model_names(one_worker, audio, expected, caplog):
+    """Code written for OpenAI sends model="whisper-1": one model serves it, and the model list
+    gives its real id."""
+    workers, gate = one_worker
+    gate.opened.set()
+    caplog.set_level(logging.DEBUG, logger="asr.serving.app")
+    with app_server(workers) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == [MODEL]
+        for name in ("whisper-1", "gpt-4o-transcribe", MODEL):
+            with open(audio["short"], "rb") as f:
+                answer = client.audio.transcriptions.create(model=name, file=f)
+            assert answer.text == expected["short"].text
+    aliases = [r.getMessage() for r in caplog.records if r.name == "asr.serving.app"]
+    assert aliases == [
+        f"model {name!r} asked for: transcribing with {MODEL!r}, the only model served"
+        for name in ("whisper-1", "gpt-4o-transcribe")
+    ]
+
+
+def test_a_server_of_several_models_refuses_an_unknown_name_listing_them(server, audio):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    with open(audio["short"], "rb") as f, pytest.raises(openai.NotFoundError) as refused:
+        client.audio.transcriptions.create(model="whisper-1", file=f)
+    assert refused.value.body["message"] == (
+        f"model 'whisper-1' is not served here; served: {MODEL}, second"
+    )
+    assert refused.value.body["code"] == "model_not_found"
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -663,13 +750,33 @@ def test_serve_refuses_bad_options_with_one_line(tmp_path, capsys):
     keys.write_text("\n  \n")
     assert main(["serve", "--model", MODEL, "--api-key-file", str(keys)]) == 2
     assert main(["serve", "--model", MODEL, "--upload-dir", str(tmp_path / "none")]) == 2
+    assert main(["serve", "--model", MODEL, "--chunk-seconds", "4", "--chunk-overlap", "4"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 5 and all(e.startswith("asr: error: ") for e in errors)
+    assert len(errors) == 6 and all(e.startswith("asr: error: ") for e in errors)
     assert "missing.pt" in errors[0]
     assert errors[1] == "asr: error: two models are named 'a': name them with NAME=MODEL"
     assert errors[2].startswith(f"asr: error: --api-key-file {keys}: cannot read it: ")
     assert errors[3] == f"asr: error: --api-key-file {keys} holds no key (one key per line)"
     assert errors[4] == f"asr: error: upload folder {tmp_path / 'none'} is not a folder"
+    assert errors[5] == "asr: error: need 0 <= chunk_overlap < chunk_seconds, got 4.0 and 4.0"
+
+
+def test_serve_gives_the_workers_its_chunking_and_decoding_flags(monkeypatch, capsys):
+    """The flags generated from ChunkingOptions and DecodingOptions reach ModelWorkers.load."""
+    given = {}
+
+    def load(*args, **kwargs):
+        given.update(decoding=args[4], chunking=kwargs["chunking"])
+        raise ValueError("loaded nothing")
+
+    monkeypatch.setattr(ModelWorkers, "load", load)
+    flags = ["--batch-seconds", "30", "--chunk-seconds", "10", "--chunk-overlap", "2",
+             "--beam-size", "3", "--no-log-add"]  # fmt: skip
+    assert main(["serve", "--model", MODEL, *flags]) == 2
+    assert capsys.readouterr().err.strip() == "asr: error: loaded nothing"
+    assert given["chunking"] == ChunkingOptions(batch_seconds=30, chunk_seconds=10,
+                                                chunk_overlap=2)  # fmt: skip
+    assert (given["decoding"].beam_size, given["decoding"].log_add) == (3, False)
 
 
 def test_serve_refuses_a_port_in_use(capsys):

@@ -9,7 +9,8 @@ import os
 import socket
 from pathlib import Path
 
-from asr.cli.decoding import add_decoding_arguments, decoding_options
+from asr.cli.options import add_options_arguments, options_from_args
+from asr.inference.options import ChunkingOptions, DecodingOptions
 
 log = logging.getLogger(__name__)
 API_KEYS_VARIABLE = "ASR_API_KEYS"
@@ -58,7 +59,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a web origin (scheme://host[:port]) whose pages may call this "
                         "server, with CORS headers (repeatable; '*': any); requests from other "
                         "pages than the server's own get 403")  # fmt: skip
-    add_decoding_arguments(parser)
+    add_options_arguments(parser, DecodingOptions,
+                          "decoding (greedy unless --lm, --lexicon or --beam-size)")  # fmt: skip
+    add_options_arguments(parser, ChunkingOptions, "chunking (each file in windows, batched)")
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -81,10 +84,12 @@ def serve_command(args: argparse.Namespace) -> int:
     limits = ServerLimits(round(args.max_upload_mb * 2**20), args.request_timeout, args.upload_dir)
     if args.workers < 1 or args.queue_size < 0:
         raise ValueError("--workers must be >= 1 and --queue-size >= 0")
+    decoding = options_from_args(args, DecodingOptions)
+    chunking = options_from_args(args, ChunkingOptions)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     torch.set_num_threads(threads)
-    workers = ModelWorkers.load(models, args.workers, args.queue_size, args.device,
-                                decoding_options(args), threads)  # fmt: skip
+    workers = ModelWorkers.load(models, args.workers, args.queue_size, args.device, decoding,
+                                threads, chunking=chunking)  # fmt: skip
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     app = build_app(workers, limits, keys, host=host, allowed_hosts=args.allowed_host,

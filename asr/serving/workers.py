@@ -11,13 +11,15 @@ a job, `Place.release` gives it back when the request ends before one. When none
 `reserve` raises `QueueFull` with a Retry-After estimate, so a burst costs a 503, never
 unbounded memory or disk.
 
-Workers run `transcribe_stepwise`, which asks `Job.should_stop` between steps: a job past its
-deadline or cancelled by its request (client gone, time limit) frees its worker within one step.
+Workers run the engine (`Transcriber.transcribe`, `asr.inference.engine`) on the job's file with
+the server's `ChunkingOptions` and `DecodingOptions`; the engine asks `Job.should_stop` before
+each step, so a job past its deadline or cancelled by its request (client gone, time limit) frees
+its worker within one step. A file the engine cannot read becomes an `AudioError`.
 `before_step(job)`, when given, is called on the worker thread before each step of each job: a
 place to watch the work or hold it (the tests hold jobs there to decide when they finish); a hook
 that waits should return once `job.should_stop()`. What a job produces reaches the request
 through `Job.on_event`, called on the worker thread: ("words", [Word, ...]) as words settle,
-then ("done", Result) or ("error", exception).
+then ("done", Result) or ("error", exception: `Stopped`, `AudioError` or unexpected).
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asr.inference.decoding import DecodingOptions
-from asr.inference.transcribe import Transcriber, load_model
-from asr.serving.stepwise import Stopped, transcribe_stepwise
+from asr.audio import AudioError
+from asr.inference.engine import Stopped
+from asr.inference.options import ChunkingOptions, DecodingOptions
+from asr.inference.transcribe import Result, Transcriber, load_model
 
 
 class QueueFull(Exception):
@@ -98,6 +101,7 @@ class ModelWorkers:
         options: DecodingOptions | None = None,
         threads: int | None = None,
         before_step: Callable[[Job], None] | None = None,
+        chunking: ChunkingOptions | None = None,
     ) -> None:
         if not copies or not copies[0]:
             raise ValueError("need at least one worker and one model")
@@ -107,6 +111,7 @@ class ModelWorkers:
         self.workers = len(copies)
         self.queue_size = queue_size
         self.options = options or DecodingOptions()
+        self.chunking = chunking or ChunkingOptions()
         self.threads = threads
         self.before_step = before_step
         self._copies = copies
@@ -129,6 +134,7 @@ class ModelWorkers:
         options: DecodingOptions | None = None,
         threads: int | None = None,
         before_step: Callable[[Job], None] | None = None,
+        chunking: ChunkingOptions | None = None,
     ) -> ModelWorkers:
         """Load `workers` copies of each model (`name -> bundle path or shipped name`), each
         warmed up with one second of silence (which also loads an LM now, not on a request)."""
@@ -139,10 +145,10 @@ class ModelWorkers:
             copies.append({name: load_model(path, device) for name, path in paths.items()})
             for name, transcriber in copies[-1].items():
                 silence = (np.zeros(transcriber.sample_rate, np.float32), transcriber.sample_rate)
-                result = transcriber.transcribe(silence, options=options)[0]
+                result = transcriber.transcribe(silence, chunking, options=options)[0]
                 if result.error is not None:
                     raise ValueError(f"model {name!r} cannot transcribe: {result.error}")
-        return cls(copies, queue_size, options, threads, before_step)
+        return cls(copies, queue_size, options, threads, before_step, chunking)
 
     @property
     def capacity(self) -> int:
@@ -233,25 +239,34 @@ class ModelWorkers:
                     )
 
     def _run(self, job: Job, transcriber: Transcriber) -> None:
-        def stopped() -> bool:
-            return self._stopping.is_set() or job.should_stop()
-
-        def should_stop() -> bool:  # asked before each step
-            if self.before_step is not None:
-                self.before_step(job)
-            return stopped()
-
         try:
-            if stopped():  # timed out or cancelled while waiting
-                raise Stopped("stopped before it started")
-            result = transcribe_stepwise(
-                transcriber,
-                job.path,
-                self.options,
-                on_words=lambda words: job.on_event("words", words),
-                should_stop=should_stop,
-            )
+            result = self._transcribe(job, transcriber)
         except Exception as err:  # the request turns it into a response (and logs the unexpected)
             job.on_event("error", err)
         else:
             job.on_event("done", result)
+
+    def _transcribe(self, job: Job, transcriber: Transcriber) -> Result:
+        """The engine on the job's file: stopped before any step once the job should stop,
+        settled words sent as events; a file it cannot read raises AudioError."""
+
+        def stopped() -> bool:
+            return self._stopping.is_set() or job.should_stop()
+
+        def should_stop() -> bool:  # the engine asks before each step
+            if self.before_step is not None:
+                self.before_step(job)
+            return stopped()
+
+        if stopped():  # timed out or cancelled while waiting
+            raise Stopped("stopped before it started")
+        result = transcriber.transcribe(
+            job.path,
+            self.chunking,
+            options=self.options,
+            should_stop=should_stop,
+            on_words=lambda _, words: job.on_event("words", words),
+        )[0]
+        if result.error is not None:
+            raise AudioError(result.error)
+        return result
