@@ -128,11 +128,69 @@ def test_training_can_never_import_matplotlib():
 
 
 @pytest.mark.parametrize("outside", ["lightning", "pytorch_lightning"])
-def test_only_training_imports_lightning(outside):
+def test_only_training_and_corpus_jobs_import_lightning(outside):
     users = {
         m for m, edges in import_graph().items() if any(e.split(".")[0] == outside for e in edges)
     }
-    assert {u.split(".")[1] for u in users} <= {"training"}, sorted(users)
+    assert {u.split(".")[1] for u in users} <= {"training", "jobs"}, sorted(users)
+
+
+# The rooms of the package, bottom to top: a room may import only rooms on a lower floor (same
+# floor: neither imports the other). The package's own __init__ (the public API) is outside.
+FLOORS = [
+    {"asr.config_io", "asr.text", "asr.extras", "asr.bars"},
+    {"asr.config"},
+    {"asr.modules", "asr.tokenizer"},
+    {"asr.audio", "asr.model"},
+    {"asr.augment", "asr.checkpoint"},
+    {"asr.data"},
+    {"asr.corpora"},
+    {"asr.interop"},
+    {"asr.inference"},
+    {"asr.export", "asr.scoring", "asr.serving", "asr.recipe"},
+    {"asr.training", "asr.jobs"},
+    {"asr.demo"},
+    {"asr.cli"},
+]
+
+
+def room(module: str) -> str:
+    """asr.inference.engine -> asr.inference; asr.config -> asr.config."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_every_room_is_on_a_floor():
+    rooms = {room(m) for m in import_graph()} - {"asr"}
+    placed = set().union(*FLOORS)
+    assert rooms <= placed, f"rooms on no floor: {sorted(rooms - placed)}"
+
+
+def test_every_import_points_down():
+    floor = {name: level for level, names in enumerate(FLOORS) for name in names}
+    upward = sorted(
+        f"{m} -> {e}"
+        for m, edges in import_graph().items()
+        if room(m) != "asr"
+        for e in edges
+        if e.startswith("asr.") and room(e) != room(m)
+        and floor.get(room(e), -1) >= floor.get(room(m), -1)
+    )  # fmt: skip
+    assert not upward, "imports that do not point down:\n" + "\n".join(upward)
+
+
+def test_the_floor_check_finds_an_upward_import(monkeypatch):
+    graph = {"asr.model": {"asr.inference.engine"}, "asr.inference.engine": {"asr.model"}}
+    monkeypatch.setattr(sys.modules[__name__], "import_graph", lambda eager_only=False: graph)
+    with pytest.raises(AssertionError, match="asr.model -> asr.inference.engine"):
+        test_every_import_points_down()
+
+
+def test_nothing_imports_the_cli():
+    users = sorted(
+        m for m, edges in import_graph().items()
+        if room(m) != "asr.cli" and any(room(e) == "asr.cli" for e in edges)
+    )  # fmt: skip
+    assert not users, f"the CLI is imported by {users}"
 
 
 def test_the_model_never_imports_data_training_inference_or_the_cli():
