@@ -1,6 +1,8 @@
 """Streaming: chunk masks, causal convolution, dynamic chunk training, and `Stream` giving the
 same log-probs (1e-4) as the whole utterance run offline with the equivalent chunk mask, for
-several chunk sizes, left contexts and piece sizes that do not line up with chunks."""
+several chunk sizes, left contexts and piece sizes that do not line up with chunks. Audio at
+another rate: the streaming resampler's pieces join into the offline resampling (1e-5), so a
+44.1 kHz file fed in pieces of any size gives the transcript and word times of the file at once."""
 
 from __future__ import annotations
 
@@ -10,9 +12,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import torchaudio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from serving_helpers import speak
 
 import asr
-from asr.audio import LogMelFeatures
+from asr.audio import LogMelFeatures, StreamingResampler, _resampling_ratio, load_audio_array
 from asr.checkpoint import save_bundle
 from asr.cli import main as cli_main
 from asr.config import EncoderConfig, FeatureConfig
@@ -123,7 +129,8 @@ def test_stream_memory_is_bounded_with_left_context(bundle_path):
     for i in range(0, len(wave), 1600):
         stream.accept(wave[i : i + 1600])
         assert stream.states is None or stream.states[0].kv[0].shape[2] <= 16 + 4
-        assert len(stream.samples) < 1600 + 400 and stream.feats.shape[0] < 4 * 4 + 7 + 10
+        # audio: a chunk's (the front end runs once a chunk), a piece and a window at most
+        assert len(stream.samples) < 2560 + 1600 + 400 and stream.feats.shape[0] < 4 * 4 + 7 + 10
 
 
 def test_a_model_with_centred_convolutions_cannot_stream(tmp_path):
@@ -177,3 +184,118 @@ def test_listen_without_a_microphone_is_one_clear_line(bundle_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("asr: error:") and len(err.splitlines()) == 1, err
     assert any(word in err for word in ("sounddevice", "PortAudio", "microphone")), err
+
+
+# --- audio at another sample rate -------------------------------------------------------------
+
+
+def pieces_of(signal: np.ndarray, sizes: list[int]):
+    """Consecutive slices of `signal`, cycling through `sizes`, up to its end."""
+    start = 0
+    for size in itertools.cycle(sizes):
+        if start >= len(signal):
+            return
+        yield signal[start : start + size]
+        start += size
+
+
+def resample_in_pieces(signal: np.ndarray, rate: int, sizes: list[int]) -> torch.Tensor:
+    resampler = StreamingResampler(rate, RATE)
+    out = [resampler(torch.from_numpy(piece)) for piece in pieces_of(signal, sizes)]
+    return torch.cat([*out, resampler.flush()])
+
+
+@pytest.mark.parametrize("rate", [44100, 22050, 8000, 48000])
+@pytest.mark.parametrize("sizes", [[1], [37], [1000], [4410], [5, 1, 900, 63, 2000, 17]])
+def test_resampling_in_pieces_equals_resampling_at_once(rate, sizes):
+    signal = noise(0.7, 6)[: round(0.7 * rate)] if rate <= RATE else np.resize(noise(1, 6), rate)
+    want = load_audio_array(signal, rate, RATE)  # the offline path: the file at once
+    got = resample_in_pieces(signal, rate, sizes)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.sampled_from([44100, 22050, 11025, 8000, 48000, 32000, 24000, 44101]),
+    st.lists(st.integers(1, 3000), min_size=1, max_size=8),
+    st.integers(1, 12000),
+)
+def test_resampler_output_joins_and_holds_back_only_its_filter(rate, sizes, length):
+    signal = np.random.default_rng(length).uniform(-1, 1, length).astype(np.float32)
+    orig, new = _resampling_ratio(rate, RATE)
+    want = torchaudio.functional.resample(torch.from_numpy(signal), orig, new)
+    resampler = StreamingResampler(rate, RATE)
+    out, received = [], 0
+    for piece in pieces_of(signal, sizes):
+        out.append(resampler(torch.from_numpy(piece)))
+        received += len(piece)
+        emitted = sum(len(o) for o in out)
+        # held back: the filter's look-ahead and the rest of one block of `orig`, no more
+        assert emitted * orig / new > received - resampler.width - orig
+    got = torch.cat([*out, resampler.flush()])
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def speech_44k() -> np.ndarray:
+    """eSpeak NG saying one sentence (2.8 s), at 44.1 kHz."""
+    speech = torch.from_numpy(speak(["the old man walked slowly along the river"]))
+    return torchaudio.functional.resample(speech, 22050, 44100).numpy()
+
+
+@pytest.fixture(scope="module")
+def speech_bundle_path(tmp_path_factory, speech_44k):
+    """A causal model with random weights whose greedy output on speech has several words: its
+    head calibrated on the sentence, the word boundary favoured."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
+    model = CtcModel(streaming_config(), tokenizer.vocab_size).eval()
+    frontend = LogMelFeatures(FeatureConfig(normalize="global"))
+    with torch.no_grad():
+        frontend.set_global_stats(torch.full((80,), -6.0), torch.full((80,), 3.0))
+        wave = load_audio_array(speech_44k, 44100, RATE)[None]
+        x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])), chunk=16)
+        model.head.weight.div_(x[0].std(0)).mul_(5.0)
+        model.head.bias.copy_(-model.head.weight @ x[0].mean(0))
+        model.head.bias[tokenizer.space_id] += 2.0
+    path = tmp_path_factory.mktemp("speech") / "model.pt"
+    save_bundle(path, model, frontend, tokenizer)
+    return path
+
+
+def stream_pieces(transcriber, signal: np.ndarray, rate: int, piece: int):
+    stream = transcriber.stream(640)
+    for start in range(0, len(signal), piece):
+        stream.accept(signal[start : start + piece], sample_rate=rate)
+    return stream, stream.finish()
+
+
+@pytest.mark.parametrize("piece", [1, 37, 1000, 4410])
+def test_44k_audio_in_pieces_gives_the_transcript_and_times_of_the_file_at_once(
+    speech_bundle_path, speech_44k, piece
+):
+    transcriber = asr.load_model(speech_bundle_path)
+    # 1-sample pieces: the first 1.5 s only (66150 calls to accept)
+    signal = speech_44k[: round(1.5 * 44100)] if piece == 1 else speech_44k
+    stream, whole = stream_pieces(transcriber, signal, 44100, len(signal))
+    _, pieces = stream_pieces(transcriber, signal, 44100, piece)
+    assert len(whole.words) >= 3, whole.text  # something to compare
+    assert pieces.text == whole.text
+    assert pieces.duration == pytest.approx(whole.duration, abs=1e-9)
+    for a, b in zip(pieces.words, whole.words, strict=True):
+        assert abs(a.start - b.start) <= stream.frame_seconds + 1e-9, (a, b)
+        assert abs(a.end - b.end) <= stream.frame_seconds + 1e-9, (a, b)
+    # and the file at once is the 16 kHz audio of the offline path, streamed
+    _, at_16k = stream_pieces(transcriber, load_audio_array(signal, 44100, RATE).numpy(), RATE,
+                              len(signal))  # fmt: skip
+    assert at_16k.text == whole.text
+
+
+def test_a_stream_keeps_the_sample_rate_of_its_first_piece(bundle_path):
+    stream = asr.load_model(bundle_path).stream()
+    first = stream.accept(np.zeros(4410, np.float32), sample_rate=44100)
+    assert first.received == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="at 44100 Hz; a piece at 16000 Hz cannot follow"):
+        stream.accept(np.zeros(1600, np.float32))

@@ -6,7 +6,9 @@ the Conformer on that chunk alone, with the keys and values of at most `left_chu
 before it and the last inputs of each causal convolution carried over
 (`CtcModel.forward_chunk`). Each chunk's log-probs extend a greedy CTC hypothesis, the partial
 text; `finish` runs what is left (a shorter last chunk), decodes (greedy, or the beam search and
-LM of the `DecodingOptions` given) and times the words by forced alignment, as offline.
+LM of the `DecodingOptions` given) and times the words by forced alignment, as offline. Audio
+at another sample rate goes through one `StreamingResampler`: pieces of any size give what the
+whole file gives.
 
 The log-probs equal those of `CtcModel.forward(feats, lengths, chunk, left_chunks)` on the
 whole utterance (tests/test_streaming.py), which is what a model trained with
@@ -16,7 +18,8 @@ alignment (V floats per output frame: 11 MB per hour of audio for a character mo
 
 Latency: a word spoken at time t is emitted when the chunk containing its last frame is complete
 (up to `chunk_ms` later, plus the subsampling's look-ahead of 3 feature frames and the window of
-the last one) and computed (the compute time of one chunk).
+the last one, plus 10 ms for audio resampled from 44.1 kHz) and computed (the compute time of
+one chunk).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.audio import AudioError, load_audio_array
+from asr.audio import AudioError, StreamingResampler, load_audio_array
 from asr.checkpoint import ModelBundle
 from asr.inference.alignment import Word, align_words
 from asr.inference.decoding import Decoder
@@ -101,7 +104,12 @@ class Stream:
         # feature frames one encoder frame sees: 7 (4x), 15 (8x)
         self.span = 1 + (KERNEL - 1) * (self.stride - 1) // (STRIDE - 1)
         self.device = device
-        # the audio not yet turned into features, from absolute sample `sample_base` on
+        # audio at another rate: set by the first piece, resampled across pieces
+        self.input_rate = self.rate
+        self.input_received = 0
+        self.resampler: StreamingResampler | None = None
+        # the audio not yet turned into features (model rate), from absolute sample
+        # `sample_base` on; `received` samples in all
         self.samples = torch.zeros(0)
         self.sample_base = 0
         self.received = 0
@@ -117,26 +125,37 @@ class Stream:
         self.finished = False
 
     def accept(self, samples: Any, sample_rate: int | None = None) -> Partial:
-        """Add audio (1-D samples, at the model's rate unless `sample_rate` says otherwise) and
-        run every chunk it completes. Returns the partial result."""
+        """Add audio (1-D samples, at the model's rate unless `sample_rate` says otherwise: the
+        same rate for the whole stream) and run every chunk it completes. Returns the partial
+        result. Audio at another rate is resampled as one signal, not piece by piece: the
+        pieces' sizes do not change the result."""
         if self.finished:
             raise ValueError("this stream is finished; start a new one")
         rate = sample_rate or self.rate
+        if rate != self.input_rate:
+            if self.input_received:
+                raise ValueError(f"{self.id}: this stream's audio is at {self.input_rate} Hz; "
+                                 f"a piece at {rate} Hz cannot follow")  # fmt: skip
+            self.input_rate = rate
         try:
-            wave = load_audio_array(samples, rate, self.rate, self.id)
+            wave = load_audio_array(samples, rate, rate, self.id)  # checked, mono
         except AudioError:
             if len(samples) == 0:
                 return self.partial(0)
             raise
-        self.samples = torch.cat([self.samples, wave.float()])
-        self.received += len(wave)
-        self._features()
+        self.input_received += len(wave)
+        if rate != self.rate:
+            self.resampler = self.resampler or StreamingResampler(rate, self.rate)
+            wave = self.resampler(wave)
+        self._add(wave)
         return self.partial(self._encode(final=False))
 
     def finish(self) -> Result:
         """Run what is left, decode and time the words: the final `Result`."""
         if not self.finished:
-            self._features()
+            if self.resampler is not None:
+                self._add(self.resampler.flush())  # the samples its filter held back
+            self._features(final=True)
             self._encode(final=True)
             self.finished = True
         result = Result(id=self.id, path=None, duration=self.received / self.rate)
@@ -151,17 +170,25 @@ class Stream:
     def partial(self, new_chunks: int) -> Partial:
         return Partial(
             text=self.tokenizer.decode(self.tokens).strip(),
-            received=self.received / self.rate,
+            received=self.input_received / self.input_rate,
             encoded=self.frames_done * self.frame_seconds,
             new_chunks=new_chunks,
             token_ids=list(self.tokens),
         )
 
-    def _features(self) -> None:
-        """Log-mel frames of every window the received audio completes."""
+    def _add(self, wave: torch.Tensor) -> None:
+        """Samples at the model's rate: buffered, and their features computed."""
+        self.samples = torch.cat([self.samples, wave.float()])
+        self.received += len(wave)
+        self._features()
+
+    def _features(self, final: bool = False) -> None:
+        """Log-mel frames of every window the received audio completes, once they complete the
+        next chunk (or at the end): the front end runs once a chunk, however small the pieces."""
         frontend = self.frontend
         available = frontend.num_frames(self.received)
-        if available <= self.feats_done:
+        needed = self.stride * (self.frames_done + self.chunk - 1) + self.span
+        if available <= self.feats_done or (available < needed and not final):
             return
         first = self.feats_done * frontend.hop - self.sample_base
         last = (available - 1) * frontend.hop + frontend.win - self.sample_base
