@@ -4,29 +4,36 @@
     2. train       a small Conformer-CTC with `configs/demo.yaml`, through `asr.training.train.train`:
                    the code `asr train` runs
     3. lm          a word 3-gram (interpolated Kneser-Ney) and a lexicon from the training
-                   transcripts only (`asr.inference.lm`)
+                   transcripts only: `asr.recipe.build_word_lm`, the AN4 recipe's lm stage
     4. evaluate    the held-out test voices and sentences: greedy CTC, then beam search with the
                    lexicon and the LM; each writes an `asr evaluate` report folder
     5. transcribe  one test file, printed with its word timings
     6. summary     WER, CER, times and where everything is (also `work_dir/summary.json`)
 
-Every stage is idempotent: a second run reuses the corpus, the trained `model.pt` (training
-resumes from its last checkpoint if it was interrupted) and the LM, and says so.
-`quick=True` is the shortened run of the tests: a tiny corpus and a few training steps.
+The stages run through `asr.recipe.run_stages`, as the recipes' do, and each is idempotent: a
+second run reuses the corpus, the trained `model.pt` (training resumes from its last checkpoint
+if it was interrupted), the LM and the evaluations newer than what they were made from, and says
+so. `quick=True` is the shortened run of the tests: a tiny corpus and a few training steps.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asr.corpora.synthetic import CorpusConfig, make_demo_corpus
+from asr.recipe import build_word_lm, run_stages, up_to_date, word_lm_paths
 
 if TYPE_CHECKING:
-    from asr.inference.decoding import DecodingOptions
+    from asr.config import TrainConfig
+    from asr.inference.options import DecodingOptions
+    from asr.inference.transcribe import Transcriber
+    from asr.scoring.metrics import ScoreResult
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 FULL_CORPUS = dict(num_train=4000, num_val=100, num_test=200)
@@ -40,106 +47,203 @@ QUICK_OVERRIDES = (
     "trainer.average_last_k=2",
 )
 LM_ORDER = 3
+# The stages' names, and the line that says what each does while it runs.
+STAGES = {
+    "corpus": "synthesizing speech with eSpeak NG",
+    "train": "Conformer-CTC on the training voices",
+    "lm": "word 3-gram and lexicon from the training transcripts",
+    "evaluate": "the held-out test voices and sentences",
+    "transcribe": "one test file, with word timings",
+    "summary": "error rates, times and paths",
+}
+DECODING_LABELS = {"greedy": "greedy CTC", "lm": "beam + LM"}
 
 
-def _stage(number: int, title: str) -> float:
-    print(f"\n[{number}/6] {title}", flush=True)
-    return time.perf_counter()
+@dataclass
+class Demo:
+    """One run: its settings, the paths of its work dir (where each stage finds what the
+    earlier ones made), and what the stages pass on in memory: seconds, scores, the example."""
 
+    work_dir: Path
+    quick: bool = False
+    seed: int = 0
+    overrides: Sequence[str] = ()
+    lm: bool = True
+    began: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    example: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
 
-def make_corpus(work_dir: Path, seed: int, quick: bool) -> Path:
-    """Stage 1: the eSpeak NG corpus in work_dir/corpus (reused when already there)."""
-    sizes = QUICK_CORPUS if quick else FULL_CORPUS
-    corpus_dir = work_dir / "corpus"
-    existed = (corpus_dir / "corpus.json").is_file()
-    make_demo_corpus(corpus_dir, CorpusConfig(**sizes, seed=seed), progress=True)
-    meta = json.loads((corpus_dir / "corpus.json").read_text())
-    hours = sum(meta["hours"].values())
-    print(
-        f"{'reusing' if existed else 'made'} {corpus_dir}: "
-        + ", ".join(f"{n} {s}" for s, n in meta["counts"].items())
-        + f" utterances, {hours:.2f} h, {sum(len(v) for v in meta['voices'].values())} voices "
-        "(test voices and sentences held out)"
-    )
-    return corpus_dir
+    @property
+    def corpus_dir(self) -> Path:
+        return self.work_dir / "corpus"
 
+    @functools.cached_property
+    def config(self) -> TrainConfig:
+        """configs/demo.yaml with this run's paths, seed and overrides (which win)."""
+        from asr.config import load_config
 
-def train_model(work_dir: Path, corpus_dir: Path, seed: int, quick: bool,
-                overrides: Sequence[str] = ()) -> tuple[Path, dict[str, Any]]:  # fmt: skip
-    """Stage 2: `asr train --config configs/demo.yaml` on the corpus, unless model.pt exists."""
-    from asr.checkpoint import load_bundle
-    from asr.config import load_config
-    from asr.training.train import train
+        return load_config(CONFIG, [
+            f"exp_dir={self.work_dir / 'exp'}",
+            f"data.train_manifest={self.corpus_dir / 'train.jsonl'}",
+            f"data.val_manifest={self.corpus_dir / 'val.jsonl'}",
+            f"trainer.seed={self.seed}",
+            *(QUICK_OVERRIDES if self.quick else ()),
+            *self.overrides,
+        ])  # fmt: skip
 
-    exp_dir = work_dir / "exp"
-    config = load_config(
-        CONFIG,
-        [
-            f"exp_dir={exp_dir}",
-            f"data.train_manifest={corpus_dir / 'train.jsonl'}",
-            f"data.val_manifest={corpus_dir / 'val.jsonl'}",
-            f"trainer.seed={seed}",
-            *(QUICK_OVERRIDES if quick else ()),
-            *overrides,
-        ],
-    )
-    model_path = exp_dir / "model.pt"
-    if model_path.is_file():
-        print(f"reusing the trained model {model_path} (delete it to train again)")
-    else:
-        enc = config.encoder_config()
+    @property
+    def model_path(self) -> Path:
+        return Path(self.config.exp_dir) / "model.pt"
+
+    @property
+    def lm_dir(self) -> Path:
+        return self.work_dir / "lm"
+
+    @property
+    def lm_files(self) -> tuple[Path, Path]:
+        return word_lm_paths(self.lm_dir, LM_ORDER)
+
+    @functools.cached_property
+    def model(self) -> Transcriber:
+        from asr.inference.transcribe import load_model
+
+        return load_model(self.model_path)
+
+    def stages(self) -> list[tuple[str, Callable[[], object]]]:
+        """(header, function) per stage for `run_stages`; each but the summary is timed."""
+        functions = {
+            "corpus": self.make_corpus,
+            "train": self.train_model,
+            "lm": self.build_lm,
+            "evaluate": self.evaluate,
+            "transcribe": self.show_transcript,
+            "summary": self.write_summary,
+        }
+        assert list(functions) == list(STAGES)
+        return [
+            (
+                f"{name} - {STAGES[name]}",
+                function if name == "summary" else self._timed(name, function),
+            )
+            for name, function in functions.items()
+        ]
+
+    def _timed(self, name: str, function: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            start = time.perf_counter()
+            function()
+            self.seconds[name] = time.perf_counter() - start
+
+        return run
+
+    def make_corpus(self) -> None:
+        """Stage 1: the eSpeak NG corpus in work_dir/corpus (reused when already there)."""
+        sizes = QUICK_CORPUS if self.quick else FULL_CORPUS
+        existed = (self.corpus_dir / "corpus.json").is_file()
+        make_demo_corpus(self.corpus_dir, CorpusConfig(**sizes, seed=self.seed), progress=True)
+        meta = json.loads((self.corpus_dir / "corpus.json").read_text())
+        hours = sum(meta["hours"].values())
+        print(
+            f"{'reusing' if existed else 'made'} {self.corpus_dir}: "
+            + ", ".join(f"{n} {s}" for s, n in meta["counts"].items())
+            + f" utterances, {hours:.2f} h, {sum(len(v) for v in meta['voices'].values())} "
+            "voices (test voices and sentences held out)"
+        )
+
+    def train_model(self) -> None:
+        """Stage 2: `asr train --config configs/demo.yaml` on the corpus, unless model.pt exists."""
+        if self.model_path.is_file():
+            print(f"reusing the trained model {self.model_path} (delete it to train again)")
+            return
+        from asr.training.train import train
+
+        enc = self.config.encoder_config()
         print(
             f"training a Conformer-CTC ({enc.num_layers} layers, d_model {enc.d_model}) for "
-            f"{config.trainer.max_steps} steps, as `asr train --config configs/demo.yaml` does; "
-            f"logs and checkpoints in {exp_dir}"
+            f"{self.config.trainer.max_steps} steps, as `asr train --config configs/demo.yaml` "
+            f"does; logs and checkpoints in {self.config.exp_dir}"
         )
-        model_path = train(config)
-    return model_path, load_bundle(model_path).info
+        model_path = train(self.config)
+        assert model_path == self.model_path, (model_path, self.model_path)
 
+    def build_lm(self) -> None:
+        """Stage 3: the word 3-gram and lexicon of the training transcripts (unless lm=False)."""
+        if not self.lm:
+            print("skipped (lm=False)")
+            return
+        build_word_lm(self.corpus_dir / "train.jsonl", self.model_path, self.lm_dir, LM_ORDER)
 
-def build_lm(work_dir: Path, corpus_dir: Path, model_path: Path) -> tuple[Path, Path]:
-    """Stage 3: word 3-gram ARPA and lexicon from the training transcripts only."""
-    from asr.checkpoint import load_bundle
-    from asr.data.manifest import read_manifest
-    from asr.inference.lexicon import write_word_lm
+    def decodings(self) -> dict[str, DecodingOptions]:
+        """The greedy decoding, then (unless lm=False) beam search with the LM and lexicon."""
+        from asr.inference.options import DecodingOptions
 
-    lm_dir = work_dir / "lm"
-    arpa, lexicon = lm_dir / f"words.{LM_ORDER}gram.arpa", lm_dir / "lexicon.txt"
-    if arpa.is_file() and lexicon.is_file():
-        print(f"reusing {arpa} and {lexicon}")
-        return arpa, lexicon
-    texts = [utt.text for utt in read_manifest(corpus_dir / "train.jsonl")]
-    tokenizer = load_bundle(model_path).tokenizer
-    lm, words, skipped = write_word_lm(texts, tokenizer, arpa, lexicon, order=LM_ORDER)
-    counts = [sum(len(g) == n for g in lm.logprobs) for n in range(1, LM_ORDER + 1)]
-    print(
-        f"{LM_ORDER}-gram Kneser-Ney LM from {len(texts)} training sentences: "
-        f"{'/'.join(map(str, counts))} 1/2/3-grams -> {arpa}; lexicon of "
-        f"{len(words) - len(skipped)} words -> {lexicon}"
-    )
-    return arpa, lexicon
+        found = {"greedy": DecodingOptions()}
+        if self.lm:
+            arpa, lexicon = self.lm_files
+            found["lm"] = DecodingOptions(lm=str(arpa), lexicon=str(lexicon))  # beam 50, weight 1
+        return found
 
+    def evaluate(self) -> None:
+        """Stage 4: each decoding of test.jsonl scored into eval/<decoding>/ with its report."""
+        from asr.scoring.evaluate import format_summary
 
-def evaluate_split(model: Any, corpus_dir: Path, out_dir: Path, label: str,
-                   options: DecodingOptions) -> dict[str, float]:  # fmt: skip
-    """Decode and score test.jsonl (`asr.scoring.evaluate.decode_and_score`), with a report."""
-    from asr.scoring.evaluate import decode_and_score, format_summary
+        for name, options in self.decodings().items():
+            result = self._score(name, options)
+            print(format_summary(result))
+            self.scores[name] = {"wer": round(100 * result.wer, 2),
+                                 "cer": round(100 * result.cer, 2)}  # fmt: skip
 
-    result = decode_and_score(model, corpus_dir / "test.jsonl", out_dir, options, label=label)
-    print(format_summary(result))
-    return {"wer": round(100 * result.wer, 2), "cer": round(100 * result.cer, 2)}
+    def _score(self, name: str, options: DecodingOptions) -> ScoreResult:
+        """`asr.scoring.evaluate.decode_and_score` into eval/<name>/, or the evaluation there
+        when it is newer than the model, the test manifest and the LM files it used."""
+        from asr.scoring.evaluate import decode_and_score, load_result
 
+        test, out = self.corpus_dir / "test.jsonl", self.work_dir / "eval" / name
+        sources = [self.model_path, test, *(self.lm_files if name == "lm" else ())]
+        if all(up_to_date(out / "summary.json", source) for source in sources):
+            print(f"reusing the {DECODING_LABELS[name]} evaluation in {out}")
+            return load_result(out)
+        return decode_and_score(self.model, test, out, options, label=DECODING_LABELS[name])
 
-def show_transcript(model: Any, corpus_dir: Path, options: DecodingOptions) -> dict[str, Any]:
-    """Stage 5: transcribe the first test file and print its text and word timings."""
-    from asr.data.manifest import read_manifest
+    def show_transcript(self) -> None:
+        """Stage 5: transcribe the first test file and print its text and word timings."""
+        from asr.data.manifest import read_manifest
 
-    utt = read_manifest(corpus_dir / "test.jsonl")[0]
-    result = model.transcribe([utt.audio], options=options)[0]
-    print(f"file:       {utt.audio}\nreference:  {utt.text}\ntranscript: {result.text}")
-    for w in result.words:
-        print(f"  {w.start:6.2f} - {w.end:6.2f} s  {w.word:<14} confidence {w.confidence:.2f}")
-    return result.to_dict()
+        utt = read_manifest(self.corpus_dir / "test.jsonl")[0]
+        decodings = self.decodings()
+        best = decodings.get("lm", decodings["greedy"])
+        result = self.model.transcribe([utt.audio], options=best)[0]
+        print(f"file:       {utt.audio}\nreference:  {utt.text}\ntranscript: {result.text}")
+        for w in result.words:
+            print(f"  {w.start:6.2f} - {w.end:6.2f} s  {w.word:<14} confidence {w.confidence:.2f}")
+        self.example = result.to_dict()
+
+    def write_summary(self) -> None:
+        """Stage 6: work_dir/summary.json, and its closing lines printed."""
+        self.seconds["total"] = time.perf_counter() - self.began
+        info = self.model.bundle.info
+        final = self.scores.get("lm", self.scores["greedy"])
+        arpa, lexicon = self.lm_files if self.lm else (None, None)
+        self.summary = {
+            "wer": final["wer"],
+            "cer": final["cer"],
+            "decoding": "beam search + lexicon + 3-gram LM" if self.lm else "greedy CTC",
+            "scores": self.scores,
+            "train_seconds": info.get("train_seconds"),
+            "trained_steps": info.get("trained_steps"),
+            "stage_seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+            "seed": self.seed,
+            "quick": self.quick,
+            "model": str(self.model_path),
+            "reports": {k: str(self.work_dir / "eval" / k / "report.html") for k in self.scores},
+            "lm": str(arpa) if arpa else None,
+            "lexicon": str(lexicon) if lexicon else None,
+            "example": self.example,
+        }
+        (self.work_dir / "summary.json").write_text(json.dumps(self.summary, indent=1) + "\n")
+        print(format_demo_summary(self.summary))
 
 
 def run_demo(
@@ -152,71 +256,13 @@ def run_demo(
     """Corpus -> train -> LM -> evaluate -> transcribe -> summary; returns the summary dict.
 
     `overrides` are `dotted.key=value` changes to configs/demo.yaml (as for `asr train`);
-    `lm=False` skips the LM stage and the beam search evaluation. (Long on purpose: the
-    stages read top to bottom, as in the module docstring.)
+    `lm=False` skips the LM stage and the beam search evaluation.
     """
     work_dir = Path(work_dir).absolute()
     work_dir.mkdir(parents=True, exist_ok=True)
-    began = time.perf_counter()
-    times: dict[str, float] = {}
-
-    start = _stage(1, "corpus: synthesizing speech with eSpeak NG")
-    corpus_dir = make_corpus(work_dir, seed, quick)
-    times["corpus"] = time.perf_counter() - start
-
-    start = _stage(2, "train: Conformer-CTC on the training voices")
-    model_path, info = train_model(work_dir, corpus_dir, seed, quick, overrides)
-    times["train"] = time.perf_counter() - start
-
-    from asr.inference.decoding import DecodingOptions
-    from asr.inference.transcribe import load_model
-
-    model = load_model(model_path)
-    arpa = lexicon = None
-    start = _stage(3, "lm: word 3-gram and lexicon from the training transcripts")
-    if lm:
-        arpa, lexicon = build_lm(work_dir, corpus_dir, model_path)
-    else:
-        print("skipped (lm=False)")
-    times["lm"] = time.perf_counter() - start
-
-    start = _stage(4, "evaluate: the held-out test voices and sentences")
-    eval_dir = work_dir / "eval"
-    best = greedy = DecodingOptions()
-    scores = {
-        "greedy": evaluate_split(model, corpus_dir, eval_dir / "greedy", "greedy CTC", greedy)
-    }
-    if arpa is not None:
-        best = DecodingOptions(lm=str(arpa), lexicon=str(lexicon))  # beam 50, weight 1
-        scores["lm"] = evaluate_split(model, corpus_dir, eval_dir / "lm", "beam + LM", best)
-    times["evaluate"] = time.perf_counter() - start
-
-    start = _stage(5, "transcribe: one test file, with word timings")
-    example = show_transcript(model, corpus_dir, best)
-    times["transcribe"] = time.perf_counter() - start
-    times["total"] = time.perf_counter() - began
-
-    final = scores.get("lm", scores["greedy"])
-    summary = {
-        "wer": final["wer"],
-        "cer": final["cer"],
-        "decoding": "beam search + lexicon + 3-gram LM" if "lm" in scores else "greedy CTC",
-        "scores": scores,
-        "train_seconds": info.get("train_seconds"),
-        "trained_steps": info.get("trained_steps"),
-        "stage_seconds": {k: round(v, 1) for k, v in times.items()},
-        "seed": seed,
-        "quick": quick,
-        "model": str(model_path),
-        "reports": {k: str(eval_dir / k / "report.html") for k in scores},
-        "lm": str(arpa) if arpa else None,
-        "lexicon": str(lexicon) if lexicon else None,
-        "example": example,
-    }
-    (work_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    _stage(6, "summary")
-    print(format_demo_summary(summary))
-    return summary
+    demo = Demo(work_dir, quick, seed, tuple(overrides), lm)
+    run_stages(demo.stages(), 1, len(STAGES))
+    return demo.summary
 
 
 def format_demo_summary(summary: dict[str, Any]) -> str:

@@ -1,5 +1,6 @@
 """The built-in demo end to end, shortened (`quick=True`): corpus, training, LM, evaluation,
-transcription, summary; then a second run that reuses everything."""
+transcription, summary; then a second run that reuses everything (each stage through
+`asr.recipe.run_stages`, as the recipes' stages)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 pytest.importorskip("espeakng_loader", reason="the demo needs eSpeak NG (pip install 'asr[demo]')")
 
-from asr.demo import run_demo
+from asr.demo import STAGES, run_demo
 
 WORD_LINE = re.compile(r"^\s+(\d+\.\d\d) - +(\d+\.\d\d) s  (\S+)\s+confidence (\d\.\d\d)$")
 
@@ -65,11 +66,18 @@ def test_example_transcript_has_ordered_word_timings_inside_the_file(first_run):
 
 def test_second_run_reuses_corpus_model_and_lm_and_gives_the_same_result(first_run, capsys):
     work_dir, summary = first_run
-    model_mtime = (work_dir / "exp" / "model.pt").stat().st_mtime
+    made = ("exp/model.pt", "lm/words.3gram.arpa", "lm/lexicon.txt", "eval/greedy/summary.json",
+            "eval/lm/summary.json")  # fmt: skip
+    mtimes = {path: (work_dir / path).stat().st_mtime_ns for path in made}
     again = run_demo(work_dir, quick=True, seed=0)
     out = capsys.readouterr().out
-    assert "reusing" in out and "reusing the trained model" in out
-    assert (work_dir / "exp" / "model.pt").stat().st_mtime == model_mtime
+    # the stages run through asr.recipe.run_stages, as the recipes' do, each reusing its output
+    headers = re.findall(r"^== stage (\d): (\w+) - ", out, flags=re.MULTILINE)
+    assert headers == [(str(n), name) for n, name in enumerate(STAGES, start=1)]
+    assert f"reusing {work_dir / 'corpus'}" in out and "reusing the trained model" in out
+    assert f"reusing {work_dir / 'lm' / 'words.3gram.arpa'} and" in out
+    assert f"reusing the beam + LM evaluation in {work_dir / 'eval' / 'lm'}" in out
+    assert {path: (work_dir / path).stat().st_mtime_ns for path in made} == mtimes
     assert again["scores"] == summary["scores"]
     assert again["example"] == summary["example"]
     assert again["stage_seconds"]["train"] < summary["stage_seconds"]["train"]

@@ -13,7 +13,7 @@
                  model.pt = mean of the last trainer.average_last_k checkpoints
     5 lm         WORK_DIR/lm/words.3gram.arpa: a word 3-gram (interpolated Kneser-Ney) of the
                  training transcripts only, and lexicon.txt: its words spelled with model.pt's
-                 tokenizer
+                 tokenizer (asr.recipe.build_word_lm, as the demo's lm stage)
     6 evaluate   `asr evaluate` on the validation and test sets, greedy and with the LM
                  (`--lm ARPA --lexicon FILE`, beam search); WORK_DIR/exp/RESULTS.{md,json}
 
@@ -28,9 +28,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from asr.cli import main as asr_main
 from asr.config import load_config
 from asr.corpora import an4
-from asr.recipe import run_asr, run_stages, up_to_date
+from asr.recipe import build_word_lm, run_asr, run_stages, up_to_date, word_lm_paths
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "an4.yaml"
@@ -79,8 +80,8 @@ def stage_tokenizer(args: argparse.Namespace) -> None:
     if Path(config.tokenizer.path).is_file():
         print(f"reusing the tokenizer {config.tokenizer.path}")
         return
-    run_asr(["train-tokenizer", "--manifest", config.data.train_manifest, "--kind",
-         config.tokenizer.kind, "--output", config.tokenizer.path])  # fmt: skip
+    run_asr(asr_main, ["train-tokenizer", "--manifest", config.data.train_manifest, "--kind",
+                       config.tokenizer.kind, "--output", config.tokenizer.path])  # fmt: skip
 
 
 def stage_train(args: argparse.Namespace) -> None:
@@ -89,33 +90,19 @@ def stage_train(args: argparse.Namespace) -> None:
     if model.is_file():
         print(f"reusing the trained model {model} (delete it to train again)")
         return
-    run_asr(["train", "--config", str(CONFIG), *train_overrides(args)])
+    run_asr(asr_main, ["train", "--config", str(CONFIG), *train_overrides(args)])
 
 
 def lm_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    return args.work_dir / "lm" / f"words.{LM_ORDER}gram.arpa", args.work_dir / "lm" / "lexicon.txt"
+    return word_lm_paths(args.work_dir / "lm", LM_ORDER)
 
 
 def stage_lm(args: argparse.Namespace) -> None:
     """Word 3-gram of the training transcripts (never val or test) and its lexicon, spelled
     with model.pt's tokenizer; reused while newer than the model and the training manifest."""
-    from asr.checkpoint import load_bundle
-    from asr.data.manifest import read_manifest
-    from asr.inference.lexicon import write_word_lm
-
     config = load_config(CONFIG, train_overrides(args))
     model, train = Path(config.exp_dir) / "model.pt", Path(config.data.train_manifest)
-    arpa, lexicon = lm_paths(args)
-    if not model.is_file():
-        raise SystemExit(f"stage lm spells words with the trained model's tokens: no {model}")
-    if all(up_to_date(out, source) for out in (arpa, lexicon) for source in (model, train)):
-        print(f"reusing {arpa} and {lexicon}")
-        return
-    texts = [utt.text for utt in read_manifest(train)]
-    tokenizer = load_bundle(model).tokenizer
-    _, words, skipped = write_word_lm(texts, tokenizer, arpa, lexicon, order=LM_ORDER)
-    print(f"{LM_ORDER}-gram of {len(texts)} training transcripts -> {arpa}; lexicon of "
-          f"{len(words) - len(skipped)} words -> {lexicon}")  # fmt: skip
+    build_word_lm(train, model, args.work_dir / "lm", LM_ORDER)
 
 
 def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
@@ -137,8 +124,9 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, dict[str, fl
             summary = out / "summary.json"
             sources = [model, *([arpa, lexicon] if flags else [])]
             if not all(up_to_date(summary, source) for source in sources):
-                run_asr(["evaluate", "--model", str(model), "--manifest", str(manifest),
-                         "--output-dir", str(out), "--device", args.device, *flags])  # fmt: skip
+                run_asr(asr_main, ["evaluate", "--model", str(model), "--manifest",
+                                   str(manifest), "--output-dir", str(out), "--device",
+                                   args.device, *flags])  # fmt: skip
             scores = json.loads(summary.read_text())
             results.setdefault(name, {})[decoding] = {"wer": 100 * scores["wer"],
                                                       "cer": 100 * scores["cer"]}  # fmt: skip

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from asr.cli import main as asr_main
 from asr.config import TrainConfig, load_config
 from asr.corpora import librispeech
 from asr.recipe import run_asr, run_stages, up_to_date
@@ -121,9 +122,9 @@ def stage_manifests(args: argparse.Namespace, parts: list[str]) -> None:
     print(f"manifests in {out}: " + ", ".join(sorted(p.name for p in out.glob("*.jsonl"))))
     if args.shards:  # a rerun keeps the finished shards
         for manifest, split in (("train.jsonl", "train"), ("dev.jsonl", "validation")):
-            run_asr(["pack", "--manifest", str(out / manifest), "--output",
-                     str(args.work_dir / "shards"), "--split", split, "--shard-size",
-                     args.shard_size, "--workers", str(args.nj)])  # fmt: skip
+            run_asr(asr_main, ["pack", "--manifest", str(out / manifest), "--output",
+                               str(args.work_dir / "shards"), "--split", split, "--shard-size",
+                               args.shard_size, "--workers", str(args.nj)])  # fmt: skip
 
 
 def stage_tokenizer(args: argparse.Namespace) -> None:
@@ -132,8 +133,9 @@ def stage_tokenizer(args: argparse.Namespace) -> None:
     if Path(tok.path).is_file():
         print(f"reusing the tokenizer {tok.path}")
         return
-    run_asr(["train-tokenizer", "--manifest", config.data.train_manifest, "--kind", tok.kind,
-         "--vocab-size", str(tok.vocab_size), "--output", tok.path])  # fmt: skip
+    run_asr(asr_main, ["train-tokenizer", "--manifest", config.data.train_manifest, "--kind",
+                       tok.kind, "--vocab-size", str(tok.vocab_size), "--output",
+                       tok.path])  # fmt: skip
 
 
 def stage_train(args: argparse.Namespace) -> None:
@@ -141,7 +143,7 @@ def stage_train(args: argparse.Namespace) -> None:
     if model.is_file():
         print(f"reusing the trained model {model} (delete it to train again)")
         return
-    run_asr(["train", "--config", str(config_path(args)), *train_overrides(args)])
+    run_asr(asr_main, ["train", "--config", str(config_path(args)), *train_overrides(args)])
 
 
 def stage_average(args: argparse.Namespace) -> None:
@@ -225,8 +227,9 @@ def evaluate_part(
     if not all(up_to_date(summary, source) for source in (model, *lm_files)):
         flags = ["--lm", str(lm_files[0]), "--lexicon", str(lm_files[1])] if lm_files else []
         manifest = args.work_dir / "manifests" / f"{part}.jsonl"
-        run_asr(["evaluate", "--model", str(model), "--manifest", str(manifest),
-                 "--output-dir", str(out), "--device", args.device, *flags])  # fmt: skip
+        run_asr(asr_main, ["evaluate", "--model", str(model), "--manifest", str(manifest),
+                           "--output-dir", str(out), "--device", args.device,
+                           *flags])  # fmt: skip
     return 100 * json.loads(summary.read_text())["wer"]
 
 
