@@ -4,6 +4,7 @@ Audio: missing, empty, truncated (WAV, FLAC), corrupt header, not audio, zero sa
 -> one-line `AudioError` naming the file; shorter than one feature frame -> an empty transcript
 and, in training, skipped by the filter; 8 kHz, 192 kHz and 8 channels -> mono 16 kHz; hours
 long -> read a segment at a time. Manifests, configs (through `asr train`) and text follow.
+Every command's bad inputs, each one line and status 2: tests/test_cli_errors.py.
 """
 
 from __future__ import annotations

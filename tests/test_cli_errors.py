@@ -94,104 +94,57 @@ def fake_sounddevice() -> types.ModuleType:
 
 
 # (command, case, argv, what the message must name); {name} is a path of `files`.
+# fmt: off
 CASES = [
     ("transcribe", "missing file", "--model {model} {missing}.wav", "{missing}.wav"),
     ("transcribe", "corrupt file", "--model {model} {garbage_wav}", "{garbage_wav}"),
     ("transcribe", "nonexistent model", "--model {missing}.pt {a}", "{missing}.pt"),
     ("transcribe", "uncached hub model", "--model hf://nobody/nothing {a}", "hf://nobody/nothing"),
     ("transcribe", "bad --format", "--model {model} --format xml {a}", "--format 'xml'"),
-    (
-        "transcribe",
-        "bad --batch-seconds",
-        "--model {model} --batch-seconds -1 {a}",
-        "batch_seconds",
-    ),
+    ("transcribe", "bad --batch-seconds", "--model {model} --batch-seconds -1 {a}",
+     "batch_seconds"),
     ("transcribe", "bad --device", "--model {model} --device tpu {a}", "--device"),
-    (
-        "transcribe",
-        "missing manifest",
-        "--model {model} --manifest {missing}.jsonl --output-dir {out}",
-        "{missing}.jsonl",
-    ),
-    (
-        "evaluate",
-        "missing manifest",
-        "--model {model} --manifest {missing}.jsonl",
-        "{missing}.jsonl",
-    ),
+    ("transcribe", "missing manifest",
+     "--model {model} --manifest {missing}.jsonl --output-dir {out}", "{missing}.jsonl"),
+    ("transcribe", "manifest on a missing GPU",
+     "--model {model} --manifest {manifest} --output-dir {out}/t --device cuda", "--device cuda"),
+    ("evaluate", "missing manifest", "--model {model} --manifest {missing}.jsonl",
+     "{missing}.jsonl"),
     ("evaluate", "nonexistent model", "--model {missing}.pt --manifest {manifest}", "{missing}.pt"),
     ("evaluate", "--model without --manifest", "--model {model}", "--manifest"),
     ("evaluate", "missing hypotheses", "--hyp {missing}.txt --ref {manifest}", "{missing}.txt"),
-    (
-        "evaluate",
-        "bad --beam-size",
-        "--model {model} --manifest {manifest} --beam-size 0",
-        "beam_size",
-    ),
+    ("evaluate", "bad --beam-size", "--model {model} --manifest {manifest} --beam-size 0",
+     "beam_size"),
     ("train", "missing config", "--config {missing}.yaml", "{missing}.yaml"),
     ("train", "wrong config key", "--config {tiny} optim.weight_decy=1", "optim.weight_decy"),
     ("train", "broken YAML, every line kept", "--config {broken}", "expected ',' or ']'"),
-    (
-        "train",
-        "missing manifest",
-        "--config {tiny} data.train_manifest={missing}.jsonl exp_dir={out}/train",
-        "{missing}.jsonl",
-    ),
-    (
-        "train",
-        "Lightning: devices=0",
-        "--config {tiny} data.train_manifest={manifest} trainer.devices=0 exp_dir={out}/train",
-        "trainer.devices",
-    ),
-    (
-        "train",
-        "Lightning: devices=abc",
-        "--config {tiny} data.train_manifest={manifest} trainer.devices=abc exp_dir={out}/train",
-        "trainer.devices",
-    ),
-    (
-        "train",
-        "Lightning: no such accelerator",
-        "--config {tiny} data.train_manifest={manifest} "
-        "trainer.accelerator=mps exp_dir={out}/train",
-        "trainer.accelerator",
-    ),
-    (
-        "export",
-        "missing checkpoint",
-        "--checkpoint {missing}.ckpt --output {out}/m.pt",
-        "{missing}.ckpt",
-    ),
-    (
-        "export",
-        "corrupt checkpoint",
-        "--checkpoint {garbage_pt} --output {out}/m.pt",
-        "{garbage_pt}",
-    ),
-    (
-        "export",
-        "--quantize without onnx",
-        "--checkpoint {model} --quantize int8 --output {out}/m",
-        "--quantize",
-    ),
+    ("train", "missing manifest",
+     "--config {tiny} data.train_manifest={missing}.jsonl exp_dir={out}/train", "{missing}.jsonl"),
+    ("train", "Lightning: devices=0",
+     "--config {tiny} data.train_manifest={manifest} trainer.devices=0 exp_dir={out}/train",
+     "trainer.devices"),
+    ("train", "Lightning: devices=abc",
+     "--config {tiny} data.train_manifest={manifest} trainer.devices=abc exp_dir={out}/train",
+     "trainer.devices"),
+    ("train", "Lightning: no such accelerator",
+     "--config {tiny} data.train_manifest={manifest} trainer.accelerator=mps exp_dir={out}/train",
+     "trainer.accelerator"),
+    ("export", "missing checkpoint", "--checkpoint {missing}.ckpt --output {out}/m.pt",
+     "{missing}.ckpt"),
+    ("export", "corrupt checkpoint", "--checkpoint {garbage_pt} --output {out}/m.pt",
+     "{garbage_pt}"),
+    ("export", "--quantize without onnx", "--checkpoint {model} --quantize int8 --output {out}/m",
+     "--quantize"),
     ("export", "onnx without --model", "--format onnx --output {out}/m.onnx", "--model"),
-    (
-        "export",
-        "onnx of a missing model",
-        "--model {missing}.pt --format onnx --output {out}/m",
-        "{missing}.pt",
-    ),
+    ("export", "onnx of a missing model", "--model {missing}.pt --format onnx --output {out}/m",
+     "{missing}.pt"),
     ("import-nemo", "missing file", "{missing}.nemo --output {out}/n.pt", "{missing}.nemo"),
     ("import-nemo", "not a .nemo archive", "{garbage_nemo} --output {out}/n.pt", "{garbage_nemo}"),
     ("import-nemo", "output over a .nemo", "{garbage_nemo} --output {out}/n.nemo", "--output"),
     ("pack", "missing manifest", "--manifest {missing}.jsonl --output {out}/p", "{missing}.jsonl"),
     ("pack", "empty manifest", "--manifest {empty} --output {out}/p", "{empty}"),
-    (
-        "pack",
-        "bad --shard-size",
-        "--manifest {manifest} --output {out}/p --shard-size huge",
-        "--shard-size",
-    ),
+    ("pack", "bad --shard-size", "--manifest {manifest} --output {out}/p --shard-size huge",
+     "--shard-size"),
     ("pack", "bad --workers", "--manifest {manifest} --output {out}/p --workers 0", "--workers"),
     ("pack", "output is a file", "--manifest {manifest} --output {a}", "{a}"),
     ("serve", "nonexistent model", "--model {missing}.pt --port 0", "{missing}.pt"),
@@ -210,20 +163,13 @@ CASES = [
     ("listen", "bad --device", "--model {streaming} --device nope", "'nope'"),
     ("demo", "work dir is a file", "--quick --work-dir {a}", "{a}"),
     ("demo", "unknown config key", "--quick --work-dir {out}/demo encoder.nope=1", "encoder.nope"),
-    (
-        "demo",
-        "bad config value",
-        "--quick --work-dir {out}/demo trainer.max_steps=many",
-        "trainer.max_steps",
-    ),
+    ("demo", "bad config value", "--quick --work-dir {out}/demo trainer.max_steps=many",
+     "trainer.max_steps"),
     ("demo", "bad --seed", "--quick --seed abc --work-dir {out}/demo", "--seed"),
-    (
-        "demo",
-        "Lightning: devices=0",
-        "--quick --work-dir {out}/demo trainer.devices=0",
-        "trainer.devices",
-    ),
+    ("demo", "Lightning: devices=0", "--quick --work-dir {out}/demo trainer.devices=0",
+     "trainer.devices"),
 ]
+# fmt: on
 
 
 def test_every_command_has_at_least_three_bad_input_cases() -> None:
@@ -248,6 +194,8 @@ def test_a_user_error_is_one_line_naming_the_culprit_and_status_2(
         monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice())
     if "accelerator=mps" in argv and torch.backends.mps.is_available():
         pytest.skip("this machine has an MPS device")
+    if "--device cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     status = main([command, *argv.format(**files).split()])
     err = capsys.readouterr().err
     assert "Traceback" not in err

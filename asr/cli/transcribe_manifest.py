@@ -51,6 +51,8 @@ def manifest_command(args: argparse.Namespace) -> int:
         )
     if args.format != ["txt"]:
         raise ValueError("--manifest writes OUTPUT_DIR/transcripts.jsonl; --format is for files")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA GPU is available")
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     settings = Settings(
         decoding_options(args), args.batch_seconds, args.chunk_seconds, args.chunk_overlap
