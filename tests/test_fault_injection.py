@@ -62,6 +62,7 @@ def kill_at_random_point(
                 pytest.fail(f"the job ended or stalled at {done} of {k} units:\n"
                             f"{(cwd / 'killed.log').read_text()[-3000:]}")  # fmt: skip
             time.sleep(0.005)
+        first = first or time.monotonic()  # all k units came at once: no time to spread
         unit = (time.monotonic() - first) / (k - 1)
         delay = float(rng.uniform(0, unit))
         time.sleep(delay)
@@ -72,10 +73,6 @@ def kill_at_random_point(
         log.close()
     assert process.returncode == -signal.SIGKILL, "the job had finished before the kill"
     return {"k": k, "delay": delay, "progress": progress()}
-
-
-def lines_in(folder: Path, pattern: str) -> int:
-    return sum(p.read_bytes().count(b"\n") for p in folder.glob(pattern))
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,15 +145,18 @@ def test_distributed_transcription_killed_at_a_random_point_then_rerun_loses_and
 
 
 class FlushCounter:
-    """Progress of a transcription: how many times the parts' line count grew."""
+    """Progress of a transcription: how many times a part's line count grew, over the parts
+    (one flush per step of each rank; counted per part, so two ranks flushing at once count
+    twice)."""
 
     def __init__(self, parts: Path) -> None:
-        self.parts, self.lines, self.count = parts, 0, 0
+        self.parts, self.lines, self.count = parts, {}, 0
 
     def __call__(self) -> int:
-        lines = lines_in(self.parts, "*.jsonl")
-        if lines > self.lines:
-            self.lines, self.count = lines, self.count + 1
+        for part in self.parts.glob("*.jsonl"):
+            lines = part.read_bytes().count(b"\n")
+            if lines > self.lines.get(part, 0):
+                self.lines[part], self.count = lines, self.count + 1
         return self.count
 
 
@@ -181,9 +181,10 @@ def test_training_from_shards_killed_at_a_random_point_then_resumed_equals_a_str
 
     def train(exp_dir: Path) -> list[str]:
         return ["train", "--config", str(TINY), f"data.hf_dataset={shards}",
-                "data.hf_streaming=true", f"exp_dir={exp_dir}", f"trainer.max_steps={steps}",
-                "trainer.val_every_n_steps=1", "trainer.progress_bar=false", "data.num_workers=0",
-                "data.max_batch_seconds=5", "optim.warmup_steps=2", f"tokenizer.path={tokenizer}"]  # fmt: skip
+                "data.hf_streaming=true", f"tokenizer.path={tokenizer}", f"exp_dir={exp_dir}",
+                f"trainer.max_steps={steps}", "trainer.val_every_n_steps=1",
+                "trainer.progress_bar=false", "data.num_workers=0", "data.max_batch_seconds=5",
+                "optim.warmup_steps=2"]  # fmt: skip
 
     killed = tmp_path / "killed"
     point = kill_at_random_point(
