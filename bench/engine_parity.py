@@ -91,7 +91,10 @@ def librispeech_set(work: Path) -> dict[str, Path] | None:
     from asr.inference.lexicon import write_word_lm
     from asr.inference.transcribe import load_model
 
-    mini, three = SHARED / "librispeech-mini" / "LibriSpeech", SHARED / "librispeech-3h" / "LibriSpeech"
+    mini, three = (
+        SHARED / "librispeech-mini" / "LibriSpeech",
+        SHARED / "librispeech-3h" / "LibriSpeech",
+    )
     if not mini.is_dir() or not three.is_dir():
         return None
     manifest, lm, lexicon = work / "ls-test.jsonl", work / "ls-lm.arpa", work / "ls-lexicon.txt"
@@ -198,8 +201,6 @@ def streaming_model(work: Path) -> Path:
 
 
 def demo_weights(work: Path) -> str:
-    import torch
-
     from asr.checkpoint import load_bundle
 
     demo = work / "quick-demo"
@@ -215,12 +216,16 @@ def demo_weights(work: Path) -> str:
 
 
 def measure(work: Path) -> dict[str, str]:
-    work.mkdir(parents=True, exist_ok=True)
-    out = work / "out"
-    if out.exists():
-        import shutil
+    import shutil
 
-        shutil.rmtree(out)
+    work.mkdir(parents=True, exist_ok=True)
+    # What the tree under test makes is made again each run; the test sets and LMs are reused.
+    for made in (work / "out", work / "quick-demo", work / "model.onnx"):
+        if made.is_dir():
+            shutil.rmtree(made)
+        elif made.is_file():
+            made.unlink()
+    out = work / "out"
     sets = {"demo": demo_set(work)}
     if (ls := librispeech_set(work)) is not None:
         sets["librispeech-mini"] = ls
@@ -238,7 +243,9 @@ def measure(work: Path) -> dict[str, str]:
             hashes[f"{name}/transcribe/{mode}"] = run_transcribe(files, d / "t", MODEL, extra)
             hashes[f"{name}/evaluate/{mode}"] = run_evaluate(manifest, d / "e", extra)
             hashes[f"{name}/manifest-devices2/{mode}"] = run_manifest(manifest, d / "m", extra)
-        hashes[f"{name}/onnx-fp32/greedy"] = run_transcribe(files, out / name / "onnx", str(onnx), [])
+        hashes[f"{name}/onnx-fp32/greedy"] = run_transcribe(
+            files, out / name / "onnx", str(onnx), []
+        )
         for fmt, digest in run_server(files, work).items():
             hashes[f"{name}/server-{fmt}/greedy"] = digest
         hashes[f"{name}/streaming-640ms/greedy"] = run_transcribe(
