@@ -1,11 +1,14 @@
 """ONNX export and the ONNX Runtime backend: the export formulation of the relative shift equals
 the training one; exported fp32 log-probs equal PyTorch's (1e-4) on padded batches of 1 s to
 30 s; transcripts, word timings, chunking and `asr evaluate` are the same through both backends;
-int8 shrinks the file and keeps the greedy output close; bad files give one clear line."""
+int8 shrinks the file and keeps the greedy output close, and an int8 export whose greedy tokens
+disagree with PyTorch's is refused; bad files give one clear line."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import soundfile
 import torch
 
 import asr
+import asr.export.onnx as onnx_export
 import asr.modules.attention as attention
 import asr.modules.subsampling as subsampling
 from asr.checkpoint import BundleError, load_bundle
@@ -83,12 +87,30 @@ def test_whole_model_in_export_mode_equals_eager(monkeypatch):
 # --- exported files ---------------------------------------------------------------------
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
     fp32 = export_onnx(SHIPPED, folder / "model.onnx")
-    int8 = export_onnx(SHIPPED, folder / "model.int8.onnx", quantize="int8")
-    return {"pt": load_bundle(SHIPPED), "fp32": fp32, "int8": int8, "folder": folder}
+    records, logger = _Records(), logging.getLogger(onnx_export.__name__)
+    logger.addHandler(records)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        int8 = export_onnx(SHIPPED, folder / "model.int8.onnx", quantize="int8")
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    return {"pt": load_bundle(SHIPPED), "fp32": fp32, "int8": int8, "folder": folder,
+            "int8_log": records.messages}  # fmt: skip
 
 
 def frontend_batch(bundle, seconds: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,6 +182,44 @@ def test_int8_is_smaller_and_close(exported):
     assert min(agree) > 0.9, agree  # WER on real speech: bench/onnx_speed.py, BENCHMARKS.md
 
 
+def test_int8_export_is_checked_for_frame_agreement_and_reports_it(exported):
+    found = [re.search(r"int8 argmax agreement with PyTorch ([\d.]+)%", m)
+             for m in exported["int8_log"]]  # fmt: skip
+    agreement = [float(f[1]) for f in found if f]
+    assert len(agreement) == 1, exported["int8_log"]
+    assert 95.0 <= agreement[0] <= 100.0
+
+
+def scramble_quantized_weights(path: Path) -> None:
+    """What a broken quantizer could write: every int8 weight matrix's values shuffled."""
+    graph = onnx.load(str(path))
+    rng = np.random.default_rng(0)
+    for tensor in graph.graph.initializer:
+        if tensor.name.endswith("_quantized") and tensor.data_type == onnx.TensorProto.INT8:
+            values = onnx.numpy_helper.to_array(tensor)
+            scrambled = rng.permutation(values.ravel()).reshape(values.shape)
+            tensor.CopyFrom(onnx.numpy_helper.from_array(scrambled, tensor.name))
+    onnx.save(graph, str(path))
+
+
+def test_int8_export_that_disagrees_with_pytorch_is_refused_and_not_written(tmp_path, monkeypatch):
+    quantize = onnx_export._quantize_int8
+
+    def broken(source: Path, target: Path) -> None:
+        quantize(source, target)
+        scramble_quantized_weights(target)
+
+    monkeypatch.setattr(onnx_export, "_quantize_int8", broken)
+    out = tmp_path / "broken.int8.onnx"
+    with pytest.raises(RuntimeError) as raised:
+        export_onnx(SHIPPED, out, quantize="int8")
+    message = str(raised.value)
+    assert re.search(r"int8 .*argmax agreement with PyTorch [\d.]+% .*below the 95% required",
+                     message), message  # fmt: skip
+    assert "\n" not in message
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_cli_export_transcribe_and_evaluate(exported, tmp_path, capsys):
     out = tmp_path / "cli.onnx"
     assert cli_main(["export", "--model", SHIPPED, "--format", "onnx", "--output", str(out)]) == 0
@@ -220,7 +280,7 @@ def test_cli_errors_are_one_line(exported, tmp_path, capsys):
     truncated.write_bytes(exported["fp32"].read_bytes()[:1000])
     wav = tmp_path / "a.wav"
     soundfile.write(wav, noise(1.0, 3), RATE)
-    assert cli_main(["transcribe", "--model", str(truncated), str(wav)]) == 1
+    assert cli_main(["transcribe", "--model", str(truncated), str(wav)]) == 2  # a user error
     err = capsys.readouterr().err.strip()
     assert "t.onnx" in err and "truncated" in err and len(err.splitlines()) == 1, err
 
