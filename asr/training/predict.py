@@ -8,15 +8,14 @@ once all ranks are done, rank 0 merges the parts into one file in manifest order
 
     OUT/transcripts.jsonl     one JSON object per utterance (`Result.to_dict()`), manifest order
     OUT/parts/rank<r>.jsonl   what rank r transcribed, a line per utterance, with its position
-
-    OUT/run.json              the model and options they come from (`run_settings`)
+    OUT/run.json              the model (its sha256) and the options they come from
 
 A rerun skips every utterance already in a part (one that failed is tried again), so a killed
 run loses only the batch each rank was working on. A rerun never mixes results: one with another
-model or other decoding or chunking options is refused, naming what differs, unless `overwrite`
-starts over. `--devices N` starts N processes on this
-machine (Lightning's launcher); on a cluster, srun or torchrun start them and Lightning reads the
-ranks from the environment.
+model or other decoding or chunking options is refused, naming what differs (`check_run`),
+unless `overwrite` starts over. `--devices N` starts N processes on this machine (Lightning's
+launcher); on a cluster, srun or torchrun start them and Lightning reads the ranks from the
+environment.
 """
 
 from __future__ import annotations
