@@ -38,6 +38,7 @@ from _common import interleave, machine, set_threads, write_json
 import asr
 from asr.audio import load_audio
 from asr.data.manifest import read_manifest
+from asr.inference.streaming import feed
 from asr.scoring.metrics import score as score_texts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,12 +58,9 @@ def offline_texts(model_path: str, utterances) -> list[str]:
 def stream_utterance(transcriber, wave: np.ndarray, chunk_ms: float, left: float, piece_ms: float):
     """Feed `wave` in pieces: (final Result, [(received seconds, compute seconds, words)])."""
     stream = transcriber.stream(chunk_ms, left)
-    piece = max(1, round(piece_ms / 1000 * transcriber.sample_rate))
     events = []
-    for start in range(0, len(wave), piece):
-        began = time.perf_counter()
-        partial = stream.accept(wave[start : start + piece])
-        events.append((partial.received, time.perf_counter() - began, partial.token_ids))
+    feed(stream, wave, transcriber.sample_rate, piece_ms,
+         lambda partial, seconds: events.append((partial.received, seconds, partial.token_ids)))  # fmt: skip
     began = time.perf_counter()
     result = stream.finish()
     events.append((len(wave) / transcriber.sample_rate, time.perf_counter() - began, None))

@@ -24,22 +24,31 @@ one chunk).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from asr.audio import AudioError, StreamingResampler, load_audio_array
+from asr.audio import (
+    AudioError,
+    StreamingResampler,
+    audio_duration,
+    load_audio_array,
+    read_audio,
+)
 from asr.checkpoint import ModelBundle
 from asr.inference.alignment import Word, align_words
-from asr.inference.decoding import Decoder
+from asr.inference.decoding import Decoder, collapse
 from asr.inference.result import Result
-from asr.modules.subsampling import KERNEL, STRIDE
 from asr.tokenizer import BLANK_ID
 
 DEFAULT_CHUNK_MS = 640.0
 DEFAULT_LEFT_SECONDS = 10.0  # left context kept per chunk: bounded memory, ~all a sentence needs
+READ_SECONDS = 10.0  # `feed_file` reads files this much at a time: memory stays flat
 
 
 @dataclass
@@ -98,11 +107,9 @@ class Stream:
             -1 if left_seconds is None else round(left_seconds / (self.chunk * self.frame_seconds))
         )
         self.max_cache = None if self.left_chunks < 0 else self.left_chunks * self.chunk
-        factor = model.config.subsampling_factor
-        self.num_convs = {4: 2, 8: 3}[factor]
-        self.stride = STRIDE**self.num_convs  # feature frames per encoder frame
-        # feature frames one encoder frame sees: 7 (4x), 15 (8x)
-        self.span = 1 + (KERNEL - 1) * (self.stride - 1) // (STRIDE - 1)
+        self.geometry = model.geometry
+        self.stride = self.geometry.stride  # feature frames per encoder frame
+        self.span = self.geometry.span  # feature frames one encoder frame sees: 7 (4x), 15 (8x)
         self.device = device
         # audio at another rate: set by the first piece, resampled across pieces
         self.input_rate = self.rate
@@ -213,10 +220,7 @@ class Stream:
 
     def _frames_ready(self) -> int:
         """Encoder frames the features so far determine: the subsampling's output length."""
-        length = self.feats_done
-        for _ in range(self.num_convs):
-            length = max(0, (length - KERNEL) // STRIDE + 1)
-        return length
+        return self.geometry.output_lengths(self.feats_done)
 
     def _run_chunk(self, n: int) -> None:
         t0 = self.frames_done
@@ -229,20 +233,54 @@ class Stream:
             log_probs, self.states = model.forward_chunk(x, self.states, self.max_cache)
         log_probs = log_probs[0].float().cpu()  # (n, V)
         self.log_probs.append(log_probs)
-        for i in log_probs.argmax(dim=-1).tolist():
-            if i != BLANK_ID and i != self.last_id:
-                self.tokens.append(i)
-            self.last_id = i
+        labels = log_probs.argmax(dim=-1).tolist()
+        self.tokens += collapse(labels, previous=self.last_id)
+        self.last_id = labels[-1]
         self.frames_done += n
         drop = self.stride * self.frames_done - self.feat_base  # features no later frame needs
         self.feats = self.feats[drop:]
         self.feat_base += drop
 
 
-def chunked_samples(samples: np.ndarray, piece: int):
-    """Consecutive slices of `piece` samples (the last one shorter): a microphone's blocks."""
+OnPartial = Callable[[Partial, float], None]
+
+
+def feed(
+    stream: Stream,
+    samples: np.ndarray,
+    sample_rate: int,
+    piece_ms: float,
+    on_partial: OnPartial | None = None,
+) -> None:
+    """Feed `samples` ((N,) or (N, C) at `sample_rate`) to `stream` in pieces of `piece_ms`, as a
+    microphone delivers them; `on_partial(partial, compute_seconds)` after each piece."""
+    piece = max(1, round(piece_ms / 1000 * sample_rate))
     for start in range(0, len(samples), piece):
-        yield samples[start : start + piece]
+        began = time.perf_counter()
+        partial = stream.accept(samples[start : start + piece], sample_rate)
+        if on_partial is not None:
+            on_partial(partial, time.perf_counter() - began)
 
 
-__all__ = ["DEFAULT_CHUNK_MS", "DEFAULT_LEFT_SECONDS", "Partial", "Stream", "Word"]
+def feed_file(
+    stream: Stream,
+    path: str | Path,
+    piece_ms: float,
+    on_partial: OnPartial | None = None,
+    read_seconds: float = READ_SECONDS,
+) -> None:
+    """Feed the file at `path` to `stream` as `feed` does, read `read_seconds` at a time at its
+    own rate (memory stays flat; the stream resamples it as one signal, without seams). Raises
+    `AudioError` for a file that cannot be read."""
+    total = audio_duration(path)
+    offset = 0.0
+    while offset < total:
+        block, rate = read_audio(path, offset, read_seconds)
+        if len(block) == 0:
+            break
+        offset += read_seconds
+        feed(stream, block, rate, piece_ms, on_partial)
+
+
+__all__ = ["DEFAULT_CHUNK_MS", "DEFAULT_LEFT_SECONDS", "Partial", "Stream", "Word", "feed",
+           "feed_file"]  # fmt: skip
