@@ -6,7 +6,9 @@ shards. Each runs as its own process group, killed whole (as a scheduler or a lo
 kills a job). The point is drawn from a seeded RNG in units of the job's own progress, never a
 fixed sleep: wait until the job has made k units of visible progress (k drawn), then sleep a
 drawn fraction of the average time a unit took so far in this very run, then kill. At least two
-units are left when the kill comes, so it lands inside the job whatever the machine's speed.
+units are left at k, so the kill lands inside the job whatever the machine's speed (in its last
+phase, after the last unit, when the units left ran faster than the average); a job that ended
+first fails the test.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def test_pack_killed_at_a_random_point_then_rerun_equals_an_uninterrupted_pack(t
     out = tmp_path / "killed"
     records = lambda: len(list((out / ".pack").glob("*.parquet.json")))  # noqa: E731
     point = kill_at_random_point([*argv, "--output", str(out)], records, shards, 1, tmp_path)
-    assert 2 <= point["progress"] < shards
+    assert point["progress"] >= 2  # all shards done: killed while writing the index
 
     assert main([*argv, "--output", str(out)]) == 0
     assert partial_files(out / "data") == partial_files(out / ".pack") == []
@@ -190,7 +192,7 @@ def test_training_from_shards_killed_at_a_random_point_then_resumed_equals_a_str
     point = kill_at_random_point(
         train(killed), lambda: steps_saved(killed / "checkpoints"), steps, 3, tmp_path
     )
-    assert 2 <= point["progress"] < steps
+    assert point["progress"] >= 2  # all steps done: killed while exporting model.pt
     assert main(train(killed)) == 0
     assert main(train(tmp_path / "straight")) == 0
     final = f"step-step={steps}.ckpt"  # the every-step checkpoint of the last step
