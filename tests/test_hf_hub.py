@@ -166,11 +166,10 @@ def test_offline_and_not_cached_is_one_line_naming_the_repo(hub_cache):
 
 
 def test_cli_transcribe_with_an_uncached_hf_model_says_so_in_one_line(hub_cache, wav, capsys):
-    # `asr transcribe` reports a model it cannot load itself, as for a missing model.pt:
-    # status 1 and one "asr transcribe: error:" line.
-    assert main(["transcribe", "--model", "hf://x/y", str(wav)]) == 1
+    # A model that cannot be loaded is a user error, as a missing model.pt: status 2, one line.
+    assert main(["transcribe", "--model", "hf://x/y", str(wav)]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"asr transcribe: error: hf://x/y: {OFFLINE_ERROR}"]
+    assert err.splitlines() == [f"asr: error: hf://x/y: {OFFLINE_ERROR}"]
 
 
 def test_cli_transcribes_an_hf_model_in_a_fresh_offline_process(tmp_path, wav):

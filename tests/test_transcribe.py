@@ -17,6 +17,7 @@ import asr
 import asr.inference.engine as engine_module
 from asr.audio import LogMelFeatures
 from asr.checkpoint import BundleError, save_bundle
+from asr.cli import main
 from asr.cli.transcribe import add_transcribe_arguments, transcribe_command
 from asr.config import EncoderConfig, FeatureConfig
 from asr.inference.alignment import Word
@@ -290,9 +291,9 @@ def test_bad_model_files_fail_with_a_clear_message(model_path, files, tmp_path, 
         with pytest.raises(BundleError, match=message) as caught:
             asr.load_model(str(path))
         assert str(path) in str(caught.value)
-        assert run_cli(["--model", str(path), str(files[0])]) == 1
+        assert main(["transcribe", "--model", str(path), str(files[0])]) == 2  # a user error
         err = capsys.readouterr().err
-        assert "error:" in err and name in err
+        assert err.startswith("asr: error: ") and name in err and err.count("\n") == 1, err
 
 
 def test_cli_transcribes_real_librispeech_flac_in_chunks(model_path, librispeech_mini, capsys):

@@ -97,11 +97,11 @@ def test_transcribe_cli_refuses_an_evil_model(tmp_path: Path, marker: Path, caps
     evil = evil_files(tmp_path, marker)["bundle.pt"]
     wav = tmp_path / "a.wav"
     soundfile.write(wav, np.zeros(16000, np.float32), 16000)
-    assert main(["transcribe", "--model", str(evil), "--device", "cpu", str(wav)]) == 1
+    assert main(["transcribe", "--model", str(evil), "--device", "cpu", str(wav)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     (line,) = captured.err.strip().splitlines()
-    assert line.startswith(f"asr transcribe: error: refusing to load {evil}:")
+    assert line.startswith(f"asr: error: refusing to load {evil}:")
     assert not marker.exists()
 
 
