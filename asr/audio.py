@@ -2,8 +2,8 @@
 
 Here: `load_audio` (any file soundfile reads -> mono float32 (N,) at 16 kHz, optionally only a
 segment), `read_audio` (the checked samples of a file or of a file's bytes, at their own rate),
-`load_audio_array` (the same for in-memory samples), `StreamingResampler` (their resampling,
-piece by piece), `audio_duration`, `find_audio_files`, the `LogMelFeatures` front end (25 ms
+`load_audio_array` (the same for in-memory samples; resampling in `asr.resampling`),
+`audio_duration`, `AudioSegment`, `find_audio_files`, the `LogMelFeatures` front end (25 ms
 Hann windows every 10 ms, 80 mel bands, log power, per-utterance or global mean/variance
 normalization) and `compute_global_stats`.
 
@@ -15,10 +15,9 @@ Shapes: B batch, N samples, T frames, F mel bands.
 from __future__ import annotations
 
 import io
-import math
 import re
 from collections.abc import Iterable
-from fractions import Fraction
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,12 @@ from torch import Tensor, nn
 
 from asr.config import FeatureConfig
 from asr.modules.masks import make_pad_mask
+from asr.resampling import resample
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".nist")
 STD_FLOOR = 1e-5  # a feature that never varies is divided by this, not by zero
 PER_FEATURE_STD_OFFSET = 1e-5  # normalize "per_feature" divides by std + this (NeMo's)
 MIN_RATE, MAX_RATE = 1000, 1_000_000  # sample rates outside: a damaged header, not audio
-# torchaudio's exact resampler builds a kernel of (target / g) x (rate / g) taps, g = gcd: for a
-# rate like 4001 Hz that is 64 million taps (1.5 GB), 44101 Hz would take 16 GB. Past 4 million
-# taps (32 MB) the ratio is approximated.
-MAX_RESAMPLE_TAPS = 4_000_000
 EMPTY_FILE_BYTES = 4096  # a header with no samples is at most this long; more bytes: damaged
 _WAV_DATA_LOG = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
@@ -203,80 +199,21 @@ def _to_mono(data: np.ndarray, rate: int, target_rate: int, name: str) -> Tensor
         raise _fail(name, "contains NaN or infinite samples")
     wave = torch.from_numpy(np.ascontiguousarray(data)).mean(dim=1)  # (N,)
     if rate != target_rate:
-        wave = torchaudio.functional.resample(wave, *_resampling_ratio(int(rate), target_rate))
+        wave = resample(wave, int(rate), target_rate)
     if not torch.isfinite(wave).all():  # float samples near 3e38 overflow when mixed
         raise _fail(name, f"samples too large to use (up to {np.abs(data).max():.3g})")
     return wave.contiguous()
 
 
-def _resampling_ratio(rate: int, target_rate: int) -> tuple[int, int]:
-    """(orig, new) for `torchaudio.functional.resample`: the exact ratio when its kernel is small.
+@dataclass(frozen=True)
+class AudioSegment:
+    """[offset, offset + duration) seconds of the file at `path` (duration None: to the end): an
+    input to transcribe, as a manifest line or a corpus row names it."""
 
-    Otherwise the closest fraction whose kernel fits MAX_RESAMPLE_TAPS: 3999 / 1000 for 4001 ->
-    16000 Hz (6e-8 off), 673 / 1855 for 44101 Hz (1e-6 off); even the worst case (15999 Hz, 6e-5
-    off) changes pitch far less than an ear can hear.
-    """
-    g = math.gcd(rate, target_rate)
-    if (rate // g) * (target_rate // g) <= MAX_RESAMPLE_TAPS:
-        return rate // g, target_rate // g
-    ratio = Fraction(target_rate, rate)  # output samples per input sample
-    limit = math.isqrt(MAX_RESAMPLE_TAPS // math.ceil(ratio))
-    approx = ratio.limit_denominator(limit)
-    return approx.denominator, approx.numerator
-
-
-class StreamingResampler:
-    """Mono samples at `rate` in pieces of any size -> the same at `target_rate`, with no seams:
-    the outputs joined equal `load_audio_array`'s resampling of the whole signal (to float32
-    rounding: 1e-6).
-
-    `torchaudio.functional.resample` with the ratio (orig, new) of `_resampling_ratio` is a
-    polyphase filter: the input, with `width` zeros before and `width + orig` after, is cut into
-    blocks of `orig` samples, and block k gives outputs k * new ... k * new + new - 1 from input
-    samples [k * orig, k * orig + 2 * width + orig) (integers: no drift, whatever the pieces).
-    Here a block runs once all its input has arrived; `flush` adds the zeros at the end and
-    runs the rest. The input held back is the filter's look-ahead and the rest of a block:
-    under `width + orig` samples (17 + 441 from 44.1 kHz to 16 kHz: 10.4 ms).
-    """
-
-    def __init__(self, rate: int, target_rate: int) -> None:
-        self.orig, self.new = _resampling_ratio(rate, target_rate)
-        # torchaudio's own filter (what `resample` builds for float32 input), so that the
-        # result is the offline one; tests/test_streaming.py compares the two.
-        kernel, self.width = torchaudio.functional.functional._get_sinc_resample_kernel(
-            self.orig, self.new, 1, dtype=torch.float32
-        )
-        self.kernel = kernel[:, 0]  # (new, 2 * width + orig)
-        self.span = self.kernel.shape[-1]
-        self.pending = torch.zeros(self.width)  # the padded input from the next block on
-        self.received = 0
-        self.emitted = 0
-
-    def __call__(self, samples: Tensor) -> Tensor:
-        """The next piece (N,) -> every output sample it completes (N',)."""
-        self.pending = torch.cat([self.pending, samples.float()])
-        self.received += len(samples)
-        return self._run_blocks()
-
-    def flush(self) -> Tensor:
-        """The end of the signal: the samples held back (the stream then starts again)."""
-        self.pending = torch.cat([self.pending, torch.zeros(self.width + self.orig)])
-        total = -(-self.new * self.received // self.orig)  # ceil: the length of `resample`
-        owed = total - self.emitted
-        out = self._run_blocks()[:owed]
-        self.pending, self.received, self.emitted = torch.zeros(self.width), 0, 0
-        return out
-
-    def _run_blocks(self) -> Tensor:
-        blocks = (len(self.pending) - self.span) // self.orig + 1
-        if blocks <= 0:
-            return self.pending.new_zeros(0)
-        # torchaudio's conv1d, as a matmul: conv1d costs milliseconds per call on small inputs
-        windows = self.pending.unfold(0, self.span, self.orig)[:blocks]  # (blocks, span)
-        out = windows @ self.kernel.T  # (blocks, new)
-        self.pending = self.pending[blocks * self.orig :]
-        self.emitted += blocks * self.new
-        return out.reshape(-1)
+    path: str | Path
+    offset: float = 0.0
+    duration: float | None = None
+    id: str | None = None
 
 
 def find_audio_files(path: str | Path) -> list[Path]:

@@ -30,8 +30,8 @@ from asr.checkpoint import load_bundle
 from asr.config import TokenizerConfig, load_config
 from asr.corpora.librispeech import part_utterances
 from asr.data.manifest import read_manifest, write_manifest
-from asr.inference.decoding import DecodingOptions
 from asr.inference.lexicon import write_word_lm
+from asr.inference.options import DecodingOptions
 from asr.inference.transcribe import load_model
 from asr.scoring.evaluate import decode_and_score
 from asr.tokenizer import train_tokenizer

@@ -18,14 +18,7 @@ import pytest
 import soundfile
 import torch
 
-from asr.audio import (
-    MAX_RESAMPLE_TAPS,
-    AudioError,
-    LogMelFeatures,
-    _resampling_ratio,
-    audio_duration,
-    load_audio,
-)
+from asr.audio import AudioError, LogMelFeatures, audio_duration, load_audio
 from asr.checkpoint import save_bundle
 from asr.cli import main
 from asr.config import EncoderConfig, FeatureConfig, load_config
@@ -33,6 +26,7 @@ from asr.data.dataset import AudioDataset
 from asr.data.manifest import Utterance, filter_utterances
 from asr.inference.transcribe import AudioSegment, load_model
 from asr.model import CtcModel
+from asr.resampling import MAX_RESAMPLE_TAPS, resampling_ratio
 from asr.tokenizer import CharTokenizer
 from asr.training.datamodule import AsrDataModule
 
@@ -183,7 +177,7 @@ def test_audio_shorter_than_its_manifest_duration_is_skipped_with_a_warning(
 def test_extreme_sample_rates_are_resampled_to_16k(tmp_path: Path, rate: int) -> None:
     """4001 and 44101 Hz share no factor with 16 kHz: the exact resampling kernel would take
     1.5 GB and 16 GB; the approximated ratio keeps it under 32 MB and the pitch in place."""
-    orig, new = _resampling_ratio(rate, SR)
+    orig, new = resampling_ratio(rate, SR)
     assert orig * new <= MAX_RESAMPLE_TAPS and abs(new / orig * rate / SR - 1) < 1e-5
     path = tmp_path / f"tone{rate}.wav"
     soundfile.write(path, tone(1000.0, rate, 1.0), rate, subtype="PCM_16")

@@ -9,19 +9,17 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asr.cli.decoding import decoding_options
 from asr.config import TokenizerConfig
 from asr.inference.alignment import align_words, split_words
-from asr.inference.decoding import (
-    DEFAULT_LM_BEAM,
-    BeamSearchDecoder,
-    DecodingOptions,
-    greedy_decode,
-    make_decoder,
-)
+from asr.inference.decoding import BeamSearchDecoder, greedy_decode, make_decoder
+from asr.inference.decoding import collapse as ctc_collapse
 from asr.inference.lexicon import read_lexicon, spell_word
 from asr.inference.lm import NgramLM
+from asr.inference.options import DEFAULT_LM_BEAM, DecodingOptions
 from asr.tokenizer import CharTokenizer, train_tokenizer
 
 TOK = CharTokenizer("thecap")  # ids: 0 blank, 1 space "|", a c e h p t = 2..7
@@ -204,3 +202,13 @@ def test_every_decoding_option_is_a_flag_with_the_same_default(command):
     assert decoding_options(parser.parse_args(argv)) == DecodingOptions(**changed)
     names = {f.name for f in dataclasses.fields(DecodingOptions)}
     assert names <= set(vars(args)), names - set(vars(args))
+
+
+@given(st.lists(st.integers(0, 3), max_size=30), st.integers(0, 30))
+def test_a_path_cut_anywhere_collapses_as_the_whole(path, cut):
+    """Streaming collapses chunk by chunk, carrying the last label: the same tokens."""
+    cut = min(cut, len(path))
+    head, tail = path[:cut], path[cut:]
+    previous = head[-1] if head else 0
+    assert ctc_collapse(head) + ctc_collapse(tail, previous=previous) == ctc_collapse(path)
+    assert ctc_collapse(path) == collapse(path)  # the brute-force reference above

@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from asr.audio import AudioError, _resampling_ratio, load_audio, load_audio_array
+from asr.audio import AudioError, load_audio, load_audio_array
 from asr.data.manifest import Utterance, read_manifest, write_manifest
+from asr.resampling import resampling_ratio
 from asr.text import normalize_text
 
 SETTINGS = settings(
@@ -154,7 +155,7 @@ def test_any_int16_audio_at_any_rate_loads_exactly_and_resamples(tmp_path, sampl
     native = load_audio(path, sample_rate=rate)
     np.testing.assert_allclose(native.numpy(), (samples / 32768.0).mean(axis=1), atol=1e-6)
     wave = load_audio(path)
-    orig, new = _resampling_ratio(rate, 16000)
+    orig, new = resampling_ratio(rate, 16000)
     assert wave.shape == (math.ceil(len(samples) * new / orig),)
     assert wave.dtype.is_floating_point and bool(wave.isfinite().all())
 

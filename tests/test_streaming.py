@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 from serving_helpers import speak
 
 import asr
-from asr.audio import LogMelFeatures, StreamingResampler, _resampling_ratio, load_audio_array
+from asr.audio import LogMelFeatures, load_audio_array
 from asr.checkpoint import save_bundle
 from asr.cli import main as cli_main
 from asr.config import EncoderConfig, FeatureConfig
 from asr.model import CtcModel, ctc_objective
 from asr.modules.masks import chunk_mask
+from asr.resampling import StreamingResampler, resampling_ratio
 from asr.tokenizer import CharTokenizer
 
 RATE = 16000
@@ -223,7 +224,7 @@ def test_resampling_in_pieces_equals_resampling_at_once(rate, sizes):
 )
 def test_resampler_output_joins_and_holds_back_only_its_filter(rate, sizes, length):
     signal = np.random.default_rng(length).uniform(-1, 1, length).astype(np.float32)
-    orig, new = _resampling_ratio(rate, RATE)
+    orig, new = resampling_ratio(rate, RATE)
     want = torchaudio.functional.resample(torch.from_numpy(signal), orig, new)
     resampler = StreamingResampler(rate, RATE)
     out, received = [], 0

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from asr.audio import AudioError, audio_duration, load_audio, load_audio_array
+from asr.audio import AudioError, AudioSegment, audio_duration, load_audio, load_audio_array
 from asr.checkpoint import ModelBundle
 from asr.inference.alignment import Word, align_words
 from asr.inference.decoding import Decoder
@@ -46,19 +46,12 @@ from asr.inference.result import Result
 Chunk = tuple[float, float, list[Word]]  # (start, end, words) in seconds from the input's start
 OnWords = Callable[[int, list[Word]], None]
 
+__all__ = ["AudioSegment", "Chunk", "Engine", "Stopped", "batch_pieces", "plan_chunks",
+           "stitch_chunks"]  # fmt: skip
+
 
 class Stopped(Exception):
     """`should_stop()` said so before a step: the transcription was abandoned."""
-
-
-@dataclass(frozen=True)
-class AudioSegment:
-    """[offset, offset + duration) seconds of the file at `path` (duration None: to the end)."""
-
-    path: str | Path
-    offset: float = 0.0
-    duration: float | None = None
-    id: str | None = None
 
 
 @dataclass

@@ -33,17 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.audio import (
-    AudioError,
-    StreamingResampler,
-    audio_duration,
-    load_audio_array,
-    read_audio,
-)
+from asr.audio import AudioError, audio_duration, load_audio_array, read_audio
 from asr.checkpoint import ModelBundle
 from asr.inference.alignment import Word, align_words
 from asr.inference.decoding import Decoder, collapse
 from asr.inference.result import Result
+from asr.resampling import StreamingResampler
 from asr.tokenizer import BLANK_ID
 
 DEFAULT_CHUNK_MS = 640.0

@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from asr.bars import stage_columns
 from asr.data.manifest import read_manifest
-from asr.inference.decoding import DecodingOptions
+from asr.inference.options import DecodingOptions
 from asr.inference.transcribe import DEFAULT_BATCH_SECONDS, AudioSegment, Transcriber
 from asr.scoring.metrics import (
     ScoreResult,
