@@ -46,7 +46,7 @@ def fingerprint(work_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         "manifests": {s: file_hash(corpus / f"{s}.jsonl") for s in ("train", "val", "test")},
         "weights": weights_hash(Path(summary["model"])),
         "transcripts": {
-            name: file_hash(work_dir / "eval" / name / "hypotheses.jsonl")
+            name: file_hash(work_dir / "eval" / name / "transcripts.jsonl")
             for name in summary["scores"]
         },
         "scores": summary["scores"],

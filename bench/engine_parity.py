@@ -241,7 +241,10 @@ def measure(work: Path) -> dict[str, str]:
             print(f"{name} {mode} ...", flush=True)
             d = out / name / mode
             hashes[f"{name}/transcribe/{mode}"] = run_transcribe(files, d / "t", MODEL, extra)
-            hashes[f"{name}/evaluate/{mode}"] = run_evaluate(manifest, d / "e", extra)
+            texts, records = run_evaluate(manifest, d / "e", extra)
+            hashes[f"{name}/evaluate/{mode}"] = texts
+            if records is not None:  # one schema: the same records as transcribe --manifest
+                hashes[f"{name}/evaluate-records/{mode}"] = records
             hashes[f"{name}/manifest-devices2/{mode}"] = run_manifest(manifest, d / "m", extra)
         hashes[f"{name}/onnx-fp32/greedy"] = run_transcribe(
             files, out / name / "onnx", str(onnx), []
@@ -270,8 +273,13 @@ def main() -> None:
         print(f"{value[:16]}  {key}")
     if args.compare:
         old = json.loads(args.compare.read_text())["hashes"]
-        differ = [k for k in sorted(set(old) | set(hashes)) if old.get(k) != hashes.get(k)]
+        differ = [k for k in sorted(set(old) & set(hashes)) if old[k] != hashes[k]]
+        missing, new = sorted(set(old) - set(hashes)), sorted(set(hashes) - set(old))
         print("identical" if not differ else "DIFFERENT: " + ", ".join(differ))
+        for label, keys in (("missing now", missing), ("new", new)):
+            if keys:
+                print(f"{label}: {', '.join(keys)}")
+        differ += missing
         sys.exit(1 if differ else 0)
 
 

@@ -244,7 +244,7 @@ def test_recipe_runs_every_stage_end_to_end(an4_dir: Path, tmp_path: Path, capsy
         row = results[name]
         assert (f"| {name} | {row['greedy']['wer']:.2f} | {row['greedy']['cer']:.2f} | "
                 f"{row['lm']['wer']:.2f} | {row['lm']['cer']:.2f} |") in table  # fmt: skip
-        hypotheses = (lm_dir / "hypotheses.jsonl").read_text().splitlines()
+        hypotheses = (lm_dir / "transcripts.jsonl").read_text().splitlines()
         assert {w for line in hypotheses for w in json.loads(line)["text"].split()} <= train_words
 
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}

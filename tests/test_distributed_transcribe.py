@@ -110,7 +110,8 @@ def test_corpus_mode_errors_name_the_culprit(corpus, tmp_path, capsys):
     argv = ["transcribe", "--model", str(model), "--device", "cpu"]
     assert main([*argv, "--devices", "2", "a.wav"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "asr: error: --devices and --num-nodes need --manifest (a manifest or packed folder)"
+        "asr: error: --devices and --num-nodes need --manifest (a corpus: a manifest, a folder "
+        "of audio, a packed folder or a dataset)"
     )
     assert main([*argv, "--manifest", str(manifest)]) == 2
     assert "asr: error: --manifest needs --output-dir" in capsys.readouterr().err
@@ -118,7 +119,8 @@ def test_corpus_mode_errors_name_the_culprit(corpus, tmp_path, capsys):
     bad.mkdir()
     assert main([*argv, "--manifest", str(bad), "--output-dir", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"asr: error: {bad}: not a manifest file, nor a folder written by `asr pack`"
+        f"asr: error: {bad}: no corpus there: not a manifest file, a folder written by `asr "
+        "pack`, a Hugging Face dataset, nor a folder of audio files"
     )
 
 
@@ -171,14 +173,51 @@ def test_parts_rank_0_cannot_see_are_one_line_naming_the_output_dir(
 ):
     """Each rank writing its part where the merging rank cannot read it (a folder local to each
     node, not shared) is a user error: one line, status 2, no traceback."""
-    from asr.training import predict
+    from asr.jobs import outputs
+    from asr.jobs import transcribe as job
 
     manifest, model = corpus
-    real_open_part = predict._open_part
     elsewhere = tmp_path / "node-local"
-    monkeypatch.setattr(predict, "_open_part", lambda path: real_open_part(elsewhere / path.name))
+    monkeypatch.setattr(job, "open_part",
+                        lambda path: outputs.open_part(elsewhere / path.name))  # fmt: skip
     assert main(transcribe(manifest, model, tmp_path / "out")) == 2
     # stderr also holds what Lightning logs; ours is one line (and main returned: no traceback)
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("asr")]
     assert line.startswith(f"asr: error: the parts in {tmp_path / 'out' / 'parts'} lack 9 of 9")
     assert "shares" in line
+
+
+def test_a_folder_of_audio_is_a_corpus_and_evaluate_writes_the_same_records(
+    corpus, tmp_path, capsys
+):
+    """One corpus reader, one transcript schema: a folder of the manifest's audio files
+    transcribes to the records of the manifest (ids from the file names), and `asr evaluate
+    --model` writes exactly the records `asr transcribe --manifest` writes."""
+    import shutil
+
+    manifest, model = corpus
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows = [r for r in rows if (manifest.parent / r["audio"]).is_file()]  # one is missing
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for row in rows:
+        shutil.copy(manifest.parent / row["audio"], folder / f"{row['id']}.wav")
+    assert main(transcribe(folder, model, tmp_path / "from-folder")) == 0
+    assert main(transcribe(manifest, model, tmp_path / "from-manifest")) == 1  # the missing one
+    from_folder = read_records(tmp_path / "from-folder")
+    from_manifest = read_records(tmp_path / "from-manifest")
+    key = sorted(rows, key=lambda r: r["id"])
+    assert [r["id"] for r in from_folder] == [r["id"] for r in key]
+    strip = [{k: v for k, v in r.items() if k != "path"} for r in from_folder]
+    by_id = {r["id"]: {k: v for k, v in r.items() if k != "path"} for r in from_manifest}
+    assert strip == [by_id[r["id"]] for r in key]
+    evaluated = tmp_path / "evaluated"
+    argv = ["evaluate", "--model", str(model), "--manifest", str(manifest), "--device", "cpu"]
+    assert main([*argv, "--output-dir", str(evaluated)]) == 0  # the missing one: all deletions
+    assert (evaluated / "transcripts.jsonl").read_bytes() == (
+        tmp_path / "from-manifest" / "transcripts.jsonl"
+    ).read_bytes()
+
+
+def read_records(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]

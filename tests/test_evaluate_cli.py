@@ -65,5 +65,5 @@ def test_validation_wer_in_training_equals_offline_evaluation(corpus: Path, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_utterances"] == len(corpus.read_text().splitlines())
     assert 100 * summary["wer"] == pytest.approx(val_wer, abs=1e-3)
-    ids = [json.loads(line)["id"] for line in (out / "hypotheses.jsonl").read_text().splitlines()]
+    ids = [json.loads(line)["id"] for line in (out / "transcripts.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) == summary["num_utterances"]

@@ -276,7 +276,7 @@ def test_recipe_runs_every_stage_after_download_and_reruns_as_a_no_op(
                 assert results[f"{model}.pt"][decoding][part] == 100 * summary["wer"]
             lm_out = exp / "eval" / model / LM_NAME / part
             assert f"{lm_out} --device cpu --lm {arpa} --lexicon {lexicon}" in printed
-            hypotheses = (lm_out / "hypotheses.jsonl").read_text().splitlines()
+            hypotheses = (lm_out / "transcripts.jsonl").read_text().splitlines()
             assert {w for h in hypotheses for w in json.loads(h)["text"].split()} <= known
         for decoding in ("greedy", LM_NAME):
             wers = results[f"{model}.pt"][decoding]

@@ -5,8 +5,9 @@
     ... --compare other_eval/                                                # paired bootstrap
 
 Both paths go through `asr.scoring.evaluate.evaluate_files`, so the numbers are computed one way
-only; with --model the manifest is decoded by `asr.scoring.evaluate.decode_and_score`, the path
-the demo and the recipes use.
+only; with --model the corpus is decoded by `asr.scoring.evaluate.decode_and_score` (the engine,
+the chunking and decoding flags of `asr transcribe`; the path the demo and the recipes use), into
+OUTPUT_DIR/transcripts.jsonl, the schema `asr transcribe --manifest` writes.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from asr.cli.decoding import add_decoding_arguments, decoding_options
-from asr.inference.transcribe import DEFAULT_BATCH_SECONDS
+from asr.cli.options import (
+    add_chunking_arguments,
+    add_decoding_arguments,
+    add_device_argument,
+    chunking_options,
+    decoding_options,
+)
 from asr.text import TextNormalizer
 
 
@@ -24,13 +30,19 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     source = p.add_argument_group(
         "what to score (either --model and --manifest, or --hyp and --ref)"
     )
-    source.add_argument("--model", help="model bundle (model.pt) to transcribe --manifest with")
-    source.add_argument("--manifest", help="JSONL manifest with the audio and reference texts")
+    source.add_argument("--model",
+                        help="model bundle (model.pt), a shipped model's name, a NeMo .nemo "
+                        "file, hf://OWNER/REPO or an exported .onnx file, to transcribe "
+                        "--manifest with")  # fmt: skip
+    source.add_argument("--manifest", metavar="CORPUS",
+                        help="the audio and reference texts: a JSONL manifest, a folder (or "
+                        "fsspec URL) written by `asr pack`, or a Hugging Face dataset")  # fmt: skip
+    source.add_argument("--split", help="the split of a packed folder or dataset")
     source.add_argument("--hyp", help="hypotheses: Kaldi-style 'id text' lines or JSONL")
     source.add_argument("--ref", help="references: Kaldi-style 'id text' lines or a manifest")
-    p.add_argument(
-        "--output-dir", help="write summary.json, utterances.jsonl, worst.txt, report.html"
-    )
+    p.add_argument("--output-dir",
+                   help="write summary.json, utterances.jsonl, worst.txt, report.html (and with "
+                   "--model, transcripts.jsonl)")  # fmt: skip
     p.add_argument(
         "--compare", help="an earlier --output-dir (or its utterances.jsonl): paired bootstrap"
     )
@@ -38,9 +50,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--keep-case", action="store_true", help="score case-sensitively")
     p.add_argument("--keep-punctuation", action="store_true", help="score punctuation too")
-    p.add_argument("--batch-seconds", type=float, default=DEFAULT_BATCH_SECONDS,
-                   help="padded audio per forward pass, with --model (default %(default)s)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="with --model: cpu, cuda or auto")
+    add_device_argument(p)
+    add_chunking_arguments(p)
     add_decoding_arguments(p)
 
 
@@ -62,11 +73,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.model:
         from asr.inference.transcribe import load_model
 
-        options = decoding_options(args)
+        options, chunking = decoding_options(args), chunking_options(args)
         model = load_model(args.model, device=args.device)
-        output_dir = args.output_dir or tempfile.mkdtemp()  # hypotheses only, without one
-        result = decode_and_score(model, args.manifest, output_dir, options,
-                                  batch_seconds=args.batch_seconds,
+        output_dir = args.output_dir or tempfile.mkdtemp()  # transcripts only, without one
+        result = decode_and_score(model, args.manifest, output_dir, options, chunking=chunking,
+                                  split=args.split, label="transcribing",
                                   report=bool(args.output_dir), **scoring)  # fmt: skip
     else:
         result = evaluate_files(args.hyp, args.ref, output_dir=args.output_dir, **scoring)

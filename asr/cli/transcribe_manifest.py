@@ -1,6 +1,6 @@
 """`asr transcribe --manifest`: a whole corpus, on one or many processes, into one ordered file.
 
-The work runs through Lightning (`asr.training.predict`), imported only when this mode is used,
+The work runs through Lightning (`asr.jobs.transcribe`), imported only when this mode is used,
 so `asr transcribe FILE` never loads Lightning.
 """
 
@@ -16,9 +16,11 @@ def add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
         "a corpus (--manifest): OUTPUT_DIR/transcripts.jsonl in corpus order; a rerun skips "
         "what is done, and refuses another model or other decoding or chunking options"
     )
-    group.add_argument("--manifest",
-                       help="a JSONL manifest, or a folder (or fsspec URL) written by `asr pack`")  # fmt: skip
-    group.add_argument("--split", help="the split of a packed folder (default: its only one)")
+    group.add_argument("--manifest", metavar="CORPUS",
+                       help="a JSONL manifest, a folder of audio files, a folder (or fsspec URL) "
+                       "written by `asr pack`, or a Hugging Face dataset (folder or hub name)")  # fmt: skip
+    group.add_argument("--split", help="the split of a packed folder or dataset (default: a "
+                       "packed folder's only one)")  # fmt: skip
     group.add_argument("--devices", type=int, default=1,
                        help="processes per machine (DDP: one per GPU; gloo on CPU)")  # fmt: skip
     group.add_argument("--num-nodes", type=int, default=1,
@@ -36,11 +38,15 @@ def manifest_command(args: argparse.Namespace) -> int:
     errors are in the output), 2 (a user error) when none could be."""
     import torch
 
-    from asr.cli.decoding import decoding_options
-    from asr.training.predict import Settings, transcribe_corpus
+    from asr.cli.options import options_from_args
+    from asr.inference.options import ChunkingOptions, DecodingOptions
+    from asr.jobs.transcribe import transcribe_corpus
 
     if args.manifest is None:
-        raise ValueError("--devices and --num-nodes need --manifest (a manifest or packed folder)")
+        raise ValueError(
+            "--devices and --num-nodes need --manifest (a corpus: a manifest, a folder of audio, "
+            "a packed folder or a dataset)"
+        )
     if args.inputs:
         raise ValueError(f"give audio files or --manifest, not both (got {args.inputs[0]!r})")
     if args.output_dir is None:
@@ -54,13 +60,11 @@ def manifest_command(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA GPU is available")
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    settings = Settings(
-        decoding_options(args), args.batch_seconds, args.chunk_seconds, args.chunk_overlap
-    )
     summary = transcribe_corpus(
         args.manifest, args.model, args.output_dir, split=args.split, devices=args.devices,
-        num_nodes=args.num_nodes, accelerator="gpu" if cuda else "cpu", settings=settings,
-        overwrite=args.overwrite,
+        num_nodes=args.num_nodes, accelerator="gpu" if cuda else "cpu",
+        options=options_from_args(args, DecodingOptions),
+        chunking=options_from_args(args, ChunkingOptions), overwrite=args.overwrite,
     )  # fmt: skip
     if not summary.is_global_zero:
         return 0

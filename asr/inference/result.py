@@ -31,3 +31,9 @@ class Result:
         ]  # fmt: skip
         return {"id": self.id, "path": self.path, "text": self.text, "words": words,
                 "duration": round(self.duration, 3), "error": self.error}  # fmt: skip
+
+
+def transcript_record(result: Result, id: str, path: str | None) -> dict[str, Any]:
+    """One line of every transcript file (`asr transcribe --manifest`, `asr evaluate --model`):
+    `Result.to_dict()` with the corpus's id and audio path."""
+    return {**result.to_dict(), "id": id, "path": path}

@@ -1,9 +1,10 @@
 """A whole evaluation: decode a manifest, score hypotheses against references, write a report.
 
 `evaluate_files` (hypothesis file + reference file -> `ScoreResult`, report folder) is what
-`asr evaluate` runs; `decode_and_score` (a model, a manifest, `DecodingOptions`) is the one
-decode-then-score path shared by `asr evaluate --model`, the demo and the recipes; `load_result`
-reads a previous evaluation back for a paired comparison.
+`asr evaluate` runs; `decode_and_score` (a model, a corpus, `DecodingOptions`, `ChunkingOptions`)
+is the one decode-then-score path shared by `asr evaluate --model`, the demo and the recipes: the
+engine and the corpus reader of `asr transcribe --manifest`, and its transcript schema;
+`load_result` reads a previous evaluation back for a paired comparison.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 from rich.progress import Progress
 
 from asr.bars import stage_columns
-from asr.data.manifest import read_manifest
-from asr.inference.options import DecodingOptions
-from asr.inference.transcribe import DEFAULT_BATCH_SECONDS, AudioSegment, Transcriber
+from asr.data.corpus import Corpus, open_corpus
+from asr.inference.corpus import TRANSCRIPTS, transcribe_positions
+from asr.inference.options import ChunkingOptions, DecodingOptions
+from asr.inference.transcribe import Transcriber
 from asr.scoring.metrics import (
     ScoreResult,
     UtteranceScore,
@@ -117,8 +119,8 @@ def format_summary(result: ScoreResult) -> str:
     return "\n".join(lines)
 
 
-# Utterances per transcription call: one tick of the progress bar. The batches inside a call
-# (up to `batch_seconds` of padded audio) are formed from these utterances only.
+# Utterances per engine run: one tick of the progress bar. The batches inside a run (up to
+# `batch_seconds` of padded audio) are formed from these utterances only.
 SLICE = 25
 
 
@@ -128,39 +130,55 @@ def decode_and_score(
     output_dir: str | Path,
     options: DecodingOptions | None = None,
     *,
-    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    chunking: ChunkingOptions | None = None,
+    split: str | None = None,
     label: str | None = None,
     report: bool = True,
     **scoring: Any,
 ) -> ScoreResult:
-    """Transcribe every utterance of `manifest`, write `hypotheses.jsonl`, score, and (`report`)
-    write the report beside it.
+    """Transcribe every utterance of the corpus `manifest` (`asr.data.corpus.open_corpus`: a
+    manifest, a packed folder, a dataset) into `transcripts.jsonl` (the schema of `asr
+    transcribe --manifest`), score it, and (`report`) write the report beside it.
 
     `label` shows a progress bar with that name. `scoring` goes to `evaluate_files`
     (normalizer, num_resamples, worst_n, compare_path). An utterance that fails to transcribe
     is scored as an empty hypothesis (all deletions) and reported, never dropped.
     """
-    utterances = read_manifest(manifest)
-    if not utterances:
+    corpus = open_corpus(manifest, split)
+    if not len(corpus):
         raise ValueError(f"no usable utterances in {manifest}")
-    segments = [AudioSegment(u.audio, u.offset, u.duration, id=u.id) for u in utterances]
-    results: list = []
-    with Progress(*stage_columns(label or ""), disable=label is None) as bar:
-        task = bar.add_task(label or "", total=len(segments))
-        for start in range(0, len(segments), SLICE):
-            piece = segments[start : start + SLICE]
-            results += model.transcribe(piece, batch_seconds, options=options)
-            bar.advance(task, len(piece))
+    if any(text is None for text in corpus.texts):
+        raise ValueError(f"{manifest} has no reference texts to score against")
+    options, chunking = options or DecodingOptions(), chunking or ChunkingOptions()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    hyp_path = output_dir / "hypotheses.jsonl"
+    hyp_path = output_dir / TRANSCRIPTS
     failed = []
-    with hyp_path.open("w", encoding="utf-8") as f:
-        for utt, result in zip(utterances, results):
-            if result.error:
-                failed.append(f"{utt.id}: {result.error}")
-            f.write(json.dumps({"id": utt.id, "text": result.text or ""}) + "\n")
+    with (
+        Progress(*stage_columns(label or ""), disable=label is None) as bar,
+        hyp_path.open("w", encoding="utf-8") as f,
+    ):
+        task = bar.add_task(label or "", total=len(corpus))
+        for start in range(0, len(corpus), SLICE):
+            positions = range(start, min(start + SLICE, len(corpus)))
+            records = transcribe_positions(model, corpus, positions, chunking, options)
+            for i in positions:
+                if records[i]["error"]:
+                    failed.append(f"{corpus.ids[i]}: {records[i]['error']}")
+                f.write(json.dumps(records[i], ensure_ascii=False) + "\n")
+            bar.advance(task, len(positions))
     if failed:
         log.warning("%d utterances failed to transcribe, scored as empty: %s", len(failed),
                     failed[:3])  # fmt: skip
-    return evaluate_files(hyp_path, manifest, output_dir=output_dir if report else None, **scoring)
+    references = corpus_references(corpus, output_dir) if not Path(manifest).is_file() else manifest
+    return evaluate_files(hyp_path, references, output_dir=output_dir if report else None,
+                          **scoring)  # fmt: skip
+
+
+def corpus_references(corpus: Corpus, output_dir: Path) -> Path:
+    """The reference texts of a corpus that is not a manifest file, as `id text` JSONL."""
+    path = output_dir / "references.jsonl"
+    lines = [json.dumps({"id": i, "text": t}, ensure_ascii=False) for i, t in
+             zip(corpus.ids, corpus.texts)]  # fmt: skip
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
