@@ -55,6 +55,18 @@ def test_asr_train_cli_writes_a_self_contained_model(corpus: Path, tmp_path: Pat
     assert load_config(exp / "config.yaml").trainer.max_steps == 2
 
 
+def test_last_checkpoint_is_the_latest_step_whatever_the_validation_wer(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """A rerun resumes from last.ckpt: it must be the newest step saved, not the step of the
+    best validation WER (a killed run would otherwise redo the steps since)."""
+    exp = tmp_path / "exp"
+    config = load_config(REPO / "configs/tiny.yaml", overrides(corpus, exp, 8))
+    train(config)
+    last = torch.load(exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 8
+
+
 def test_progress_bar_counts_steps_across_epochs_to_max_steps(
     corpus: Path, tmp_path: Path, capsys
 ) -> None:

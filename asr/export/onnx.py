@@ -185,6 +185,11 @@ def _set_metadata(graph, metadata: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
+class ExportCheckError(RuntimeError, ValueError):
+    """The exported graph does not compute what the PyTorch model does (the export is refused,
+    nothing written): a user-facing error (ValueError: one line from the CLI)."""
+
+
 def _check(
     path: Path,
     bundle: ModelBundle,
@@ -193,7 +198,7 @@ def _check(
 ) -> None:
     """Run the exported graph with ONNX Runtime on the example batch and compare to PyTorch:
     equal output lengths, log-probs within `tolerance`, the same argmax token on at least
-    `min_agreement` of the valid frames. RuntimeError otherwise."""
+    `min_agreement` of the valid frames. ExportCheckError otherwise."""
     ort = import_onnxruntime()
     feats, lengths = example_inputs(bundle.model, bundle.frontend.config.n_mels)
     session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
@@ -203,7 +208,7 @@ def _check(
     with torch.inference_mode():
         want, want_lengths = bundle.model(feats, lengths)
     if not torch.equal(torch.from_numpy(got_lengths), want_lengths):
-        raise RuntimeError(
+        raise ExportCheckError(
             f"ONNX export check failed: output lengths {got_lengths.tolist()}, PyTorch "
             f"{want_lengths.tolist()}"
         )
@@ -211,7 +216,7 @@ def _check(
     diff = max((g - w).abs().max().item() for g, w in pairs)
     log.info("export check: max |log-prob difference| vs PyTorch %.2e", diff)
     if tolerance is not None and diff > tolerance:
-        raise RuntimeError(
+        raise ExportCheckError(
             f"ONNX export check failed: log-probs differ from PyTorch's by {diff:.2e} "
             f"(tolerance {tolerance:.0e}); please report this with your torch version"
         )
@@ -221,7 +226,7 @@ def _check(
         log.info("export check: int8 argmax agreement with PyTorch %.1f%% of %d frames "
                  "(%.0f%% required)", 100 * agreement, len(same), 100 * min_agreement)  # fmt: skip
         if agreement < min_agreement:
-            raise RuntimeError(
+            raise ExportCheckError(
                 f"ONNX export check failed: the int8 model's argmax agreement with PyTorch "
                 f"{100 * agreement:.1f}% (of {len(same)} valid frames) is below the "
                 f"{100 * min_agreement:.0f}% required: int8 loses too much for this model "

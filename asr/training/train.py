@@ -176,9 +176,10 @@ def build_trainer(
         monitor="val_wer",
         mode="min",
         save_top_k=t.save_top_k,
-        save_last=True,
         auto_insert_metric_name=True,
     )
+    # last.ckpt (where a rerun resumes) follows the every-so-many-steps checkpoints: on `best`
+    # it was rewritten only when val_wer made the top k, so a killed run resumed from an old step.
     recent = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="step-{step}",
@@ -186,6 +187,7 @@ def build_trainer(
         mode="max",
         save_top_k=max(1, t.average_last_k),
         every_n_train_steps=t.val_every_n_steps or None,
+        save_last=True,
     )
     # Lightning's own wall-clock budget (what Trainer(max_time=...) adds), always present so that
     # the elapsed training time is logged at each validation and kept in checkpoints.
@@ -266,8 +268,7 @@ def export(
     k = config.trainer.average_last_k
     # `recent` monitors "step", so each kept checkpoint's score is its step: oldest first.
     paths = [Path(p) for p in sorted(recent.best_k_models, key=recent.best_k_models.get)]
-    if k > 1 and len(paths) > 1:
-        system.load_state_dict(average_checkpoints(paths[-k:]))
+    averaged = paths[-k:] if k > 1 and len(paths) > 1 else []
     info = {
         "trained_steps": int(trainer.global_step),
         "train_seconds": round(seconds, 1),
@@ -279,8 +280,18 @@ def export(
     }
     path = exp_dir / "model.pt"
     if trainer.is_global_zero:
-        save_bundle(path, system.model, system.frontend, system.tokenizer, info)
+        write_bundle(system, averaged, path, info)
     return path
+
+
+def write_bundle(system: AsrSystem, average: Sequence[Path], output: str | Path,
+                 info: dict[str, Any]) -> Path:  # fmt: skip
+    """The one bundle writer: `system` (with the average of the checkpoints `average` loaded
+    into it, when there are more than one) -> a `model.pt` bundle at `output` with `info`."""
+    if len(average) > 1:
+        system.load_state_dict(average_checkpoints(list(average)))
+    save_bundle(output, system.model, system.frontend, system.tokenizer, info)
+    return Path(output)
 
 
 def export_checkpoint(checkpoints: str | Path | Sequence[str | Path], output: str | Path) -> Path:
@@ -299,7 +310,6 @@ def export_checkpoint(checkpoints: str | Path | Sequence[str | Path], output: st
         raise ValueError(f"{paths[-1]} is not a checkpoint written by `asr train`")
     config = from_dict(TrainConfig, raw["asr_config"])
     system = AsrSystem(config, tokenizer_from_dict(raw["asr_tokenizer"]))
-    system.load_state_dict(average_checkpoints(paths) if len(paths) > 1 else raw["state_dict"])
+    system.load_state_dict(raw["state_dict"])
     info = {"from": [str(p) for p in paths] if len(paths) > 1 else str(paths[0])}
-    save_bundle(output, system.model, system.frontend, system.tokenizer, info)
-    return Path(output)
+    return write_bundle(system, paths, output, info)
