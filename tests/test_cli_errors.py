@@ -141,12 +141,15 @@ CASES = [
     ("import-nemo", "missing file", "{missing}.nemo --output {out}/n.pt", "{missing}.nemo"),
     ("import-nemo", "not a .nemo archive", "{garbage_nemo} --output {out}/n.pt", "{garbage_nemo}"),
     ("import-nemo", "output over a .nemo", "{garbage_nemo} --output {out}/n.nemo", "--output"),
-    ("pack", "missing manifest", "--manifest {missing}.jsonl --output {out}/p", "{missing}.jsonl"),
-    ("pack", "empty manifest", "--manifest {empty} --output {out}/p", "{empty}"),
-    ("pack", "bad --shard-size", "--manifest {manifest} --output {out}/p --shard-size huge",
+    ("pack", "missing manifest", "--manifest {missing}.jsonl --output-dir {out}/p",
+     "{missing}.jsonl"),
+    ("pack", "empty manifest", "--manifest {empty} --output-dir {out}/p", "{empty}"),
+    ("pack", "bad --shard-size", "--manifest {manifest} --output-dir {out}/p --shard-size huge",
      "--shard-size"),
-    ("pack", "bad --workers", "--manifest {manifest} --output {out}/p --workers 0", "--workers"),
-    ("pack", "output is a file", "--manifest {manifest} --output {a}", "{a}"),
+    ("pack", "bad --processes", "--manifest {manifest} --output-dir {out}/p --processes 0",
+     "--processes"),
+    ("pack", "output dir is a file", "--manifest {manifest} --output-dir {a}", "{a}"),
+    ("pack", "no --output-dir", "--manifest {manifest}", "--output-dir"),
     ("serve", "nonexistent model", "--model {missing}.pt --port 0", "{missing}.pt"),
     ("serve", "bad --workers", "--model {model} --workers 0 --port 0", "--workers"),
     ("serve", "bad --port", "--model {model} --port http", "--port"),
@@ -160,7 +163,10 @@ CASES = [
     ("listen", "nonexistent model", "--model {missing}.pt", "{missing}.pt"),
     ("listen", "a model that cannot stream", "--model {model}", "causal_conv"),
     ("listen", "bad --chunk-ms", "--model {streaming} --chunk-ms -5", "chunk_ms"),
-    ("listen", "bad --device", "--model {streaming} --device nope", "'nope'"),
+    ("listen", "bad --input-device", "--model {streaming} --input-device nope",
+     "--input-device nope"),
+    ("listen", "a microphone index as --device", "--model {streaming} --device 3",
+     "--input-device"),
     ("demo", "work dir is a file", "--quick --work-dir {a}", "{a}"),
     ("demo", "unknown config key", "--quick --work-dir {out}/demo encoder.nope=1", "encoder.nope"),
     ("demo", "bad config value", "--quick --work-dir {out}/demo trainer.max_steps=many",
@@ -190,7 +196,7 @@ def test_every_command_has_at_least_three_bad_input_cases() -> None:
 def test_a_user_error_is_one_line_naming_the_culprit_and_status_2(
     files, capsys, monkeypatch, command, case, argv, culprit
 ) -> None:
-    if command == "listen" and case == "bad --device":
+    if command == "listen" and case == "bad --input-device":
         monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice())
     if "accelerator=mps" in argv and torch.backends.mps.is_available():
         pytest.skip("this machine has an MPS device")
@@ -254,7 +260,7 @@ def test_a_bug_still_shows_its_traceback(monkeypatch) -> None:
 
     monkeypatch.setattr(asr.cli.pack, "pack_command", broken)
     with pytest.raises(RuntimeError, match="an internal invariant broke"):
-        main(["pack", "--manifest", "m.jsonl", "--output", "o"])
+        main(["pack", "--manifest", "m.jsonl", "--output-dir", "o"])
 
 
 def test_multi_line_messages_are_joined_into_one_line_never_cut() -> None:

@@ -143,7 +143,7 @@ def test_dropped_files_are_reported_with_their_reason(tmp_path: Path, capsys) ->
     with (tmp_path / "bad.jsonl").open("a") as f:
         f.write('{"audio": "x.wav", "text": "go"}\n')  # no duration: a bad line
     out = tmp_path / "packed"
-    assert main(["pack", "--manifest", str(tmp_path / "bad.jsonl"), "--output", str(out)]) == 0
+    assert main(["pack", "--manifest", str(tmp_path / "bad.jsonl"), "--output-dir", str(out)]) == 0
     err = capsys.readouterr().err
     assert "4 utterances" in err and "5 dropped, listed in" in err
     entry = json.loads((out / "index.json").read_text())["splits"]["train"]
@@ -196,12 +196,12 @@ def test_shard_sizes_parse_and_plans_cut_at_the_size(tmp_path: Path) -> None:
 
 def test_pack_cli_names_the_culprit_of_a_user_error(tmp_path: Path, capsys) -> None:
     manifest = tone_corpus(tmp_path, 2)
-    argv = ["pack", "--manifest", str(manifest), "--output", str(tmp_path / "p")]
+    argv = ["pack", "--manifest", str(manifest), "--output-dir", str(tmp_path / "p")]
     assert main([*argv, "--shard-size", "1XB"]) == 2
     assert capsys.readouterr().err.strip() == (
         "asr: error: --shard-size: expected a size such as 1GB or 500MB, got '1XB'"
     )
-    assert main(["pack", "--manifest", str(tmp_path / "no.jsonl"), "--output", "p"]) == 2
+    assert main(["pack", "--manifest", str(tmp_path / "no.jsonl"), "--output-dir", "p"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"asr: error: manifest file not found: {tmp_path / 'no.jsonl'}"
     )

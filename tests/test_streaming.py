@@ -180,6 +180,38 @@ def test_cli_streaming_prints_partials_and_the_final_result(bundle_path, tmp_pat
     assert (out / "a.srt").is_file() and (out / "a.json").is_file()
 
 
+def test_cli_streaming_reads_a_44k_file_in_blocks_without_seams(
+    speech_bundle_path, speech_44k, tmp_path, monkeypatch
+):
+    """`asr transcribe --streaming` feeds the file at its own rate (`feed_file`): read in blocks,
+    resampled by the stream as one signal, it gives what the whole file at once gives."""
+    import json
+
+    import asr.cli.transcribe
+    from asr.inference.streaming import feed_file
+
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, speech_44k, 44100, subtype="FLOAT")
+    reads = []
+
+    def spy(*args, **kwargs):
+        reads.append(args[1])
+        feed_file(*args, **kwargs, read_seconds=0.5)  # 6 blocks of the 2.8 s file
+
+    monkeypatch.setattr(asr.cli.transcribe, "feed_file", spy)
+    out = tmp_path / "out"
+    argv = ["transcribe", "--model", str(speech_bundle_path), "--streaming", "--device", "cpu",
+            "--output-dir", str(out), "--format", "json", str(wav)]  # fmt: skip
+    assert cli_main(argv) == 0 and reads == [wav]
+    got = json.loads((out / "a.json").read_text())
+    stream = asr.load_model(speech_bundle_path).stream()
+    stream.accept(soundfile.read(wav, dtype="float32")[0], sample_rate=44100)
+    whole = stream.finish()
+    assert len(whole.words) >= 3 and got["text"] == whole.text
+    for a, b in zip(got["words"], whole.words, strict=True):
+        assert abs(a["start"] - b.start) <= stream.frame_seconds + 1e-9, (a, b)
+
+
 def test_listen_without_a_microphone_is_one_clear_line(bundle_path, capsys):
     assert cli_main(["listen", "--model", str(bundle_path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -3,6 +3,9 @@
 User errors (a missing file, a bad config key, unreadable audio, a bad option) end with one line
 `asr: error: ...` and exit status 2, never a traceback (`asr.cli.errors`); any other exception
 is a bug and shows its traceback, as does every error with -v.
+
+A thing has one flag name in every command (`--device` the torch device, `--output` a file,
+`--output-dir` a folder, ...): the shared flags are defined once, in `asr.cli.options`.
 """
 
 from __future__ import annotations

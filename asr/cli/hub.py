@@ -13,8 +13,9 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
         "when missing. The token is --token, else HF_TOKEN, else the one `hf auth login` saved. "
         "Load it back anywhere with --model hf://OWNER/NAME."
     )
-    parser.add_argument("model", help="the model bundle (model.pt) or a shipped model's name")
-    parser.add_argument("repo", help="OWNER/NAME of the model repository")
+    parser.add_argument("model", metavar="MODEL",
+                        help="the model bundle (model.pt) or a shipped model's name")  # fmt: skip
+    parser.add_argument("repo", metavar="OWNER/NAME", help="the model repository")
     parser.add_argument("--private", action="store_true",
                         help="create the repository private (an existing one keeps its visibility)")  # fmt: skip
     parser.add_argument("--token", help="a Hugging Face token with write access")

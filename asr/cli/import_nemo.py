@@ -17,7 +17,7 @@ def add_import_nemo_arguments(parser: argparse.ArgumentParser) -> None:
         "as is. The archive is read without extracting it and no pickled code runs."
     )
     parser.add_argument("nemo", help="the .nemo file")
-    parser.add_argument("--output", required=True, help="the model.pt to write")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the model.pt to write")
     parser.add_argument("--train-config", metavar="YAML",
                         help="also write a fine-tuning config: init_from the new model.pt, its "
                         "encoder and front end; add data.train_manifest and data.val_manifest "

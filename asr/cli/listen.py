@@ -1,6 +1,7 @@
 """`asr listen`: live transcription of the microphone (a model trained with `causal_conv`).
 
-Audio comes from the default input device through `sounddevice` (PortAudio), an optional extra:
+Audio comes from the input device (`--input-device`, else the system's default) through
+`sounddevice` (PortAudio), an optional extra:
 `pip install 'asr[live]'` (and PortAudio itself: `apt install libportaudio2` on Debian/Ubuntu).
 The partial text is rewritten in place after every chunk; Ctrl-C ends the stream and prints the
 final text with word timings.
@@ -12,18 +13,20 @@ import argparse
 import queue
 import sys
 
+from asr.cli.options import add_device_argument, add_streaming_arguments
 from asr.extras import MissingExtraError
-from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS
 
 
 def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a streaming model bundle (model.pt)")
-    parser.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS,
-                        help="audio per encoder chunk (default %(default)s)")  # fmt: skip
-    parser.add_argument("--left-seconds", type=float, default=DEFAULT_LEFT_SECONDS,
-                        help="left context each chunk attends to (default %(default)s)")  # fmt: skip
-    parser.add_argument("--device", dest="input_device", default=None,
-                        help="input device name or index (default: the system's default)")  # fmt: skip
+    """The options of `asr listen`."""
+    parser.add_argument("--model", required=True,
+                        help="a model trained with causal_conv: a bundle (model.pt), a shipped "
+                        "model's name or hf://OWNER/REPO on the Hugging Face Hub")  # fmt: skip
+    add_device_argument(parser, hint="(the microphone is --input-device)")
+    parser.add_argument("--input-device", metavar="NAME_OR_INDEX",
+                        help="the microphone: a sound input device's name or index, as "
+                        "`python -m sounddevice` lists them (default: the system's default)")  # fmt: skip
+    add_streaming_arguments(parser, "streaming")
 
 
 def open_microphone():
@@ -47,13 +50,17 @@ def listen_command(args: argparse.Namespace) -> int:
     from asr.inference.transcribe import load_model
 
     # The model and the options first: their errors need no microphone to be found.
-    transcriber = load_model(args.model)
+    transcriber = load_model(args.model, device=args.device)
     stream = transcriber.stream(args.chunk_ms, args.left_seconds, id="microphone")
     sd = open_microphone()
+    microphone = args.input_device
+    if microphone is not None and microphone.isdigit():  # an index, as sounddevice lists them
+        microphone = int(microphone)
     try:
-        sd.query_devices(args.input_device, kind="input")
+        sd.query_devices(microphone, kind="input")
     except (ValueError, sd.PortAudioError) as err:
-        raise ValueError(f"no microphone to listen to: {err}") from None
+        named = "" if microphone is None else f" (--input-device {args.input_device})"
+        raise ValueError(f"no microphone to listen to{named}: {err}") from None
     pieces: queue.Queue = queue.Queue()
 
     def collect(block, frames, time_info, status) -> None:  # PortAudio's thread: just queue
@@ -67,7 +74,7 @@ def listen_command(args: argparse.Namespace) -> int:
             channels=1,
             dtype="float32",
             blocksize=transcriber.sample_rate // 10,
-            device=args.input_device,
+            device=microphone,
             callback=collect,
         ):
             while True:

@@ -1,19 +1,41 @@
-"""Command-line flags generated from an options dataclass (`DecodingOptions`, `ChunkingOptions`).
+"""The flags several commands share, defined once so each means the same thing everywhere.
 
-Each field becomes one flag (`chunk_seconds` -> `--chunk-seconds`) with the field's type,
-default and `help` metadata, so every command that takes the options offers the same flags and
-a new field appears in all of them at once. A `bool` field is `--flag/--no-flag`; an optional
-field (`int | None`) takes the type it holds.
+Options dataclasses (`DecodingOptions`, `ChunkingOptions`): each field becomes one flag
+(`chunk_seconds` -> `--chunk-seconds`) with the field's type, default and `help` metadata, so
+every command that takes the options offers the same flags and a new field appears in all of
+them at once. A `bool` field is `--flag/--no-flag`; an optional field (`int | None`) takes the
+type it holds.
+
+Names, the same in every command:
+    --model        a model to load (`asr.inference.transcribe.load_model`)
+    --device       the torch device: auto, cpu, cuda or cuda:N (`add_device_argument`)
+    --output       a file to write; --output-dir a folder to write into
+    --workers      `asr serve`'s model workers (threads, each with its own copy of the models);
+                   --processes: the processes of `asr pack` and `asr make-corpus`
+    --chunk-ms, --left-seconds   streaming (`asr transcribe --streaming`, `asr listen`)
+A renamed flag keeps its old name as a hidden alias that warns (`add_renamed_argument`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import sys
 import typing
 from typing import Any, TypeVar
 
+from asr.inference.options import ChunkingOptions, DecodingOptions
+from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS
+
 T = TypeVar("T")
+# What `--model` takes wherever a model is loaded (`asr.inference.transcribe.load_model`).
+MODEL_HELP = ("a model bundle (model.pt), a shipped model's name, a NeMo .nemo file (imported on "
+              "load), hf://OWNER/REPO on the Hugging Face Hub, or an exported .onnx file (run by "
+              "ONNX Runtime: pip install 'asr[onnx]')")  # fmt: skip
+DECODING_TITLE = "decoding (greedy unless --lm, --lexicon or --beam-size)"
+CHUNKING_TITLE = "chunking (each file in windows, batched)"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def add_options_arguments(parser: argparse.ArgumentParser, kind: type, title: str) -> None:
@@ -36,6 +58,85 @@ def options_from_args(args: argparse.Namespace, kind: type[T]) -> T:
     """The `kind` of flags parsed after `add_options_arguments(parser, kind, ...)`; a bad value
     raises the dataclass's own ValueError."""
     return kind(**{f.name: getattr(args, f.name) for f in dataclasses.fields(kind)})
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `DecodingOptions` flags (`--beam-size`, `--lm`, ...), in their "decoding" group."""
+    add_options_arguments(parser, DecodingOptions, DECODING_TITLE)
+
+
+def decoding_options(args: argparse.Namespace) -> DecodingOptions:
+    return options_from_args(args, DecodingOptions)
+
+
+def add_chunking_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `ChunkingOptions` flags (`--batch-seconds`, `--chunk-seconds`, `--chunk-overlap`)."""
+    add_options_arguments(parser, ChunkingOptions, CHUNKING_TITLE)
+
+
+def chunking_options(args: argparse.Namespace) -> ChunkingOptions:
+    return options_from_args(args, ChunkingOptions)
+
+
+def torch_device(value: str) -> str:
+    """A `--device` value checked (argparse's `type`): auto, cpu, cuda or cuda:N."""
+    if not _DEVICE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def add_device_argument(
+    parser: argparse.ArgumentParser, default: str = "auto", hint: str = ""
+) -> None:
+    """`--device`: the torch device the command runs its model on, checked when parsed (a bad
+    value is one line, followed by `hint` when given)."""
+
+    def checked(value: str) -> str:
+        try:
+            return torch_device(value)
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"{err} {hint}".strip()) from None
+
+    parser.add_argument("--device", type=checked, default=default, metavar="DEVICE",
+                        help="torch device: auto (CUDA when available), cpu, cuda or cuda:N "
+                        "(default %(default)s)")  # fmt: skip
+
+
+def add_streaming_arguments(parser: argparse.ArgumentParser, title: str) -> Any:
+    """`--chunk-ms` and `--left-seconds` of a live stream (`Transcriber.stream`), in a group
+    called `title` (returned, for a command's own streaming flags)."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS,
+                       help="audio per encoder chunk (default %(default)s)")  # fmt: skip
+    group.add_argument("--left-seconds", type=float, default=DEFAULT_LEFT_SECONDS,
+                       help="left context each chunk attends to (default %(default)s)")  # fmt: skip
+    return group
+
+
+class _Renamed(argparse.Action):
+    """Stores its value (as argparse's "store" does) and warns when given by an old name."""
+
+    old_names: dict[str, str]
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if option_string in self.old_names:
+            new = self.old_names[option_string]
+            print(f"asr: warning: {option_string} is deprecated and will be removed; use {new}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed_argument(
+    parser: argparse.ArgumentParser, name: str, old_name: str, **kwargs: Any
+) -> argparse.Action:
+    """Add the flag `name` (kwargs as `add_argument`'s, a flag that takes a value) that also
+    answers to `old_name`, its name before a rename: the old name is parsed (same value, same
+    `required`) but not shown in --help, and warns on stderr, so old scripts keep working."""
+    action = parser.add_argument(name, action=_Renamed, **kwargs)
+    action.old_names = {old_name: name}
+    # Registered for parsing only: --help lists `action.option_strings`, which lack it.
+    parser._option_string_actions[old_name] = action
+    return action
 
 
 def _flag_type(hint: Any, name: str) -> Any:

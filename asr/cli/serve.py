@@ -9,8 +9,14 @@ import os
 import socket
 from pathlib import Path
 
-from asr.cli.options import add_options_arguments, options_from_args
-from asr.inference.options import ChunkingOptions, DecodingOptions
+from asr.cli.options import (
+    MODEL_HELP,
+    add_chunking_arguments,
+    add_decoding_arguments,
+    add_device_argument,
+    chunking_options,
+    decoding_options,
+)
 
 log = logging.getLogger(__name__)
 API_KEYS_VARIABLE = "ASR_API_KEYS"
@@ -23,16 +29,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "GET /health and a web page at /. Needs the serve extra: pip install 'asr[serve]'."
     )
     parser.add_argument("--model", action="append", required=True, metavar="[NAME=]MODEL",
-                        help="a bundle (model.pt), a shipped name or an .onnx file, served as "
-                        "NAME (default: the shipped name or the file's stem); repeat to serve "
-                        "several, the first is the default")  # fmt: skip
+                        help=f"{MODEL_HELP}, served as NAME (default: the shipped name or the "
+                        "file's stem); repeat to serve several, the first is the default")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default %(default)s: this machine only)")  # fmt: skip
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_argument(parser)
     parser.add_argument("--workers", type=int, default=1,
-                        help="model workers, each with its own copy of every model: requests "
-                        "decoded at once (default %(default)s)")  # fmt: skip
+                        help="model workers (threads), each with its own copy of every model: "
+                        "requests decoded at once (default %(default)s)")  # fmt: skip
     parser.add_argument("--threads", type=int,
                         help="torch threads (default: CPU cores / workers, at least 1)")  # fmt: skip
     parser.add_argument("--queue-size", type=int, default=16,
@@ -59,9 +64,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a web origin (scheme://host[:port]) whose pages may call this "
                         "server, with CORS headers (repeatable; '*': any); requests from other "
                         "pages than the server's own get 403")  # fmt: skip
-    add_options_arguments(parser, DecodingOptions,
-                          "decoding (greedy unless --lm, --lexicon or --beam-size)")  # fmt: skip
-    add_options_arguments(parser, ChunkingOptions, "chunking (each file in windows, batched)")
+    add_decoding_arguments(parser)
+    add_chunking_arguments(parser)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -84,8 +88,7 @@ def serve_command(args: argparse.Namespace) -> int:
     limits = ServerLimits(round(args.max_upload_mb * 2**20), args.request_timeout, args.upload_dir)
     if args.workers < 1 or args.queue_size < 0:
         raise ValueError("--workers must be >= 1 and --queue-size >= 0")
-    decoding = options_from_args(args, DecodingOptions)
-    chunking = options_from_args(args, ChunkingOptions)
+    decoding, chunking = decoding_options(args), chunking_options(args)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     torch.set_num_threads(threads)
     workers = ModelWorkers.load(models, args.workers, args.queue_size, args.device, decoding,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from asr.cli.options import add_renamed_argument
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from asr.config import load_config
@@ -70,7 +72,7 @@ def cmd_make_corpus(args: argparse.Namespace) -> int:
         num_test=args.num_test,
         noise_prob=args.noise_prob,
         seed=args.seed,
-        num_workers=args.workers,
+        num_workers=args.processes,
     )
     print(f"corpus ready in {make_demo_corpus(args.output_dir, config)}")
     return 0
@@ -107,10 +109,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-tokenizer", help="train a tokenizer on manifest transcripts")
-    p.add_argument("--manifest", nargs="+", required=True)
-    p.add_argument("--kind", choices=["char", "unigram", "bpe"], default="unigram")
-    p.add_argument("--vocab-size", type=int, default=256)
-    p.add_argument("--output", required=True, help="tokenizer JSON file to write")
+    p.add_argument("--manifest", nargs="+", required=True,
+                   help="JSONL manifests whose texts the tokenizer learns from")  # fmt: skip
+    p.add_argument("--kind", choices=["char", "unigram", "bpe"], default="unigram",
+                   help="characters, or SentencePiece unigram or BPE pieces "
+                   "(default %(default)s)")  # fmt: skip
+    p.add_argument("--vocab-size", type=int, default=256,
+                   help="tokens, for unigram and bpe (default %(default)s)")  # fmt: skip
+    p.add_argument("--output", required=True, metavar="FILE", help="tokenizer JSON file to write")
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = sub.add_parser(
@@ -120,24 +126,36 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "asr export --model model.pt --format onnx --output model.onnx [--quantize int8]",
     )
     p.add_argument("--checkpoint", nargs="+", help="training checkpoints; several: their average")
-    p.add_argument("--model", help="a model bundle (model.pt or a shipped name), for --format onnx")
+    p.add_argument("--model",
+                   help="a model bundle (model.pt, a shipped model's name or hf://OWNER/REPO), "
+                   "for --format onnx")  # fmt: skip
     p.add_argument("--format", choices=("pt", "onnx"), default="pt",
                    help="pt: a model.pt bundle (default); onnx: an ONNX model for ONNX Runtime")  # fmt: skip
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="onnx only: int8 weights for MatMul/Gemm (dynamic quantization)")  # fmt: skip
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, metavar="FILE",
+                   help="the file to write: a model.pt bundle, or an .onnx model")  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("presets", help="list the encoder presets and their parameter counts")
-    p.add_argument("--vocab-size", type=int, default=256)
+    p.add_argument("--vocab-size", type=int, default=256,
+                   help="tokens of the CTC head counted (default %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("make-corpus", help="synthesize the built-in demo corpus with eSpeak NG")
-    p.add_argument("output_dir")
-    p.add_argument("--num-train", type=int, default=4000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--num-test", type=int, default=200)
-    p.add_argument("--noise-prob", type=float, default=0.0, help="share of utterances with noise")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("output_dir", metavar="OUTPUT_DIR",
+                   help="folder for the audio and train/val/test.jsonl (one already made "
+                   "with the same settings is reused)")  # fmt: skip
+    p.add_argument("--num-train", type=int, default=4000,
+                   help="training utterances (default %(default)s)")  # fmt: skip
+    p.add_argument("--num-val", type=int, default=200,
+                   help="validation utterances (default %(default)s)")  # fmt: skip
+    p.add_argument("--num-test", type=int, default=200,
+                   help="test utterances (default %(default)s)")  # fmt: skip
+    p.add_argument("--noise-prob", type=float, default=0.0,
+                   help="share of utterances with noise (default %(default)s)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="corpus seed (default %(default)s)")
+    add_renamed_argument(p, "--processes", "--workers", type=int, default=2,
+                         help="processes synthesizing at once; the corpus does not depend on it "
+                         "(default %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_make_corpus)

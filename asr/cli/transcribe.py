@@ -8,27 +8,26 @@ import sys
 import time
 from pathlib import Path
 
-from asr.audio import AudioError, audio_duration, find_audio_files, load_audio
+from asr.audio import AudioError, find_audio_files
 from asr.checkpoint import atomic_write
-from asr.cli.decoding import add_decoding_arguments, decoding_options
 from asr.cli.errors import USER_ERROR, report
+from asr.cli.options import (
+    MODEL_HELP,
+    add_chunking_arguments,
+    add_decoding_arguments,
+    add_device_argument,
+    add_streaming_arguments,
+    chunking_options,
+    decoding_options,
+)
 from asr.cli.transcribe_manifest import (
     add_manifest_arguments,
     manifest_command,
     wants_manifest_mode,
 )
 from asr.inference.formats import FORMATS, format_result
-from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS
-from asr.inference.transcribe import (
-    DEFAULT_BATCH_SECONDS,
-    DEFAULT_CHUNK_OVERLAP,
-    DEFAULT_CHUNK_SECONDS,
-    Result,
-    Transcriber,
-    load_model,
-)
-
-READ_SECONDS = 10.0  # streaming reads files this much at a time: memory stays flat
+from asr.inference.streaming import Partial, feed_file
+from asr.inference.transcribe import Result, Transcriber, load_model
 
 
 def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,60 +42,42 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR",
                         help="audio files, or folders searched for audio files")  # fmt: skip
-    parser.add_argument("--model", required=True,
-                        help="model bundle (model.pt), a shipped model's name, a NeMo .nemo "
-                        "file (imported on load), hf://OWNER/REPO on the Hugging Face Hub, or "
-                        "an exported .onnx file (run by ONNX Runtime: pip install 'asr[onnx]')")  # fmt: skip
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--output-dir", type=Path,
                         help="write <stem>.<format> per input here (sub-folders kept)")  # fmt: skip
     parser.add_argument("--format", nargs="+", default=["txt"], metavar="FORMAT",
                         help="one or more of txt json srt vtt (srt/vtt need --output-dir); "
                         "files may follow: --format txt json a.wav")  # fmt: skip
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--batch-seconds", type=float, default=DEFAULT_BATCH_SECONDS,
-                        help="padded audio per forward pass (default %(default)s)")  # fmt: skip
-    parser.add_argument("--chunk-seconds", type=float, default=DEFAULT_CHUNK_SECONDS,
-                        help="longer inputs go in windows this long (default %(default)s)")  # fmt: skip
-    parser.add_argument("--chunk-overlap", type=float, default=DEFAULT_CHUNK_OVERLAP,
-                        help="seconds shared by neighbouring windows (default %(default)s)")  # fmt: skip
+    add_device_argument(parser)
     parser.add_argument("--streaming", action="store_true",
                         help="decode as a live stream (a model trained with causal_conv): "
                         "partial text on stderr after every chunk, the final result as usual")  # fmt: skip
-    parser.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS,
-                        help="--streaming: audio per encoder chunk (default %(default)s)")  # fmt: skip
-    parser.add_argument("--left-seconds", type=float, default=DEFAULT_LEFT_SECONDS,
-                        help="--streaming: left context each chunk attends to (default %(default)s)")  # fmt: skip
-    parser.add_argument("--piece-ms", type=float, default=100.0,
-                        help="--streaming: the file is fed in pieces this long, as a "
-                        "microphone delivers it (default %(default)s)")  # fmt: skip
     add_decoding_arguments(parser)
+    add_chunking_arguments(parser)
+    streaming = add_streaming_arguments(parser, "streaming (with --streaming, instead of chunking)")
+    streaming.add_argument("--piece-ms", type=float, default=100.0,
+                           help="the file is fed in pieces this long, as a microphone delivers "
+                           "it (default %(default)s)")  # fmt: skip
     add_manifest_arguments(parser)
 
 
 def stream_file(transcriber: Transcriber, path: Path, args: argparse.Namespace, options) -> Result:
-    """Feed the file at `path` to a `Stream` in `--piece-ms` pieces, printing each new partial
-    text to stderr; the final `Result`."""
+    """Feed the file at `path` to a `Stream` in `--piece-ms` pieces (`feed_file`: read at its own
+    rate, resampled by the stream as one signal), printing each new partial text to stderr; the
+    final `Result`, or one whose `error` says why the file could not be read."""
+    stream = transcriber.stream(args.chunk_ms, args.left_seconds, options=options, id=str(path))
+    shown = ""
+
+    def show(partial: Partial, compute_seconds: float) -> None:
+        nonlocal shown
+        if partial.text != shown:
+            shown = partial.text
+            print(f"[{partial.received:7.2f} s] {shown}", file=sys.stderr, flush=True)
+
     try:
-        total = audio_duration(path)
+        feed_file(stream, path, args.piece_ms, show)
     except AudioError as err:
         return Result(id=str(path), path=str(path), error=str(err))
-    stream = transcriber.stream(args.chunk_ms, args.left_seconds, options=options, id=str(path))
-    rate = transcriber.sample_rate
-    piece = max(1, round(args.piece_ms / 1000 * rate))
-    shown, offset = "", 0.0
-    while offset < total:
-        try:
-            block = load_audio(path, rate, offset, READ_SECONDS)
-        except AudioError as err:
-            return Result(id=str(path), path=str(path), error=str(err))
-        if len(block) == 0:
-            break
-        offset += READ_SECONDS
-        for start in range(0, len(block), piece):
-            partial = stream.accept(block[start : start + piece])
-            if partial.text != shown:
-                shown = partial.text
-                print(f"[{partial.received:7.2f} s] {shown}", file=sys.stderr, flush=True)
     result = stream.finish()
     result.path = str(path)
     return result
@@ -107,9 +88,13 @@ def transcribe_command(args: argparse.Namespace) -> int:
     others were transcribed, 2 (a user error) when none could be. A bad option or model raises
     (`asr.cli.main` reports it); each input that fails is one `asr: error:` line."""
     if wants_manifest_mode(args):  # a corpus, through Lightning (asr.training.predict)
+        if args.device.startswith("cuda:"):
+            raise ValueError(f"--device {args.device}: with --manifest, --devices says how many "
+                             f"GPUs each machine uses; give --device cuda")  # fmt: skip
         return manifest_command(args)
     if args.overwrite:
         raise ValueError("--overwrite starts a --manifest run over; files are always rewritten")
+    options, chunking = decoding_options(args), chunking_options(args)
     formats, inputs = _split_formats(args.format)
     args.inputs = [*args.inputs, *inputs]  # `--format txt json a.wav`: a.wav is an input
     if not formats:
@@ -128,15 +113,12 @@ def transcribe_command(args: argparse.Namespace) -> int:
         for path in found:
             slots.append((path, path.relative_to(arg) if Path(arg).is_dir() else Path(path.name)))
     inputs = [slot[0] for slot in slots if not isinstance(slot, str)]
-    options = decoding_options(args)
     transcriber = load_model(args.model, device=args.device)
     began = time.perf_counter()  # the real-time factor leaves model loading out
     if args.streaming:
         results = [stream_file(transcriber, path, args, options) for path in inputs]
     else:
-        results = transcriber.transcribe(
-            inputs, args.batch_seconds, args.chunk_seconds, args.chunk_overlap, options=options
-        )
+        results = transcriber.transcribe(inputs, chunking, options=options)
     bare = len(args.inputs) == 1 and len(slots) == 1 and not Path(args.inputs[0]).is_dir()
     done = iter(results)
     for slot in slots:

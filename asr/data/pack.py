@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from asr.audio import AudioError
+from asr.bars import progress
 from asr.checkpoint import atomic_write, partial_files
 from asr.data.dataset import load_utterance
 from asr.data.manifest import Utterance, problem_report, read_manifest
@@ -145,15 +146,20 @@ def pack_manifest(
         if k in todo
     ]
     log.info("packing %s: %d shard(s), %d already done", manifest, len(plan), len(plan) - len(jobs))
-    if num_workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            _log_shard(_pack_shard(job))
-    else:
-        # spawn, not fork: decoding in a forked child of a process that ran OpenMP can hang.
-        context = get_context("spawn")
-        with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=context) as pool:
-            for record in pool.map(_pack_shard, jobs):
-                _log_shard(record)
+    # Progress in utterances (checked and read), counted as each shard is finished.
+    rows = sum(len(job[0]) for job in jobs)
+    with progress(rows, f"packing {split}", "utterances", show=bool(jobs)) as advance:
+        if num_workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                _log_shard(_pack_shard(job))
+                advance(len(job[0]))
+        else:
+            # spawn, not fork: decoding in a forked child of a process that ran OpenMP can hang.
+            context = get_context("spawn")
+            with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=context) as pool:
+                for job, record in zip(jobs, pool.map(_pack_shard, jobs)):
+                    _log_shard(record)
+                    advance(len(job[0]))
     entry = _split_entry(manifest, output, names, shard_bytes, problems)
     entry["reused_shards"] = len(plan) - len(jobs)
     entry["pack_seconds"] = round(time.perf_counter() - began, 1)
@@ -299,7 +305,8 @@ def packed_features() -> Any:
 
 
 def _log_shard(record: dict[str, Any]) -> None:
-    log.info("%s: %d rows, %.0f s of audio, %d dropped", record["file"], record["rows"],
+    # DEBUG (-v): the progress display says how far packing is; index.json keeps every shard.
+    log.debug("%s: %d rows, %.0f s of audio, %d dropped", record["file"], record["rows"],
              record["seconds"], len(record["dropped"]))  # fmt: skip
 
 
