@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asr.cli.decoding import decoding_options
+from asr.cli.options import decoding_options
 from asr.config import TokenizerConfig
 from asr.inference.alignment import align_words, split_words
 from asr.inference.decoding import BeamSearchDecoder, greedy_decode, make_decoder

@@ -19,7 +19,7 @@ from asr.checkpoint import load_bundle, save_bundle
 from asr.cli import main
 from asr.data.manifest import Utterance, read_manifest, write_manifest
 from asr.data.pack import pack_manifest
-from asr.inference.transcribe import DEFAULT_CHUNK_SECONDS
+from asr.inference.options import DEFAULT_CHUNK_SECONDS
 
 ASR = Path(sys.executable).parent / "asr"  # the console script: Lightning's launcher reruns it
 

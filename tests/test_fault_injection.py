@@ -89,10 +89,10 @@ def test_pack_killed_at_a_random_point_then_rerun_equals_an_uninterrupted_pack(t
     assert shards >= 6
     out = tmp_path / "killed"
     records = lambda: len(list((out / ".pack").glob("*.parquet.json")))  # noqa: E731
-    point = kill_at_random_point([*argv, "--output", str(out)], records, shards, 1, tmp_path)
+    point = kill_at_random_point([*argv, "--output-dir", str(out)], records, shards, 1, tmp_path)
     assert point["progress"] >= 2  # all shards done: killed while writing the index
 
-    assert main([*argv, "--output", str(out)]) == 0
+    assert main([*argv, "--output-dir", str(out)]) == 0
     assert partial_files(out / "data") == partial_files(out / ".pack") == []
     for folder in ("data", ".pack"):
         names = sorted(p.name for p in (out / folder).iterdir())

@@ -120,10 +120,10 @@ def pack_manifest(
     if not _SPLIT_NAME.fullmatch(split):
         raise ValueError(f"--split must be letters, digits, '_' or '.', got {split!r}")
     if num_workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {num_workers}")
+        raise ValueError(f"--processes must be >= 1, got {num_workers}")
     manifest, output, shard_bytes = Path(manifest), Path(output), parse_size(shard_size)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output} exists and is not a folder")
+        raise ValueError(f"--output-dir {output} exists and is not a folder")
     began = time.perf_counter()
     problems: list[str] = []
     utterances = read_manifest(manifest, problems)
@@ -190,13 +190,13 @@ def _load_or_make_plan(
         if saved["fingerprint"] != fingerprint:
             raise ValueError(
                 f"{output} already holds split {split!r} packed from another manifest or "
-                f"--shard-size (see {path}); choose another --output or --split, or delete it"
+                f"--shard-size (see {path}); choose another --output-dir or --split, or delete it"
             )
         return [tuple(shard) for shard in saved["shards"]]
     if any((output / DATA_DIR).glob(f"{split}-*.parquet")):
         raise ValueError(
             f"{output / DATA_DIR} holds {split} shards that no plan of {output / STATE_DIR} "
-            f"describes; choose another --output, or delete them"
+            f"describes; choose another --output-dir, or delete them"
         )
     plan = plan_shards(utterances, shard_bytes)
     record = {"fingerprint": fingerprint, "manifest": str(manifest.absolute()), "shards": plan}

@@ -23,23 +23,9 @@ import torch
 from asr.checkpoint import ModelBundle
 from asr.inference.alignment import Word
 from asr.inference.decoding import Decoder, make_decoder
-from asr.inference.engine import (  # noqa: F401  (TODO(issue 28): callers import from engine)
-    AudioSegment,
-    Engine,
-    OnWords,
-    Stopped,
-    batch_pieces,
-    plan_chunks,
-    stitch_chunks,
-)
+from asr.inference.engine import AudioSegment, Engine, OnWords, Stopped, stitch_chunks
 from asr.inference.onnx import is_onnx_path, load_onnx_bundle
-from asr.inference.options import (  # noqa: F401
-    DEFAULT_BATCH_SECONDS,
-    DEFAULT_CHUNK_OVERLAP,
-    DEFAULT_CHUNK_SECONDS,
-    ChunkingOptions,
-    DecodingOptions,
-)
+from asr.inference.options import ChunkingOptions, DecodingOptions
 from asr.inference.result import Result
 from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS, Stream
 from asr.interop.sources import model_file, open_bundle
@@ -89,7 +75,7 @@ class Transcriber:
         self,
         inputs: Any,
         chunking: ChunkingOptions | None = None,
-        *legacy: float,
+        *,
         options: DecodingOptions | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_words: OnWords | None = None,
@@ -104,10 +90,6 @@ class Transcriber:
         (`asr.inference.engine`). Bad options raise ValueError; a bad input gets a `Result` with
         its `error` set.
         """
-        if not isinstance(chunking, ChunkingOptions | None):  # TODO(issue 28): drop once the
-            names = ("batch_seconds", "chunk_seconds", "chunk_overlap")  # callers pass options
-            fields.update(zip(names, (chunking, *legacy)))
-            chunking = None
         chunking = _options(ChunkingOptions, chunking, fields)
         options = _options(DecodingOptions, options, fields)
         if fields:

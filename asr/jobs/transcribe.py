@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 
+from asr.bars import progress
 from asr.data.corpus import Corpus, open_corpus
 from asr.inference.corpus import TRANSCRIPTS, transcribe_positions
 from asr.inference.options import ChunkingOptions, DecodingOptions
@@ -69,6 +71,7 @@ class TranscribeModule(L.LightningModule):
         self.run, self.start_over = run, start_over
         self.transcriber = None
         self._part = None
+        self.advance: Callable[[int], None] = lambda n: None  # rank 0's progress bar
 
     def on_predict_start(self) -> None:
         if self.device.type == "cpu":  # the cores shared out among this machine's processes
@@ -93,6 +96,7 @@ class TranscribeModule(L.LightningModule):
             self._part.write(json.dumps({"index": i, **records[i]}, ensure_ascii=False) + "\n")
         self._part.flush()
         os.fsync(self._part.fileno())
+        self.advance(len(batch))
         return len(batch)  # not kept (return_predictions=False)
 
     def on_predict_end(self) -> None:
@@ -156,7 +160,12 @@ def transcribe_corpus(
     module = TranscribeModule(model, out_dir, corpus, options, chunking, run, overwrite)
     loader = torch.utils.data.DataLoader(todo, batch_size=ITEMS_PER_STEP, collate_fn=list)
     if len(todo):
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        # rank 0's share of the work, on its terminal (or as periodic lines in a log)
+        share = -(-len(todo) // (devices * num_nodes))
+        first = all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+        with progress(share, "transcribing", "utterances", show=first) as advance:
+            module.advance = advance
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
     elif trainer.is_global_zero:
         begin_run(out_dir, run, start_over=overwrite)  # nothing to do: empty, or all done
         merge_parts(out_dir, corpus.ids)

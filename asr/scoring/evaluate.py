@@ -15,9 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rich.progress import Progress
-
-from asr.bars import stage_columns
+from asr.bars import progress
 from asr.data.corpus import Corpus, open_corpus
 from asr.inference.corpus import TRANSCRIPTS, transcribe_positions
 from asr.inference.options import ChunkingOptions, DecodingOptions
@@ -155,10 +153,9 @@ def decode_and_score(
     hyp_path = output_dir / TRANSCRIPTS
     failed = []
     with (
-        Progress(*stage_columns(label or ""), disable=label is None) as bar,
+        progress(len(corpus), label or "", "utterances", show=label is not None) as advance,
         hyp_path.open("w", encoding="utf-8") as f,
     ):
-        task = bar.add_task(label or "", total=len(corpus))
         for start in range(0, len(corpus), SLICE):
             positions = range(start, min(start + SLICE, len(corpus)))
             records = transcribe_positions(model, corpus, positions, chunking, options)
@@ -166,7 +163,7 @@ def decode_and_score(
                 if records[i]["error"]:
                     failed.append(f"{corpus.ids[i]}: {records[i]['error']}")
                 f.write(json.dumps(records[i], ensure_ascii=False) + "\n")
-            bar.advance(task, len(positions))
+            advance(len(positions))
     if failed:
         log.warning("%d utterances failed to transcribe, scored as empty: %s", len(failed),
                     failed[:3])  # fmt: skip

@@ -122,9 +122,9 @@ def stage_manifests(args: argparse.Namespace, parts: list[str]) -> None:
     print(f"manifests in {out}: " + ", ".join(sorted(p.name for p in out.glob("*.jsonl"))))
     if args.shards:  # a rerun keeps the finished shards
         for manifest, split in (("train.jsonl", "train"), ("dev.jsonl", "validation")):
-            run_asr(asr_main, ["pack", "--manifest", str(out / manifest), "--output",
+            run_asr(asr_main, ["pack", "--manifest", str(out / manifest), "--output-dir",
                                str(args.work_dir / "shards"), "--split", split, "--shard-size",
-                               args.shard_size, "--workers", str(args.nj)])  # fmt: skip
+                               args.shard_size, "--processes", str(args.nj)])  # fmt: skip
 
 
 def stage_tokenizer(args: argparse.Namespace) -> None:
