@@ -125,11 +125,16 @@ def run_transcribe(files: list[str], out: Path, model: str, extra: list[str]) ->
     return canonical(records)
 
 
-def run_evaluate(manifest: Path, out: Path, extra: list[str]) -> str:
+def run_evaluate(manifest: Path, out: Path, extra: list[str]) -> tuple[str, str | None]:
+    """(the hash of the texts, as `asr evaluate` always wrote them; the hash of the whole
+    records where it writes the transcript schema of `asr transcribe --manifest`)."""
     asr("evaluate", "--model", MODEL, "--manifest", str(manifest), "--output-dir", str(out), *extra)
-    hyps = next(p for name in ("hypotheses.jsonl", "transcripts.jsonl")
-                if (p := out / name).is_file())  # fmt: skip
-    return canonical(read_jsonl(hyps))
+    for name in ("transcripts.jsonl", "hypotheses.jsonl"):  # today's name, then the old one
+        if (out / name).is_file():
+            records = read_jsonl(out / name)
+            texts = canonical([{"id": r["id"], "text": r["text"]} for r in records])
+            return texts, canonical(records) if "words" in records[0] else None
+    raise SystemExit(f"asr evaluate wrote no transcripts in {out}")
 
 
 def run_manifest(manifest: Path, out: Path, extra: list[str]) -> str:
