@@ -79,8 +79,7 @@ def test_second_run_reuses_corpus_model_and_lm_and_gives_the_same_result(first_r
     assert f"reusing the beam + LM evaluation in {work_dir / 'eval' / 'lm'}" in out
     assert {path: (work_dir / path).stat().st_mtime_ns for path in made} == mtimes
     assert again["scores"] == summary["scores"]
-    assert again["example"] == summary["example"]
-    assert again["stage_seconds"]["train"] < summary["stage_seconds"]["train"]
+    assert again["example"] == summary["example"]  # (reuse shown by the files, not by timing)
 
 
 def test_demo_prints_the_transcript_and_its_word_timings(tmp_path, capsys, first_run):
