@@ -11,8 +11,8 @@ utterances; its 400 training sentences give the word 3-gram LM and lexicon) and
 librispeech-mini (76 utterances of real speech, `../shared/data`; its LM from librispeech-3h's
 transcripts), both with the shipped `demo-synthetic-char` model. Commands: `asr transcribe`
 (files), `asr evaluate --model`, `asr transcribe --manifest --devices 2`, the server (json and
-verbose_json), ONNX fp32, each greedy and with beam search + LM + lexicon (the server and ONNX
-greedy only: the server takes decoding flags once per process); streaming at 640 ms with a
+verbose_json), ONNX fp32, each greedy and with beam search + LM + lexicon (the server started
+with the decoding flags, as it takes them once per process); streaming at 640 ms with a
 seeded random causal model (the shipped model cannot stream); and the quick demo's trained
 weights (`asr demo --quick`, sha256 of the state dict).
 
@@ -143,12 +143,12 @@ def run_manifest(manifest: Path, out: Path, extra: list[str]) -> str:
     return canonical(read_jsonl(out / "transcripts.jsonl"))
 
 
-def run_server(files: list[str], work: Path) -> dict[str, str]:
+def run_server(files: list[str], work: Path, extra: list[str]) -> dict[str, str]:
     import httpx
 
     log = work / "server.log"
     command = [sys.executable, "-c", "import sys; from asr.cli import main; sys.exit(main())",
-               "serve", "--model", MODEL, "--port", "0"]  # fmt: skip
+               "serve", "--model", MODEL, "--port", "0", *extra]  # fmt: skip
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -251,11 +251,9 @@ def measure(work: Path) -> dict[str, str]:
             if records is not None:  # one schema: the same records as transcribe --manifest
                 hashes[f"{name}/evaluate-records/{mode}"] = records
             hashes[f"{name}/manifest-devices2/{mode}"] = run_manifest(manifest, d / "m", extra)
-        hashes[f"{name}/onnx-fp32/greedy"] = run_transcribe(
-            files, out / name / "onnx", str(onnx), []
-        )
-        for fmt, digest in run_server(files, work).items():
-            hashes[f"{name}/server-{fmt}/greedy"] = digest
+            hashes[f"{name}/onnx-fp32/{mode}"] = run_transcribe(files, d / "o", str(onnx), extra)
+            for fmt, digest in run_server(files, work, extra).items():
+                hashes[f"{name}/server-{fmt}/{mode}"] = digest
         hashes[f"{name}/streaming-640ms/greedy"] = run_transcribe(
             files[:20], out / name / "stream", str(stream), ["--streaming", "--chunk-ms", "640"]
         )
