@@ -3,18 +3,24 @@
     asr evaluate --model model.pt --manifest test.jsonl --output-dir eval/   # transcribe + score
     asr evaluate --hyp hyp.txt --ref ref.txt --output-dir eval/             # score only
     ... --compare other_eval/                                                # paired bootstrap
+    asr evaluate --model model.pt --manifest test.jsonl --lm lm.arpa --tune-lm val.jsonl
 
 Both paths go through `asr.scoring.evaluate.evaluate_files`, so the numbers are computed one way
 only; with --model the corpus is decoded by `asr.scoring.evaluate.decode_and_score` (the engine,
 the chunking and decoding flags of `asr transcribe`; the path the demo and the recipes use), into
-OUTPUT_DIR/transcripts.jsonl, the schema `asr transcribe --manifest` writes.
+OUTPUT_DIR/transcripts.jsonl, the schema `asr transcribe --manifest` writes. With --tune-lm the
+LM weight and word score are first chosen on a validation corpus (`asr.scoring.tune`), written
+next to the LM (LM.tuned.json) and used for --manifest; greedy decoding is used instead, and
+said so, when the LM does not beat greedy on the validation corpus.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asr.cli.options import (
     add_chunking_arguments,
@@ -24,6 +30,21 @@ from asr.cli.options import (
     decoding_options,
 )
 from asr.text import TextNormalizer
+
+if TYPE_CHECKING:
+    from asr.inference.options import ChunkingOptions, DecodingOptions
+    from asr.inference.transcribe import Transcriber
+
+
+def float_list(value: str) -> tuple[float, ...]:
+    """`0,0.5,1` -> (0.0, 0.5, 1.0) (argparse's `type`)."""
+    try:
+        values = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {value!r}"
+        ) from None
+    return values
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,6 +74,23 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
     add_chunking_arguments(p)
     add_decoding_arguments(p)
+    tune = p.add_argument_group("choosing --lm-weight and --word-score on a validation corpus")
+    tune.add_argument("--tune-lm", metavar="VALIDATION",
+                      help="decode this corpus greedily and with --lm at every point of the grid "
+                      "(one acoustic pass), write the best point to LM.tuned.json and evaluate "
+                      "--manifest with it, or greedily when the LM does not beat greedy here; "
+                      "--lm-weight and --word-score are then chosen, not taken")  # fmt: skip
+    tune.add_argument("--tune-lm-weights", type=float_list, metavar="W,W,...",
+                      help="the LM weights searched (default 0,0.25,0.5,1,1.5,2)")  # fmt: skip
+    tune.add_argument("--tune-word-scores", type=float_list, metavar="S,S,...",
+                      help="the word scores searched (default -1,0,1,2; a list that starts "
+                      "with a negative one goes after '=': --tune-word-scores=-2,0,2)")  # fmt: skip
+    tune.add_argument(
+        "--tune-beam-thresholds",
+        type=float_list,
+        metavar="T,T,...",
+        help="the beam thresholds searched (default: --beam-threshold only)",
+    )
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -68,6 +106,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
             raise ValueError("give either --model/--manifest or --hyp/--ref, not both")
     elif not (args.hyp and args.ref):
         raise ValueError("nothing to score: give --model and --manifest, or --hyp and --ref")
+    if args.tune_lm and not (args.model and args.lm):
+        raise ValueError("--tune-lm needs --model, --manifest and the --lm to tune")
     scoring = dict(compare_path=args.compare, normalizer=normalizer,
                    num_resamples=args.resamples, worst_n=args.worst)  # fmt: skip
     if args.model:
@@ -75,6 +115,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
         options, chunking = decoding_options(args), chunking_options(args)
         model = load_model(args.model, device=args.device)
+        if args.tune_lm:
+            options = tune_lm_weights(model, options, chunking, normalizer, args)
         output_dir = args.output_dir or tempfile.mkdtemp()  # transcripts only, without one
         result = decode_and_score(model, args.manifest, output_dir, options, chunking=chunking,
                                   split=args.split, label="transcribing",
@@ -85,3 +127,31 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if args.output_dir:
         print(f"report: {Path(args.output_dir) / 'report.html'}")
     return 0
+
+
+def tune_lm_weights(
+    model: Transcriber,
+    options: DecodingOptions,
+    chunking: ChunkingOptions,
+    normalizer: TextNormalizer,
+    args: argparse.Namespace,
+) -> DecodingOptions:
+    """`--tune-lm`: the grid's table and choice printed, LM.tuned.json written; the decoding
+    chosen (`asr.scoring.tune.TuneResult.chosen`)."""
+    from asr.scoring.tune import LmGrid, format_grid, tune_lm
+
+    if Path(args.tune_lm).resolve() == Path(args.manifest).resolve():
+        print("asr: warning: --tune-lm is --manifest: tuned on the test set, its WER is "
+              "optimistic", file=sys.stderr, flush=True)  # fmt: skip
+    defaults = LmGrid()
+    grid = LmGrid(args.tune_lm_weights or defaults.lm_weights,
+                  args.tune_word_scores or defaults.word_scores,
+                  args.tune_beam_thresholds)  # fmt: skip
+    result = tune_lm(model, args.tune_lm, options, grid, chunking=chunking,
+                     normalizer=normalizer, label="tuning")  # fmt: skip
+    print(format_grid(result))
+    print(f"written: {result.write(model=args.model)}")
+    if not result.lm_beats_greedy:
+        print(f"evaluating {args.manifest} with greedy decoding: the LM does not beat it on "
+              f"{args.tune_lm}")  # fmt: skip
+    return result.chosen

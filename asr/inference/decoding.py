@@ -3,7 +3,8 @@
 Here: `collapse` (the one CTC collapse: merge repeats, drop blanks; also incremental, for
 streaming), `greedy_decode` (argmax then `collapse`; batched and length-aware),
 `BeamSearchDecoder` (torchaudio's flashlight `ctc_decoder`) and `make_decoder`, which builds
-either from `DecodingOptions` (`asr.inference.options`).
+either from `DecodingOptions` (`asr.inference.options`); `make_decoders` builds several that
+load their shared n-gram once (an LM weight search).
 
 Every decoder maps log_probs (B, T', V) with out_lengths (B,) to token ids per utterance, blanks
 removed and repeats collapsed. Blank is id 0 (Graves et al. 2006). Lexicons are in
@@ -48,10 +49,17 @@ class BeamSearchDecoder:
     """Flashlight's CTC beam search (lexicon-free, or lexicon-constrained with an n-gram LM).
 
     The decoder's silence token is the tokenizer's word separator ("|") where it has one;
-    otherwise (SentencePiece) an extra token that is never emitted.
+    otherwise (SentencePiece) an extra token that is never emitted. `lm_of`: a decoder with the
+    same `lm` and `lexicon` whose loaded n-gram this one uses instead of loading its own (KenLM
+    only reads it, and the lexicon gives both the same word indices).
     """
 
-    def __init__(self, tokenizer: Tokenizer, options: DecodingOptions) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        options: DecodingOptions,
+        lm_of: BeamSearchDecoder | None = None,
+    ) -> None:
         from torchaudio.models.decoder import ctc_decoder
 
         self.tokenizer = tokenizer
@@ -62,6 +70,11 @@ class BeamSearchDecoder:
             tokens.append(EXTRA_SIL_PIECE)
         lexicon = lexicon_for(tokenizer, options.lm, options.lexicon)
         self.has_lexicon = lexicon is not None
+        self.lm_files = (options.lm, options.lexicon)
+        if lm_of is not None and (lm_of.lm_files != self.lm_files or options.lm is None):
+            raise ValueError(
+                f"a decoder of {self.lm_files} cannot share the LM of {lm_of.lm_files}"
+            )
         with tempfile.TemporaryDirectory() as tmp:
             lexicon_path = None
             if lexicon is not None:
@@ -70,7 +83,7 @@ class BeamSearchDecoder:
                 self._decoder = ctc_decoder(
                     lexicon=lexicon_path,
                     tokens=tokens,
-                    lm=options.lm,
+                    lm=options.lm if lm_of is None else lm_of.loaded_lm,
                     beam_size=options.beam_size,
                     beam_threshold=options.beam_threshold,
                     lm_weight=options.lm_weight,
@@ -82,6 +95,7 @@ class BeamSearchDecoder:
             except RuntimeError as err:  # KenLM's loader reports format problems this way
                 reason = str(err).strip().splitlines()[-1]
                 raise ValueError(f"cannot load language model {options.lm}: {reason}") from None
+        self.loaded_lm = self._decoder.lm  # KenLM (or none): kept alive as long as the decoder
 
     def __call__(self, log_probs: Tensor, out_lengths: Tensor) -> list[list[int]]:
         """log_probs (B, T', V), out_lengths (B,) -> best token ids per utterance."""
@@ -117,3 +131,19 @@ def make_decoder(tokenizer: Tokenizer, options: DecodingOptions) -> Decoder:
     if options.greedy:
         return greedy_decode
     return BeamSearchDecoder(tokenizer, options)
+
+
+def make_decoders(tokenizer: Tokenizer, options: list[DecodingOptions]) -> list[Decoder]:
+    """`make_decoder` of each options, the decoders of one `lm` and `lexicon` sharing one loaded
+    n-gram: a grid of LM weights costs one LM in memory, not one per point."""
+    first: dict[tuple[str | None, str | None], BeamSearchDecoder] = {}
+    decoders: list[Decoder] = []
+    for option in options:
+        if option.greedy or option.lm is None:
+            decoders.append(make_decoder(tokenizer, option))
+            continue
+        key = (option.lm, option.lexicon)
+        decoder = BeamSearchDecoder(tokenizer, option, lm_of=first.get(key))
+        first.setdefault(key, decoder)
+        decoders.append(decoder)
+    return decoders

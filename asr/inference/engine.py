@@ -19,12 +19,17 @@ change them: once window k+1 of an input is decoded, the cut between k and k+1 i
 failing input (missing, empty, corrupt, not audio) gets a `Result` whose `error` is a one-line
 message naming it; the other inputs are transcribed all the same.
 
+`Engine.run_many` decodes each batch with several decoders from one pass of the acoustic model
+(a search over LM weights, `asr.scoring.tune`): one list of results per decoder, each what `run`
+with that decoder alone gives.
+
 `Transcriber.transcribe`, the server, `asr evaluate --model`, `asr transcribe --manifest` (one
 process or many) and the demo all run this loop; none plans, batches or stitches on its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import numbers
@@ -62,7 +67,7 @@ class _Source:
     path: Path | None = None
     offset: float = 0.0
     samples: Tensor | None = None  # (N,) in-memory inputs only
-    chunks: list[Chunk] = field(default_factory=list)
+    chunks: list[list[Chunk]] = field(default_factory=list)  # per decoder, windows decoded so far
     settled: int = 0  # words of `chunks` handed to on_words so far, in stitched order
     pending: list[Word] = field(default_factory=list)  # words the last window keeps so far
 
@@ -85,7 +90,34 @@ class Engine:
         on_words: OnWords | None = None,
     ) -> list[Result]:
         """Results in input order (see the module docstring)."""
+        return self._run(inputs, chunking, [decoder], should_stop, on_words)[0]
+
+    def run_many(
+        self,
+        inputs: list[Any],
+        chunking: ChunkingOptions,
+        decoders: Sequence[Decoder],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[list[Result]]:
+        """Per decoder, the results in input order: what `run` gives with that decoder, from one
+        pass of the front end and acoustic model (each batch's log-probs go to every decoder)."""
+        if not decoders:
+            raise ValueError("run_many needs at least one decoder")
+        return self._run(inputs, chunking, list(decoders), should_stop, None)
+
+    def _run(
+        self,
+        inputs: list[Any],
+        chunking: ChunkingOptions,
+        decoders: list[Decoder],
+        should_stop: Callable[[], bool] | None,
+        on_words: OnWords | None,
+    ) -> list[list[Result]]:
+        """Per decoder, results in input order; `on_words` hears the first decoder's words."""
         sources = [self._resolve(i, item) for i, item in enumerate(inputs)]
+        for source in sources:
+            source.chunks = [[] for _ in decoders]
         pieces = [
             (k, start, length)
             for k, source in enumerate(sources)
@@ -101,18 +133,22 @@ class Engine:
                     done = sum(s.settled for s in sources)
                     raise Stopped(f"stopped after {done} words")
                 self._decode_step([(sources[k], start, length) for k, start, length in step],
-                                  decoder)  # fmt: skip
+                                  decoders)  # fmt: skip
                 if on_words is not None:
                     for k in dict.fromkeys(k for k, _, _ in step):
                         _hand_out(sources[k], k, on_words, final=False)
+        results: list[list[Result]] = [[] for _ in decoders]
         for k, source in enumerate(sources):
-            if source.result.error is None:
-                if on_words is not None:
-                    _hand_out(source, k, on_words, final=True)
-                source.result.words = stitch_chunks(source.chunks)
-                source.result.text = " ".join(w.word for w in source.result.words)
+            if source.result.error is None and on_words is not None:
+                _hand_out(source, k, on_words, final=True)
+            for d, row in enumerate(results):
+                result = source.result if d == 0 else dataclasses.replace(source.result)
+                if result.error is None:
+                    result.words = stitch_chunks(source.chunks[d])
+                    result.text = " ".join(w.word for w in result.words)
+                row.append(result)
             source.chunks, source.pending = [], []
-        return [source.result for source in sources]
+        return results
 
     def _resolve(self, index: int, item: Any) -> _Source:
         """An input -> its `_Source`; a bad input gets its error message instead."""
@@ -147,8 +183,11 @@ class Engine:
             return source.samples[first : first + round(length * self.sample_rate)]
         return load_audio(source.path, self.sample_rate, source.offset + start, length)
 
-    def _decode_step(self, step: list[tuple[_Source, float, float]], decoder: Decoder) -> None:
-        """Load, featurize, encode, decode and time the windows of one batch."""
+    def _decode_step(
+        self, step: list[tuple[_Source, float, float]], decoders: list[Decoder]
+    ) -> None:
+        """Load, featurize, encode, then decode and time the windows of one batch with each
+        decoder."""
         model, frontend = self.bundle.model, self.bundle.frontend
         waves, kept = [], []
         for source, start, length in step:
@@ -161,7 +200,8 @@ class Engine:
                 continue
             end = start + len(wave) / self.sample_rate
             if model.output_lengths(torch.tensor([frontend.num_frames(len(wave))])).item() < 1:
-                source.chunks.append((start, end, []))  # too short for one output frame
+                for chunks in source.chunks:  # too short for one output frame
+                    chunks.append((start, end, []))
             else:
                 waves.append(wave)
                 kept.append((source, start, end))
@@ -171,14 +211,15 @@ class Engine:
         padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)  # (B, N)
         feats, feat_lengths = frontend(padded.to(self.device), wave_lengths.to(self.device))
         log_probs, out_lengths = model(feats, feat_lengths)  # (B, T', V), (B,)
-        token_ids = decoder(log_probs, out_lengths)
+        token_ids = [decoder(log_probs, out_lengths) for decoder in decoders]
         log_probs, out_lengths = log_probs.cpu(), out_lengths.cpu()
         for b, (source, start, end) in enumerate(kept):
             frames = log_probs[b, : int(out_lengths[b])]  # (T'_b, V)
-            words = align_words(
-                frames, token_ids[b], self.bundle.tokenizer, self.frame_seconds, offset=start
-            )
-            source.chunks.append((start, end, words))
+            for chunks, ids in zip(source.chunks, token_ids, strict=True):
+                words = align_words(
+                    frames, ids[b], self.bundle.tokenizer, self.frame_seconds, offset=start
+                )
+                chunks.append((start, end, words))
 
 
 def _hand_out(source: _Source, index: int, on_words: OnWords, final: bool) -> None:
@@ -190,14 +231,15 @@ def _hand_out(source: _Source, index: int, on_words: OnWords, final: bool) -> No
     """
     if source.result.error is not None:
         return
-    while source.settled < len(source.chunks):
+    chunks = source.chunks[0]
+    while source.settled < len(chunks):
         k = source.settled
         if k == 0:
-            source.pending = source.chunks[0][2]
+            source.pending = chunks[0][2]
         else:
-            kept = stitch_chunks([source.chunks[k - 1], source.chunks[k]])
+            kept = stitch_chunks([chunks[k - 1], chunks[k]])
             left = {id(w) for w in source.pending}
-            right = {id(w) for w in source.chunks[k][2]}
+            right = {id(w) for w in chunks[k][2]}
             settled = [w for w in kept if id(w) in left]
             source.pending = [w for w in kept if id(w) in right]
             if settled:

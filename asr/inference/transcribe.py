@@ -3,8 +3,10 @@
 An input is a file path, an `AudioSegment` (a stretch of a file, as in a manifest) or a
 `(samples, sample_rate)` pair. `Transcriber.transcribe` runs the engine (`asr.inference.engine`:
 chunk planning, batching, decoding, stitching, a step at a time and stoppable) with the
-`ChunkingOptions` and `DecodingOptions` given (`asr.inference.options`); `Transcriber.stream`
-starts a live `Stream`.
+`ChunkingOptions` and `DecodingOptions` given (`asr.inference.options`);
+`Transcriber.transcribe_many` decodes with several `DecodingOptions` from one pass of the
+acoustic model (a search over LM weights, `asr.scoring.tune`); `Transcriber.stream` starts a
+live `Stream`.
 
 A failing input (missing, empty, corrupt, not audio) gives a `Result` whose `error` is a one-line
 message naming it; the other inputs are transcribed all the same.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import torch
 
 from asr.checkpoint import ModelBundle
 from asr.inference.alignment import Word
-from asr.inference.decoding import Decoder, make_decoder
+from asr.inference.decoding import Decoder, make_decoders
 from asr.inference.engine import AudioSegment, Engine, OnWords, Stopped, stitch_chunks
 from asr.inference.onnx import is_onnx_path, load_onnx_bundle
 from asr.inference.options import ChunkingOptions, DecodingOptions
@@ -69,7 +71,8 @@ class Transcriber:
         self.sample_rate = bundle.frontend.config.sample_rate
         self.frame_seconds = bundle.frame_seconds
         self.engine = Engine(self.bundle, self.device)
-        self._decoder: tuple[DecodingOptions, Decoder] | None = None
+        # The decoders of the last call, kept for the next call with the same options.
+        self._decoders: tuple[tuple[DecodingOptions, ...], list[Decoder]] | None = None
 
     def transcribe(
         self,
@@ -98,6 +101,24 @@ class Transcriber:
         return self.engine.run(_as_list(inputs), chunking, decoder, should_stop=should_stop,
                                on_words=on_words)  # fmt: skip
 
+    def transcribe_many(
+        self,
+        inputs: Any,
+        chunking: ChunkingOptions | None = None,
+        *,
+        options: Sequence[DecodingOptions],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[list[Result]]:
+        """Per `options[j]`, the results in input order: `results[j][i]` is what
+        `transcribe(inputs, chunking, options=options[j])[i]` gives, but the front end and the
+        acoustic model run once, each batch's log-probs going to every decoder (one loaded LM
+        per LM file, `make_decoders`)."""
+        if not options:
+            raise ValueError("transcribe_many needs at least one DecodingOptions")
+        decoders = self._get_decoders(tuple(options))
+        return self.engine.run_many(_as_list(inputs), chunking or ChunkingOptions(), decoders,
+                                    should_stop=should_stop)  # fmt: skip
+
     def stream(
         self,
         chunk_ms: float = DEFAULT_CHUNK_MS,
@@ -117,9 +138,13 @@ class Transcriber:
         return Stream(self.bundle, self.device, decoder, chunk_ms, left_seconds, id)
 
     def _get_decoder(self, options: DecodingOptions) -> Decoder:
-        if self._decoder is None or self._decoder[0] != options:
-            self._decoder = (options, make_decoder(self.bundle.tokenizer, options))
-        return self._decoder[1]
+        return self._get_decoders((options,))[0]
+
+    def _get_decoders(self, options: tuple[DecodingOptions, ...]) -> list[Decoder]:
+        if self._decoders is None or self._decoders[0] != options:
+            self._decoders = None  # the last call's LMs are freed before the next ones load
+            self._decoders = (options, make_decoders(self.bundle.tokenizer, list(options)))
+        return self._decoders[1]
 
 
 def _options(kind: type, given: Any, fields: dict[str, Any]) -> Any:
