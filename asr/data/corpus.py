@@ -57,6 +57,8 @@ def open_corpus(source: str | Path, split: str | None = None) -> Corpus:
     path = Path(source)
     if path.is_file():
         return _manifest(path)
+    if "://" not in text and not path.exists() and (path.suffix or text.startswith((".", "/"))):
+        raise ValueError(f"corpus not found: {text} (no such file or folder)")
     if "://" not in text and path.is_dir() and not _is_dataset_folder(path):
         from asr.data.pack import read_index
 
@@ -129,7 +131,8 @@ def _choose_split(source: str, split: str | None) -> str:
     index = read_index(source)
     if index is None:
         if split is None:
-            raise ValueError(f"{source}: name the dataset's split (--split)")
+            raise ValueError(f"{source}: no such file or folder here; as a Hugging Face dataset "
+                             f"it needs its split named (--split)")  # fmt: skip
         return split
     splits = sorted(index["splits"])
     if split is None:
