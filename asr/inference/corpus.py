@@ -26,16 +26,31 @@ def transcribe_positions(
 ) -> dict[int, dict[str, Any]]:
     """position -> transcript record, for the utterances at `positions` (one engine run: their
     windows are batched together). A row that cannot be decoded gets a record with its error."""
+    return transcribe_positions_many(transcriber, corpus, positions, chunking, [options])[0]
+
+
+def transcribe_positions_many(
+    transcriber: Transcriber,
+    corpus: Corpus,
+    positions: Sequence[int],
+    chunking: ChunkingOptions,
+    options: Sequence[DecodingOptions],
+) -> list[dict[int, dict[str, Any]]]:
+    """Per `options[j]`, what `transcribe_positions` gives with it, from one acoustic pass
+    (`Transcriber.transcribe_many`)."""
     items = {i: corpus.item(i) for i in positions}
     ready = [i for i in positions if not isinstance(items[i][0], AudioError)]
-    results = transcriber.transcribe([items[i][0] for i in ready], chunking, options=options)
-    done = dict(zip(ready, results))
-    records = {}
-    for i in positions:
-        source, path = items[i]
-        if isinstance(source, AudioError):
-            result = Result(id=corpus.ids[i], path=path, error=str(source))
-        else:
-            result = done[i]
-        records[i] = transcript_record(result, corpus.ids[i], path)
-    return records
+    rows = transcriber.transcribe_many([items[i][0] for i in ready], chunking, options=options)
+    per_options = []
+    for results in rows:
+        done = dict(zip(ready, results, strict=True))
+        records = {}
+        for i in positions:
+            source, path = items[i]
+            if isinstance(source, AudioError):
+                result = Result(id=corpus.ids[i], path=path, error=str(source))
+            else:
+                result = done[i]
+            records[i] = transcript_record(result, corpus.ids[i], path)
+        per_options.append(records)
+    return per_options

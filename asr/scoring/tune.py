@@ -29,6 +29,7 @@ from typing import Any
 
 from asr.bars import progress
 from asr.data.corpus import Corpus, open_corpus
+from asr.inference.corpus import transcribe_positions_many
 from asr.inference.options import ChunkingOptions, DecodingOptions
 from asr.inference.transcribe import Transcriber
 from asr.scoring.evaluate import SLICE
@@ -254,14 +255,8 @@ def _transcribe(
 ) -> list[list[str]]:
     """Per candidate, the hypothesis of each position ("" where the audio failed, scored as
     all deletions, as `decode_and_score` does)."""
-    items = {i: corpus.item(i)[0] for i in positions}
-    ready = [i for i in positions if not isinstance(items[i], Exception)]
-    results = transcriber.transcribe_many([items[i] for i in ready], chunking, options=candidates)
-    texts = []
-    for row in results:
-        done = {i: r.text if r.error is None else "" for i, r in zip(ready, row, strict=True)}
-        texts.append([done.get(i, "") for i in positions])
-    return texts
+    per_candidate = transcribe_positions_many(transcriber, corpus, positions, chunking, candidates)
+    return [[records[i]["text"] for i in positions] for records in per_candidate]
 
 
 def _fingerprint(validation: str | Path, corpus: Corpus) -> str:
