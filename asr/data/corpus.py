@@ -59,10 +59,11 @@ def open_corpus(source: str | Path, split: str | None = None) -> Corpus:
         return _manifest(path)
     if "://" not in text and not path.exists() and (path.suffix or text.startswith((".", "/"))):
         raise ValueError(f"corpus not found: {text} (no such file or folder)")
-    if "://" not in text and path.is_dir() and not _is_dataset_folder(path):
+    if "://" not in text and path.is_dir():
+        from asr.data.hf import is_saved_dataset
         from asr.data.pack import read_index
 
-        if read_index(text) is None:
+        if not is_saved_dataset(path) and read_index(text) is None:
             return _audio_folder(path)
     return _rows(text, split)
 
@@ -97,10 +98,6 @@ def _audio_folder(folder: Path) -> Corpus:
         return AudioSegment(files[i], id=ids[i]), str(files[i])
 
     return Corpus(ids, durations, [None] * len(files), item)
-
-
-def _is_dataset_folder(path: Path) -> bool:
-    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
 def _rows(source: str, split: str | None) -> Corpus:

@@ -131,6 +131,11 @@ def _hf_id(row: dict[str, Any], audio_column: str, index: int | str) -> str:
     return Path(path).stem if path else str(index)
 
 
+def is_saved_dataset(path: Path) -> bool:
+    """Whether `path` is a folder written by `datasets`' `save_to_disk` (a split or a dict)."""
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
 def load_hf_utterances(
     name_or_path: str,
     split: str,
@@ -143,7 +148,7 @@ def load_hf_utterances(
     import datasets
 
     path = Path(name_or_path)
-    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+    if is_saved_dataset(path):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
