@@ -44,22 +44,29 @@ def streaming_config(**overrides) -> EncoderConfig:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def bundle_path(tmp_path_factory):
-    """A causal model with random weights, calibrated so that its greedy output varies."""
+def calibrated_causal_bundle(path, wave, chunk=None, space_bias=0.0):
+    """A causal model with random weights whose head is calibrated on `wave` (1, N) at 16 kHz
+    (encoded with attention chunks of `chunk` frames), so that its greedy output varies;
+    `space_bias` favours the word boundary. Saved at `path`."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
     model = CtcModel(streaming_config(), tokenizer.vocab_size).eval()
     frontend = LogMelFeatures(FeatureConfig(normalize="global"))
     with torch.no_grad():
         frontend.set_global_stats(torch.full((80,), -6.0), torch.full((80,), 3.0))
-        wave = torch.from_numpy(noise(3.0, 1))[None]
-        x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])))
+        x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])), chunk=chunk)
         model.head.weight.div_(x[0].std(0)).mul_(5.0)
         model.head.bias.copy_(-model.head.weight @ x[0].mean(0))
-    path = tmp_path_factory.mktemp("stream") / "model.pt"
+        model.head.bias[tokenizer.space_id] += space_bias
     save_bundle(path, model, frontend, tokenizer)
     return path
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    """A causal model with random weights, calibrated so that its greedy output varies."""
+    wave = torch.from_numpy(noise(3.0, 1))[None]
+    return calibrated_causal_bundle(tmp_path_factory.mktemp("stream") / "model.pt", wave)
 
 
 def test_chunk_mask():
@@ -282,20 +289,9 @@ def speech_44k() -> np.ndarray:
 def speech_bundle_path(tmp_path_factory, speech_44k):
     """A causal model with random weights whose greedy output on speech has several words: its
     head calibrated on the sentence, the word boundary favoured."""
-    torch.manual_seed(0)
-    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
-    model = CtcModel(streaming_config(), tokenizer.vocab_size).eval()
-    frontend = LogMelFeatures(FeatureConfig(normalize="global"))
-    with torch.no_grad():
-        frontend.set_global_stats(torch.full((80,), -6.0), torch.full((80,), 3.0))
-        wave = load_audio_array(speech_44k, 44100, RATE)[None]
-        x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])), chunk=16)
-        model.head.weight.div_(x[0].std(0)).mul_(5.0)
-        model.head.bias.copy_(-model.head.weight @ x[0].mean(0))
-        model.head.bias[tokenizer.space_id] += 2.0
+    wave = load_audio_array(speech_44k, 44100, RATE)[None]
     path = tmp_path_factory.mktemp("speech") / "model.pt"
-    save_bundle(path, model, frontend, tokenizer)
-    return path
+    return calibrated_causal_bundle(path, wave, chunk=16, space_bias=2.0)
 
 
 def stream_pieces(transcriber, signal: np.ndarray, rate: int, piece: int):
