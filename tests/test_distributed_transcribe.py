@@ -115,6 +115,12 @@ def test_corpus_mode_errors_name_the_culprit(corpus, tmp_path, capsys):
     )
     assert main([*argv, "--manifest", str(manifest)]) == 2
     assert "asr: error: --manifest needs --output-dir" in capsys.readouterr().err
+    gpu = ["transcribe", "--model", str(model), "--device", "cuda:1", "--manifest", str(manifest)]
+    assert main([*gpu, "--output-dir", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "asr: error: --device cuda:1: with --manifest, --devices says how many GPUs each machine "
+        "uses; give --device cuda"
+    )
     bad = tmp_path / "folder"
     bad.mkdir()
     assert main([*argv, "--manifest", str(bad), "--output-dir", str(tmp_path / "o")]) == 2

@@ -87,10 +87,7 @@ def transcribe_command(args: argparse.Namespace) -> int:
     """Run `asr transcribe`: 0 when every input was transcribed, 1 when some failed and the
     others were transcribed, 2 (a user error) when none could be. A bad option or model raises
     (`asr.cli.main` reports it); each input that fails is one `asr: error:` line."""
-    if wants_manifest_mode(args):  # a corpus, through Lightning (asr.training.predict)
-        if args.device.startswith("cuda:"):
-            raise ValueError(f"--device {args.device}: with --manifest, --devices says how many "
-                             f"GPUs each machine uses; give --device cuda")  # fmt: skip
+    if wants_manifest_mode(args):  # a corpus, through Lightning (asr.jobs.transcribe)
         return manifest_command(args)
     if args.overwrite:
         raise ValueError("--overwrite starts a --manifest run over; files are always rewritten")

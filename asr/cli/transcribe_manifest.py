@@ -57,9 +57,12 @@ def manifest_command(args: argparse.Namespace) -> int:
         )
     if args.format != ["txt"]:
         raise ValueError("--manifest writes OUTPUT_DIR/transcripts.jsonl; --format is for files")
+    if args.device.startswith("cuda:"):
+        raise ValueError(f"--device {args.device}: with --manifest, --devices says how many "
+                         f"GPUs each machine uses; give --device cuda")  # fmt: skip
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA GPU is available")
-    cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     summary = transcribe_corpus(
         args.manifest, args.model, args.output_dir, split=args.split, devices=args.devices,
         num_nodes=args.num_nodes, accelerator="gpu" if cuda else "cpu",
