@@ -227,25 +227,40 @@ def test_recipe_runs_every_stage_end_to_end(an4_dir: Path, tmp_path: Path, capsy
     spellings = read_lexicon(lexicon, load_bundle(exp / "model.pt").tokenizer)
     assert spellings == {word: [list(word)] for word in train_words}  # char tokens: letters
 
-    # stage 6: val and test, each greedy and with the LM, in RESULTS.json and RESULTS.md
+    # stage 6: val and test greedy; the LM's weights tuned on val by the command that then
+    # decodes test with the choice; what is reported never loses to greedy on val
     printed = capsys.readouterr().out
     results = json.loads((exp / "RESULTS.json").read_text())
     table = (exp / "RESULTS.md").read_text()
+    val, test = work / "manifests" / "val.jsonl", work / "manifests" / "test.jsonl"
+    lm_dir = exp / "eval" / "lm" / "test"
+    assert (f"--manifest {test} --output-dir {lm_dir} --device cpu --lm {arpa} --lexicon "
+            f"{lexicon} --tune-lm {val}") in printed  # fmt: skip
+    tuned = json.loads((work / "lm" / "words.3gram.arpa.tuned.json").read_text())
     for name in ("val", "test"):
-        lm_dir = exp / "eval" / "lm" / name
-        assert f"--output-dir {lm_dir} --device cpu --lm {arpa} --lexicon {lexicon}" in printed
         greedy = json.loads((exp / "eval" / name / "summary.json").read_text())
-        with_lm = json.loads((lm_dir / "summary.json").read_text())
-        assert greedy["num_utterances"] == with_lm["num_utterances"] == len(manifests[name])
-        assert results[name] == {
-            "greedy": {"wer": 100 * greedy["wer"], "cer": 100 * greedy["cer"]},
-            "lm": {"wer": 100 * with_lm["wer"], "cer": 100 * with_lm["cer"]},
-        }
-        row = results[name]
-        assert (f"| {name} | {row['greedy']['wer']:.2f} | {row['greedy']['cer']:.2f} | "
-                f"{row['lm']['wer']:.2f} | {row['lm']['cer']:.2f} |") in table  # fmt: skip
+        assert greedy["num_utterances"] == len(manifests[name])
+        assert results[name]["greedy"] == {"wer": 100 * greedy["wer"], "cer": 100 * greedy["cer"]}
+    # the search's own greedy decoding of val is the evaluation's
+    assert tuned["greedy_val_wer"] == pytest.approx(results["val"]["greedy"]["wer"] / 100)
+    assert results["val"]["lm"] == {"wer": 100 * tuned["val_wer"]}
+    assert results["reported"] == tuned["decoding"]
+    assert (tuned["decoding"] == "lm") == (tuned["val_wer"] < tuned["greedy_val_wer"])
+    with_lm = json.loads((lm_dir / "summary.json").read_text())
+    assert with_lm["num_utterances"] == len(manifests["test"])
+    row = results["test"]["greedy"]
+    if tuned["decoding"] == "lm":
+        assert results["test"]["lm"] == {"wer": 100 * with_lm["wer"], "cer": 100 * with_lm["cer"]}
         hypotheses = (lm_dir / "transcripts.jsonl").read_text().splitlines()
         assert {w for line in hypotheses for w in json.loads(line)["text"].split()} <= train_words
+        assert f"WER {results['test']['lm']['wer']:.2f} (lm) |" in table
+    else:  # the LM lost on val: test is decoded greedily, and the table says why
+        assert "lm" not in results["test"] and with_lm["wer"] == greedy["wer"]
+        assert (
+            f"| test | {row['wer']:.2f} | {row['cer']:.2f} | - | - | WER {row['wer']:.2f} "
+            "(greedy) |" in table
+        )
+        assert "the LM does not beat greedy decoding on val" in table
 
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
     assert recipe.main([*argv, "--stage", "5"]) == 0  # the LM and every evaluation are reused

@@ -60,6 +60,23 @@ def options_from_args(args: argparse.Namespace, kind: type[T]) -> T:
     return kind(**{f.name: getattr(args, f.name) for f in dataclasses.fields(kind)})
 
 
+def options_to_flags(options: Any) -> list[str]:
+    """The flags that `add_options_arguments` + `options_from_args` turn back into `options` (a
+    `DecodingOptions` or `ChunkingOptions`): one per field that differs from its default, e.g.
+    a tuned decoding for an `asr` command a recipe prints and runs."""
+    flags: list[str] = []
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """The `DecodingOptions` flags (`--beam-size`, `--lm`, ...), in their "decoding" group."""
     add_options_arguments(parser, DecodingOptions, DECODING_TITLE)

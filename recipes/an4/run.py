@@ -15,7 +15,9 @@
                  training transcripts only, and lexicon.txt: its words spelled with model.pt's
                  tokenizer (asr.recipe.build_word_lm, as the demo's lm stage)
     6 evaluate   `asr evaluate` on the validation and test sets, greedy and with the LM
-                 (`--lm ARPA --lexicon FILE`, beam search); WORK_DIR/exp/RESULTS.{md,json}
+                 (`--lm ARPA --lexicon FILE`, beam search), its weight and word score chosen
+                 on val (`--tune-lm`, ARPA.tuned.json); the LM's test result is reported only
+                 if it beat greedy on val; WORK_DIR/exp/RESULTS.{md,json}
 
 Every stage is idempotent (what exists is reused) and prints the `asr` command it runs.
 """
@@ -27,11 +29,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from asr.cli import main as asr_main
 from asr.config import load_config
 from asr.corpora import an4
 from asr.recipe import build_word_lm, run_asr, run_stages, up_to_date, word_lm_paths
+from asr.scoring.tune import tuned_path
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "an4.yaml"
@@ -105,46 +109,97 @@ def stage_lm(args: argparse.Namespace) -> None:
     build_word_lm(train, model, args.work_dir / "lm", LM_ORDER)
 
 
-def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
+def stage_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """`asr evaluate` of model.pt on val and test, greedy and (once stage 5 has made its files)
-    with the LM: set -> "greedy"/"lm" -> WER and CER %, also in exp/RESULTS.{md,json}."""
+    with the LM, its weight and word score chosen on val (`--tune-lm`, written to
+    ARPA.tuned.json): the result reported is the LM's only if it beat greedy decoding on val.
+    Returns RESULTS.json's dict, also written with RESULTS.md in WORK_DIR/exp."""
     exp_dir = Path(load_config(CONFIG, train_overrides(args)).exp_dir)
     model = exp_dir / "model.pt"
+    manifests = {name: args.work_dir / "manifests" / f"{name}.jsonl" for name in ("val", "test")}
+    scores = {name: evaluate_set(args, model, manifest, exp_dir / "eval" / name, [model])
+              for name, manifest in manifests.items()}  # fmt: skip
+    results: dict[str, Any] = {name: {"greedy": s} for name, s in scores.items()}
     arpa, lexicon = lm_paths(args)
-    decodings = {"greedy": (exp_dir / "eval", [])}
-    if arpa.is_file() and lexicon.is_file():
-        decodings["lm"] = (exp_dir / "eval" / "lm", ["--lm", str(arpa), "--lexicon", str(lexicon)])
-    else:
+    if not (arpa.is_file() and lexicon.is_file()):
         print(f"no {arpa} or {lexicon} (stage 5): greedy decoding only")
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for name in ("val", "test"):
-        manifest = args.work_dir / "manifests" / f"{name}.jsonl"
-        for decoding, (eval_dir, flags) in decodings.items():
-            out = eval_dir / name
-            summary = out / "summary.json"
-            sources = [model, *([arpa, lexicon] if flags else [])]
-            if not all(up_to_date(summary, source) for source in sources):
-                run_asr(asr_main, ["evaluate", "--model", str(model), "--manifest",
-                                   str(manifest), "--output-dir", str(out), "--device",
-                                   args.device, *flags])  # fmt: skip
-            scores = json.loads(summary.read_text())
-            results.setdefault(name, {})[decoding] = {"wer": 100 * scores["wer"],
-                                                      "cer": 100 * scores["cer"]}  # fmt: skip
+        results["reported"] = "greedy"
+        write_results(exp_dir, results)
+        return results
+    # Tuned on val, then test decoded with the choice: both by one `asr evaluate --tune-lm`.
+    tuned = tuned_path(arpa)
+    out = exp_dir / "eval" / "lm" / "test"
+    sources = [model, arpa, lexicon, manifests["val"]]
+    lm_flags = ["--lm", str(arpa), "--lexicon", str(lexicon), "--tune-lm", str(manifests["val"])]
+    evaluate_set(args, model, manifests["test"], out, [*sources, tuned], lm_flags, tuned)
+    found = json.loads(tuned.read_text())
+    results["tuned"] = {
+        k: found[k]
+        for k in (
+            "decoding",
+            "lm_weight",
+            "word_score",
+            "beam_threshold",
+            "val_wer",
+            "greedy_val_wer",
+        )
+    }
+    results["val"]["lm"] = {"wer": 100 * found["val_wer"]}
+    results["reported"] = found["decoding"]
+    if found["decoding"] == "lm":
+        results["test"]["lm"] = evaluate_set(args, model, manifests["test"], out, [tuned])
     write_results(exp_dir, results)
     return results
 
 
-def write_results(exp_dir: Path, results: dict[str, dict[str, dict[str, float]]]) -> None:
-    """RESULTS.md (a row per set: greedy WER and CER, then with the LM) and RESULTS.json."""
+def evaluate_set(
+    args: argparse.Namespace,
+    model: Path,
+    manifest: Path,
+    out: Path,
+    sources: list[Path],
+    flags: Sequence[str] = (),
+    made: Path | None = None,
+) -> dict[str, float]:
+    """WER and CER % of `asr evaluate` of `model` on `manifest` into `out` with `flags`; its
+    summary is reused while newer than every one of `sources` (and `made` exists, a file the
+    command writes too)."""
+    summary = out / "summary.json"
+    if not (all(up_to_date(summary, source) for source in sources if source.exists())
+            and (made is None or made.is_file())):  # fmt: skip
+        run_asr(asr_main, ["evaluate", "--model", str(model), "--manifest", str(manifest),
+                           "--output-dir", str(out), "--device", args.device,
+                           *flags])  # fmt: skip
+    found = json.loads(summary.read_text())
+    return {"wer": 100 * found["wer"], "cer": 100 * found["cer"]}
 
-    def cells(scores: dict[str, float] | None) -> str:
-        return f"{scores['wer']:.2f} | {scores['cer']:.2f}" if scores else "- | -"
 
+def write_results(exp_dir: Path, results: dict[str, Any]) -> None:
+    """RESULTS.md (a row per set: greedy WER and CER, then with the tuned LM, then the result
+    reported) and RESULTS.json."""
+
+    def cell(scores: dict[str, float] | None, key: str) -> str:
+        return f"{scores[key]:.2f}" if scores and key in scores else "-"
+
+    reported = results["reported"]
+    tuned = results.get("tuned")
     lines = [f"Produced by `recipes/an4/run.py` (model.pt; greedy CTC, and beam search with the "
-             f"word {LM_ORDER}-gram and lexicon of stage 5)", "",
-             "| set | WER % | CER % | WER % (LM) | CER % (LM) |", "|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {name} | {cells(r['greedy'])} | {cells(r.get('lm'))} |"
-              for name, r in results.items()]  # fmt: skip
+             f"word {LM_ORDER}-gram and lexicon of stage 5, its weights chosen on val)", "",
+             "| set | WER % | CER % | WER % (LM) | CER % (LM) | reported |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in ("val", "test"):
+        greedy, lm = results[name]["greedy"], results[name].get("lm")
+        best = lm if reported == "lm" else greedy
+        lines.append(f"| {name} | {cell(greedy, 'wer')} | {cell(greedy, 'cer')} | "
+                     f"{cell(lm, 'wer')} | {cell(lm, 'cer')} | WER {best['wer']:.2f} "
+                     f"({reported}) |")  # fmt: skip
+    if tuned:
+        lines += ["", f"LM weight {tuned['lm_weight']:g}, word score {tuned['word_score']:g}, "
+                  f"beam threshold {tuned['beam_threshold']:g} chosen on val (WER "
+                  f"{100 * tuned['val_wer']:.2f}% against {100 * tuned['greedy_val_wer']:.2f}% "
+                  "greedy)" + ("" if reported == "lm" else ": the LM does not beat greedy "
+                               "decoding on val, so greedy is reported and the LM not used "
+                               "on test")]  # fmt: skip
     (exp_dir / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (exp_dir / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(lines))
