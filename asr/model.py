@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asr.config import EncoderConfig
-from asr.modules.conformer import ConformerEncoder
+from asr.modules.conformer import ConformerEncoder, StreamState
 from asr.modules.subsampling import SubsamplingGeometry
 from asr.tokenizer import BLANK_ID
 
@@ -51,6 +51,24 @@ class AcousticModel(Protocol):
     def to(self, device: str | torch.device) -> AcousticModel: ...
 
     def eval(self) -> AcousticModel: ...
+
+
+class StreamingAcousticModel(AcousticModel, Protocol):
+    """An acoustic model that runs one chunk at a time (`asr.inference.streaming.Stream`):
+    `CtcModel`, or `OnnxCtcModel` with the streaming graph of `asr export --streaming`. The
+    state is `StreamState`'s tensors, whichever runs it."""
+
+    def initial_state(
+        self, batch: int = 1, cache_frames: int = 0, device: torch.device | str = "cpu"
+    ) -> StreamState:
+        """The state before the first chunk, with `cache_frames` slots of left context."""
+        ...
+
+    def forward_chunk(
+        self, feats: torch.Tensor, state: StreamState
+    ) -> tuple[torch.Tensor, StreamState]:
+        """feats (B, stride (C-1) + span, F), state -> (log_probs (B, C, V), next state)."""
+        ...
 
 
 class CtcModel(nn.Module):
@@ -108,15 +126,22 @@ class CtcModel(nn.Module):
         x, out_lengths = self.encoder(feats, feat_lengths, hook, chunk, left_chunks)
         return self.log_probs(x), out_lengths, intermediate
 
+    def initial_state(
+        self, batch: int = 1, cache_frames: int = 0, device: torch.device | str = "cpu"
+    ) -> StreamState:
+        """The state before a stream's first chunk, keeping `cache_frames` frames of left
+        context (`ConformerEncoder.initial_state`)."""
+        return self.encoder.initial_state(batch, cache_frames, device)
+
     def forward_chunk(
-        self, x: torch.Tensor, states: list | None, max_cache: int | None
-    ) -> tuple[torch.Tensor, list]:
-        """Streaming, evaluation: subsampled frames x (B, C, D) of one chunk and the encoder
-        states of the chunks before it -> (log_probs (B, C, V), the new states); see
-        `ConformerEncoder.forward_chunk`."""
-        hook = self._between_blocks([])
-        x, states = self.encoder.forward_chunk(x, states, max_cache, hook)
-        return self.log_probs(x), states
+        self, feats: torch.Tensor, state: StreamState
+    ) -> tuple[torch.Tensor, StreamState]:
+        """Streaming, evaluation: the feature frames feats (B, T, F) of one chunk of C output
+        frames and the state after the chunks before it -> (log_probs (B, C, V), the state
+        after this chunk); see `ConformerEncoder.forward_chunk`. The chunk graph of the ONNX
+        export is this method."""
+        x, state = self.encoder.forward_chunk(feats, state, self._between_blocks([]))
+        return self.log_probs(x), state
 
     def _between_blocks(self, intermediate: list[torch.Tensor]):
         """The `after_block` hook of intermediate CTC and self-conditioning (None: no hook)."""

@@ -35,9 +35,11 @@ import torch
 
 from asr.audio import AudioError, audio_duration, load_audio_array, read_audio
 from asr.checkpoint import ModelBundle
+from asr.config import EncoderConfig, FeatureConfig
 from asr.inference.alignment import Word, align_words
 from asr.inference.decoding import Decoder, collapse
 from asr.inference.result import Result
+from asr.modules.conformer import StreamState
 from asr.resampling import StreamingResampler
 from asr.tokenizer import BLANK_ID
 
@@ -72,24 +74,7 @@ class Stream:
     ) -> None:
         """`bundle` on `device` (a `Transcriber`'s); `decoder` makes the final token ids."""
         model, frontend = bundle.model, bundle.frontend
-        if not hasattr(model, "forward_chunk"):
-            raise ValueError("streaming needs a PyTorch model (model.pt), not an ONNX export")
-        if not model.config.causal_conv:
-            raise ValueError(
-                "this model cannot stream: it was trained without encoder.causal_conv (its "
-                "convolutions look ahead); train one with causal_conv and dynamic_chunk_training"
-            )
-        if frontend.config.normalize in ("utterance", "per_feature"):
-            raise ValueError(
-                "this model normalizes features per utterance, which needs the whole "
-                "utterance: streaming needs features.normalize global or none"
-            )
-        if frontend.config.center or frontend.config.preemphasis:
-            raise ValueError("streaming needs an uncentred front end without pre-emphasis "
-                             "(features.center false, features.preemphasis 0)")  # fmt: skip
-        if model.config.subsampling_padding:
-            raise ValueError("streaming needs encoder.subsampling_padding 0 (padded "
-                             "subsampling looks one frame ahead)")  # fmt: skip
+        check_streamable(model.config, frontend.config)
         if chunk_ms <= 0:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
         self.model, self.frontend, self.decoder = model, frontend, decoder
@@ -101,6 +86,7 @@ class Stream:
         self.left_chunks = (
             -1 if left_seconds is None else round(left_seconds / (self.chunk * self.frame_seconds))
         )
+        # encoder frames of left context the attention keeps (None: all, the cache then grows)
         self.max_cache = None if self.left_chunks < 0 else self.left_chunks * self.chunk
         self.geometry = model.geometry
         self.stride = self.geometry.stride  # feature frames per encoder frame
@@ -120,7 +106,9 @@ class Stream:
         self.feat_base = 0
         self.feats_done = 0
         self.frames_done = 0  # encoder frames computed
-        self.states: list | None = None
+        # keys/values and convolution inputs carried between chunks, as tensors: an ONNX model
+        # without the streaming graph refuses here (`OnnxCtcModel.initial_state`)
+        self.state = model.initial_state(1, self.max_cache or 0, device)
         self.log_probs: list[torch.Tensor] = []  # (C, V) per chunk, for the final decoding
         self.tokens: list[int] = []
         self.last_id = BLANK_ID
@@ -222,10 +210,10 @@ class Stream:
         first = self.stride * t0 - self.feat_base
         count = self.stride * (n - 1) + self.span
         feats = self.feats[first : first + count][None].to(self.device)  # (1, count, F)
-        model = self.model
+        if self.max_cache is None:  # all the left context: room for every frame so far
+            self.state = grow_cache(self.state, t0 + n)
         with torch.inference_mode():
-            x, _ = model.encoder.subsample(feats, torch.tensor([count], device=self.device))
-            log_probs, self.states = model.forward_chunk(x, self.states, self.max_cache)
+            log_probs, self.state = self.model.forward_chunk(feats, self.state)
         log_probs = log_probs[0].float().cpu()  # (n, V)
         self.log_probs.append(log_probs)
         labels = log_probs.argmax(dim=-1).tolist()
@@ -235,6 +223,40 @@ class Stream:
         drop = self.stride * self.frames_done - self.feat_base  # features no later frame needs
         self.feats = self.feats[drop:]
         self.feat_base += drop
+
+
+def grow_cache(state: StreamState, slots: int) -> StreamState:
+    """`state` with at least `slots` attention cache slots: empty ones added on the left."""
+    att_cache = state.att_cache  # (N, 2, B, H, L, Dh)
+    missing = slots - att_cache.shape[4]
+    if missing <= 0:
+        return state
+    empty = att_cache.new_zeros(*att_cache.shape[:4], missing, att_cache.shape[5])
+    return state._replace(att_cache=torch.cat([empty, att_cache], dim=4))
+
+
+def check_streamable(config: EncoderConfig, features: FeatureConfig) -> None:
+    """ValueError (one line) unless a model of `config` with the front end of `features` can
+    stream: causal convolutions, features computable from the past alone, no style tokens."""
+    if not config.causal_conv:
+        raise ValueError(
+            "this model cannot stream: it was trained without encoder.causal_conv (its "
+            "convolutions look ahead); train one with causal_conv and dynamic_chunk_training"
+        )
+    if features.normalize in ("utterance", "per_feature"):
+        raise ValueError(
+            "this model normalizes features per utterance, which needs the whole "
+            "utterance: streaming needs features.normalize global or none"
+        )
+    if features.center or features.preemphasis:
+        raise ValueError("streaming needs an uncentred front end without pre-emphasis "
+                         "(features.center false, features.preemphasis 0)")  # fmt: skip
+    if config.subsampling_padding:
+        raise ValueError("streaming needs encoder.subsampling_padding 0 (padded "
+                         "subsampling looks one frame ahead)")  # fmt: skip
+    if config.style_tokens:
+        raise ValueError("models with global style tokens cannot stream (they summarize "
+                         "the whole utterance first)")  # fmt: skip
 
 
 OnPartial = Callable[[Partial, float], None]

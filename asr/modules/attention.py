@@ -103,14 +103,17 @@ def relative_shift(scores: torch.Tensor) -> torch.Tensor:
 
 
 def relative_shift_gather(scores: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, 2T-1) scores of T queries against the distances T-1..-(T-1) -> (B, H, T, T)
-    with [i, j] = column (T-1) - i + j of row i: what `relative_shift` gives, by gathering
-    those columns instead of a strided view, for graph export (one GatherElements in ONNX).
+    """(B, H, R, 2T-1) scores of the last R <= T of T queries against the distances
+    T-1..-(T-1) -> (B, H, R, T) with [i, j] = column (R-1) - i + j of row i (the distance
+    (T-R+i) - j): what `relative_shift` gives, by gathering those columns instead of a strided
+    view, for graph export (one GatherElements in ONNX). R = T: self-attention over the whole
+    sequence; R < T: a streamed chunk after T - R cached keys.
     """
-    b, h, t, _ = scores.shape
-    rows = torch.arange(t, device=scores.device)
-    index = (t - 1) - rows[:, None] + rows[None, :]  # (T, T): column of distance i - j
-    return scores.gather(-1, index.expand(b, h, t, t))
+    b, h, r, n = scores.shape
+    t = (n + 1) // 2
+    rows = torch.arange(r, device=scores.device)[:, None]  # (R, 1)
+    index = (r - 1) - rows + torch.arange(t, device=scores.device)  # (R, T)
+    return scores.gather(-1, index.expand(b, h, r, t))
 
 
 def relative_position_bias(
@@ -127,8 +130,7 @@ def relative_position_bias(
     """
     t, r = (p.shape[-1] + 1) // 2, q_v.shape[2]
     if exporting():  # one matmul and a gather: no loop or view over a symbolic T
-        assert r == t, "graph export covers whole-sequence self-attention"
-        bias = relative_shift_gather(torch.matmul(q_v, p))  # (B, H, T, T)
+        bias = relative_shift_gather(torch.matmul(q_v, p))  # (B, H, R, T)
         return bias if attn_bias is None else bias + attn_bias
     first = t - r  # absolute position of the first query
     pieces = []
@@ -227,20 +229,22 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         self,
         x: torch.Tensor,
         pos_emb: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        attn_bias: torch.Tensor,
+        cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Streaming: the C frames of a chunk attend to themselves and to the cached keys and
-        values of the L frames before them (no padding, no mask within the chunk's past).
+        values of the L slots before them, of which `attn_bias` masks the empty ones.
 
-        x (B, C, D), pos_emb (2(L+C)-1, D), cache (keys, values) (B, H, L, Dh) each or None ->
-        (out (B, C, D), (keys, values) (B, H, L + C, Dh) to cache, trimmed by the caller).
+        x (B, C, D), pos_emb (2(L+C)-1, D), attn_bias (B, 1, 1, L+C), cache (2, B, H, L, Dh):
+        keys and values -> (out (B, C, D), the keys and values of the last L of the L+C frames
+        (2, B, H, L, Dh): the next chunk's cache).
         """
+        c = x.shape[1]
         q = self.split_heads(self.query(x))  # (B, H, C, Dh)
-        k = self.split_heads(self.key(x))  # (B, H, C, Dh)
-        v = self.split_heads(self.value(x))  # (B, H, C, Dh)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        return self.merge_heads(self._attend(q, k, v, pos_emb, None)), (k, v)
+        k = torch.cat([cache[0], self.split_heads(self.key(x))], dim=2)  # (B, H, L+C, Dh)
+        v = torch.cat([cache[1], self.split_heads(self.value(x))], dim=2)  # (B, H, L+C, Dh)
+        out = self.merge_heads(self._attend(q, k, v, pos_emb, attn_bias))
+        return out, torch.stack([k[:, :, c:], v[:, :, c:]])  # (2, B, H, L, Dh)
 
     def _attend(
         self,

@@ -10,15 +10,17 @@ attention to its own chunk and `left_chunks` chunks before it (`masks.chunk_mask
 built with `causal_conv` has no convolution that looks ahead, so no output depends on audio
 after the end of its chunk. `dynamic_chunk_training` draws the chunk size per batch in training
 (full context half the time), so one model decodes at any chunk size. `forward_chunk` runs one
-chunk with the cached keys/values and convolution inputs of the chunks before it; it gives what
-`forward(..., chunk=C, left_chunks=L)` gives for the same frames (tests/test_streaming.py).
+chunk with the cached keys/values and convolution inputs of the chunks before it, carried as
+fixed-structure tensors (`StreamState`: what the exported ONNX chunk graph takes and returns);
+it gives what `forward(..., chunk=C, left_chunks=L)` gives for the same frames
+(tests/test_streaming.py).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -28,7 +30,12 @@ from asr.modules.attention import RelativeMultiHeadAttention, RelativePositional
 from asr.modules.conv import ConformerConvModule
 from asr.modules.dropout import Dropout
 from asr.modules.feed_forward import FeedForward
-from asr.modules.masks import attention_bias, chunk_mask, make_pad_mask
+from asr.modules.masks import (
+    attention_bias,
+    attn_bias_from_pad_mask,
+    chunk_mask,
+    make_pad_mask,
+)
 from asr.modules.style import GlobalStyleTokens
 from asr.modules.subsampling import Conv2dSubsampling
 
@@ -93,29 +100,43 @@ class ConformerBlock(nn.Module):
         return self.final_norm(x)
 
     def forward_chunk(
-        self, x: torch.Tensor, pos_emb: torch.Tensor, state: BlockState | None
-    ) -> tuple[torch.Tensor, BlockState]:
-        """Streaming, evaluation: one chunk x (B, C, D) after L cached frames, pos_emb
-        (2(L+C)-1, D) -> (B, C, D) and the new state (keys/values of L+C frames: the caller
-        trims them; the convolution's last K-1 input frames)."""
+        self,
+        x: torch.Tensor,
+        pos_emb: torch.Tensor,
+        attn_bias: torch.Tensor,
+        att_cache: torch.Tensor,
+        cnn_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Streaming, evaluation: one chunk x (B, C, D) after L cache slots, pos_emb
+        (2(L+C)-1, D), attn_bias (B, 1, 1, L+C) masking the empty slots, att_cache
+        (2, B, H, L, Dh) keys and values, cnn_cache (B, K-1, D) the depthwise convolution's
+        last inputs -> (B, C, D) and the next chunk's att_cache and cnn_cache (same shapes)."""
         x = torch.add(x, self.ff1(x), alpha=0.5)
         mhsa = self.mhsa
-        attn, kv = mhsa.attention.forward_chunk(
-            mhsa.layer_norm(x), pos_emb, None if state is None else state.kv
+        attn, att_cache = mhsa.attention.forward_chunk(
+            mhsa.layer_norm(x), pos_emb, attn_bias, att_cache
         )
         x = x + mhsa.dropout(attn)
-        conv, conv_cache = self.conv.forward_chunk(x, None if state is None else state.conv)
+        conv, cnn_cache = self.conv.forward_chunk(x, cnn_cache)
         x = x + conv
         x = torch.add(x, self.ff2(x), alpha=0.5)
-        return self.final_norm(x), BlockState(kv, conv_cache)
+        return self.final_norm(x), att_cache, cnn_cache
 
 
-@dataclass
-class BlockState:
-    """What a Conformer block carries from one streamed chunk to the next."""
+class StreamState(NamedTuple):
+    """What a streamed chunk hands to the next: fixed-structure tensors, the inputs and outputs
+    of the exported chunk graph as they are (`asr.export.onnx`). N blocks, L cache slots.
 
-    kv: tuple[torch.Tensor, torch.Tensor]  # attention keys and values (B, H, L, Dh) each
-    conv: torch.Tensor  # the depthwise convolution's last K-1 input frames (B, K-1, D)
+    att_cache (N, 2, B, H, L, Dh): each block's attention keys ([:, 0]) and values ([:, 1]) of
+        the last L frames, the valid ones at the right end (slots before them are masked);
+    cnn_cache (N, B, K-1, D): each block's last K-1 depthwise convolution inputs (zeros at the
+        start: the causal left padding);
+    cache_len (B,) int64: how many of the L slots hold frames (min(L, frames so far)).
+    """
+
+    att_cache: torch.Tensor
+    cnn_cache: torch.Tensor
+    cache_len: torch.Tensor
 
 
 class ConformerEncoder(nn.Module):
@@ -222,29 +243,50 @@ class ConformerEncoder(nn.Module):
                 x = after_block(i, x)
         return x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
 
+    def initial_state(
+        self, batch: int = 1, cache_frames: int = 0, device: torch.device | str = "cpu"
+    ) -> StreamState:
+        """The state before the first chunk: `cache_frames` empty slots (the left context kept:
+        L), zero convolution inputs, float32."""
+        c = self.config
+        d_head = c.d_model // c.num_heads
+        return StreamState(
+            torch.zeros(c.num_layers, 2, batch, c.num_heads, cache_frames, d_head, device=device),
+            torch.zeros(c.num_layers, batch, c.conv_kernel_size - 1, c.d_model, device=device),
+            torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
     def forward_chunk(
         self,
-        x: torch.Tensor,
-        states: list[BlockState] | None,
-        max_cache: int | None,
+        feats: torch.Tensor,
+        state: StreamState,
         after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, list[BlockState]]:
-        """Streaming, evaluation: the blocks over one chunk x (B, C, D) of subsampled frames,
-        `states` from the previous chunk (None at the start), keeping at most `max_cache` frames
-        of keys/values (None: all) -> (out (B, C, D), the states for the next chunk)."""
+    ) -> tuple[torch.Tensor, StreamState]:
+        """Streaming, evaluation: the feature frames feats (B, T, F) of one chunk of C encoder
+        frames (T = stride (C-1) + span: they overlap the previous chunk's by span - stride) and
+        the state after the chunks before it -> (out (B, C, D), the state after this chunk).
+
+        Each block attends over the L cache slots (the empty ones masked) and the chunk; its
+        convolution continues from the cached inputs. `after_block`: see `forward_blocks`.
+        """
         if self.style is not None:
             raise ValueError("models with global style tokens cannot stream (they summarize "
                              "the whole utterance first)")  # fmt: skip
-        cached = 0 if states is None else states[0].kv[0].shape[2]
-        pos_emb = self.pos_enc(cached + x.shape[1])  # (2(L+C)-1, D)
-        new_states = []
+        b, t, _ = feats.shape
+        x, _ = self.subsample(feats, torch.full((b,), t, device=feats.device))  # (B, C, D)
+        c, slots = x.shape[1], state.att_cache.shape[4]
+        pos_emb = self.pos_enc(slots + c)  # (2(L+C)-1, D)
+        positions = torch.arange(slots + c, device=x.device)  # (L+C,)
+        pad_mask = positions[None, :] < (slots - state.cache_len)[:, None]  # (B, L+C): empty
+        bias = attn_bias_from_pad_mask(pad_mask, x.dtype)  # (B, 1, 1, L+C)
+        att_caches, cnn_caches = [], []
         for i, block in enumerate(self.blocks, start=1):
-            x, state = block.forward_chunk(x, pos_emb, None if states is None else states[i - 1])
-            if max_cache is not None:
-                keys, values = state.kv
-                state.kv = (keys[:, :, -max_cache:], values[:, :, -max_cache:]) if max_cache \
-                    else (keys[:, :, :0], values[:, :, :0])  # fmt: skip
-            new_states.append(state)
+            x, att, cnn = block.forward_chunk(
+                x, pos_emb, bias, state.att_cache[i - 1], state.cnn_cache[i - 1]
+            )
+            att_caches.append(att)
+            cnn_caches.append(cnn)
             if after_block is not None and i < len(self.blocks):
                 x = after_block(i, x)
-        return x, new_states
+        cache_len = (~pad_mask[:, c:]).sum(-1)  # (B,): min(L, cache_len + C)
+        return x, StreamState(torch.stack(att_caches), torch.stack(cnn_caches), cache_len)

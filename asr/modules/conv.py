@@ -108,18 +108,16 @@ class ConformerConvModule(nn.Module):
         return self._conv_norm_out(x, pad_mask, padding)
 
     def forward_chunk(
-        self, x: torch.Tensor, cache: torch.Tensor | None
+        self, x: torch.Tensor, cache: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Streaming (causal, evaluation): x (B, C, D) and the last K-1 frames (B, K-1, D) of
-        the previous chunks' depthwise input (None at the start: zeros, as the left padding)
-        -> (out (B, C, D), the cache for the next chunk)."""
+        the previous chunks' depthwise input (zeros at the start, as the left padding)
+        -> (out (B, C, D), the cache for the next chunk (B, K-1, D))."""
         assert self.causal and not self.training, "forward_chunk: causal models in eval mode"
-        k = self.depthwise.kernel_size[0]
+        c = x.shape[1]
         x = self.glu(self.pointwise_in(self.layer_norm(x)))  # (B, C, D)
-        if cache is None:
-            cache = x.new_zeros(x.shape[0], k - 1, x.shape[2])
         x = torch.cat([cache, x], dim=1)  # (B, K-1+C, D)
-        return self._conv_norm_out(x, None, (0, 0)), x[:, x.shape[1] - (k - 1) :]
+        return self._conv_norm_out(x, None, (0, 0)), x[:, c:]  # the last K-1 frames
 
     def _conv_norm_out(
         self, x: torch.Tensor, pad_mask: torch.Tensor | None, padding: tuple[int, int]
