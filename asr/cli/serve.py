@@ -14,19 +14,23 @@ from asr.cli.options import (
     add_chunking_arguments,
     add_decoding_arguments,
     add_device_argument,
+    add_streaming_arguments,
     chunking_options,
     decoding_options,
 )
 
 log = logging.getLogger(__name__)
 API_KEYS_VARIABLE = "ASR_API_KEYS"
+LIVE_STREAMS, LIVE_IDLE, LIVE_MESSAGE_KB = 4, 30.0, 1024.0
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `asr serve`."""
     parser.description = (
         "Serve models over HTTP: OpenAI's POST /v1/audio/transcriptions, GET /v1/models, "
-        "GET /health and a web page at /. Needs the serve extra: pip install 'asr[serve]'."
+        "GET /health, live captions over a WebSocket (GET /v1/realtime?intent=transcription, "
+        "OpenAI's Realtime transcription events; models trained to stream) and a web page at "
+        "/. Needs the serve extra: pip install 'asr[serve]'."
     )
     parser.add_argument("--model", action="append", required=True, metavar="[NAME=]MODEL",
                         help=f"{MODEL_HELP}, served as NAME (default: the shipped name or the "
@@ -66,6 +70,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         "pages than the server's own get 403")  # fmt: skip
     add_decoding_arguments(parser)
     add_chunking_arguments(parser)
+    live = add_streaming_arguments(
+        parser, "live captions (WebSocket GET /v1/realtime?intent=transcription; a model "
+        "trained with encoder.causal_conv and features.normalize global or none)"
+    )  # fmt: skip
+    live.add_argument("--max-live-streams", type=int, default=LIVE_STREAMS, metavar="N",
+                      help="live sessions at once; more are closed with code 1013 (try again "
+                      "later); 0 turns live captions off (default %(default)s)")  # fmt: skip
+    live.add_argument("--live-idle-seconds", type=float, default=LIVE_IDLE, metavar="S",
+                      help="close a live session that sends nothing for S seconds (code 1000; "
+                      "default %(default)s)")  # fmt: skip
+    live.add_argument("--live-max-message-kb", type=float, default=LIVE_MESSAGE_KB, metavar="KB",
+                      help="larger WebSocket messages close the session (code 1009; default "
+                      "%(default)s: about 16 s of 24 kHz audio in base64)")  # fmt: skip
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -78,6 +95,7 @@ def serve_command(args: argparse.Namespace) -> int:
     import torch
 
     from asr.serving.app import ServerLimits, build_app
+    from asr.serving.live import LiveOptions
     from asr.serving.workers import ModelWorkers
 
     models = model_names(args.model)
@@ -89,6 +107,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.queue_size < 0:
         raise ValueError("--workers must be >= 1 and --queue-size >= 0")
     decoding, chunking = decoding_options(args), chunking_options(args)
+    live = LiveOptions(args.max_live_streams, args.live_idle_seconds,
+                       round(args.live_max_message_kb * 1024), args.chunk_ms,
+                       args.left_seconds)  # fmt: skip
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     torch.set_num_threads(threads)
     workers = ModelWorkers.load(models, args.workers, args.queue_size, args.device, decoding,
@@ -96,13 +117,17 @@ def serve_command(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     app = build_app(workers, limits, keys, host=host, allowed_hosts=args.allowed_host,
-                    cors_origins=args.cors_origin)  # fmt: skip
+                    cors_origins=args.cors_origin, live=live)  # fmt: skip
+    for name, reason in app.state.live.cannot.items():
+        if reason is not None and live.max_streams:
+            log.info("model %r cannot give live captions: %s", name, reason)
     if not keys and not ipaddress.ip_address(host).is_loopback:
         log.warning("listening on %s without an API key: anyone who can reach it may use it", host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     print(f"asr serve: {url} (models: {', '.join(models)}; workers: {args.workers}, "
           f"queue: {args.queue_size})", flush=True)  # fmt: skip
-    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5,
+                            ws_max_size=live.max_message_bytes)  # fmt: skip
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -15,7 +15,13 @@ opens. Two attacks follow, and each check here stops one:
   unless it is one of `cors_origins`, which also get CORS headers; the page at / is the
   server's own. Clients other than browsers send no Origin.
 
-With API keys, /v1/* and /subtitles need `Authorization: Bearer KEY` (401 without).
+Both checks apply to WebSocket handshakes too (live captions, `live`): browsers send Origin on
+them and no CORS protects them, so a foreign page's handshake is refused (403) before it is
+accepted; a ws:// request's own origin is the http:// one of its Host.
+
+With API keys, /v1/* and /subtitles need `Authorization: Bearer KEY` (401 without). A browser
+cannot set headers on a WebSocket, so its handshake may offer the key as the subprotocol
+`openai-insecure-api-key.KEY` instead, as OpenAI's browser clients do (`websocket_authorization`).
 """
 
 from __future__ import annotations
@@ -58,6 +64,19 @@ def check_api_key(header: str, keys: list[bytes]) -> None:
         raise ApiError(401, "incorrect API key", code="invalid_api_key")
 
 
+KEY_PROTOCOL = "openai-insecure-api-key."  # a WebSocket subprotocol carrying an API key
+
+
+def websocket_authorization(headers: Headers) -> str:
+    """The Authorization a WebSocket handshake gives: its header, else `Bearer KEY` for a
+    subprotocol `openai-insecure-api-key.KEY` it offers, else ""."""
+    if headers.get("authorization"):
+        return headers["authorization"]
+    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+    keys = [p[len(KEY_PROTOCOL) :] for p in offered if p.startswith(KEY_PROTOCOL)]
+    return f"Bearer {keys[0]}" if keys else ""
+
+
 class HostAndOrigin:
     """ASGI middleware: 421 for a Host header that is not a name of this server, 403 for an
     Origin header other than the server's own and `origins` (see the module docstring)."""
@@ -73,13 +92,17 @@ class HostAndOrigin:
         self.origins = {_origin_key(origin) for origin in origins}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        error = self._check(scope["scheme"], headers.get("host"), headers.get("origin"))
+        scheme = {"ws": "http", "wss": "https"}.get(scope["scheme"], scope["scheme"])
+        error = self._check(scheme, headers.get("host"), headers.get("origin"))
         if error is None:
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await deny_websocket(error, scope, receive, send)
             return
         if headers.get("expect", "").lower() != "100-continue":
             await drain(receive)  # so that the client hears the answer (uploads.DRAIN_SECONDS)
@@ -110,6 +133,18 @@ class HostAndOrigin:
         except ValueError:
             return False
         return True
+
+
+async def deny_websocket(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Refuse a WebSocket handshake with `error`'s status and JSON body (a browser's script
+    sees only a failed connection; other clients read the answer); a server without the ASGI
+    denial-response extension closes it instead (HTTP 403)."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await error.response()(scope, receive, send)
+    else:
+        await send({"type": "websocket.close", "code": 1008})
 
 
 def _host_name(host: str) -> str:

@@ -2,7 +2,8 @@
 check and the web page.
 
 Routes: POST /v1/audio/transcriptions, GET /v1/models, GET /v1/models/{id}, GET /health, GET /
-(the page, from `page/`) and POST /subtitles (SRT or VTT of given words: the page's downloads).
+(the page, from `page/`), POST /subtitles (SRT or VTT of given words: the page's downloads) and
+the WebSocket GET /v1/realtime?intent=transcription (live captions: `live`).
 
 Limits, each answered with one clear message in OpenAI's error shape, after which the server
 goes on serving:
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -56,6 +57,7 @@ from asr.inference.transcribe import Result, Word
 from asr.serving import responses
 from asr.serving.access import add_access_checks, check_api_key
 from asr.serving.jobs import finish, start_job, stream_events
+from asr.serving.live import LiveModels, LiveOptions
 from asr.serving.responses import ApiError
 from asr.serving.uploads import BodyLimit, Upload, discard_body, receive_upload
 from asr.serving.workers import ModelWorkers, Place, QueueFull
@@ -93,12 +95,15 @@ def build_app(
     host: str = "127.0.0.1",
     allowed_hosts: Sequence[str] = (),
     cors_origins: Sequence[str] = (),
+    live: LiveOptions | None = None,
 ) -> FastAPI:
     """The application serving `workers`' models on address `host`; starting it starts the
-    workers. `allowed_hosts` and `cors_origins`: see the module's docstring."""
+    workers. `allowed_hosts` and `cors_origins`: see the module's docstring; `live`: the live
+    captions' limits and chunk (`asr.serving.live`)."""
     limits = limits or ServerLimits()
     keys = [key.encode() for key in api_keys if key]
     created = int(time.time())
+    streams = LiveModels(workers, live or LiveOptions(), workers.options)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -107,9 +112,11 @@ def build_app(
             yield
         finally:
             await asyncio.to_thread(workers.stop)
+            await asyncio.to_thread(streams.close)
 
     app = FastAPI(title="asr", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)  # fmt: skip
+    app.state.live = streams
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
     add_access_checks(app, host, allowed_hosts, cors_origins)  # last added: runs first
     _add_error_handlers(app)
@@ -149,6 +156,10 @@ def build_app(
             result, params.response_format, params.granularities, params.language
         )
         return Response(body, media_type=responses.MEDIA_TYPES[params.response_format])
+
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket) -> None:
+        await streams.serve(websocket, keys, lambda asked: _served_model(asked, workers.names))
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def list_models() -> dict[str, Any]:

@@ -155,6 +155,11 @@ class ModelWorkers:
         """Places: requests in the server at once (uploads arriving, jobs waiting or running)."""
         return self.workers + self.queue_size
 
+    def model(self, name: str) -> Transcriber:
+        """Worker 0's copy of model `name`, whose weights live streams share (`live`): read its
+        bundle, never decode with it off worker 0's thread (its decoders are that worker's)."""
+        return self._copies[0][name]
+
     def start(self) -> None:
         for i, models in enumerate(self._copies):
             thread = threading.Thread(target=self._work, args=(models,), name=f"asr-worker-{i}",
