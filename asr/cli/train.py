@@ -35,24 +35,28 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.format == "onnx":
+    if args.format in ("onnx", "sherpa-onnx"):
         from asr.export.onnx import export_onnx
+        from asr.export.sherpa import export_sherpa
 
         if not args.model:
             raise ValueError(
-                "--format onnx exports a model bundle: give --model model.pt (make one from "
-                "training checkpoints first with `asr export --checkpoint ... --output model.pt`)"
+                f"--format {args.format} exports a model bundle: give --model model.pt (make one "
+                f"from training checkpoints first with `asr export --checkpoint ... --output "
+                f"model.pt`)"
             )
+        export = export_onnx if args.format == "onnx" else export_sherpa
         try:
-            path = export_onnx(args.model, args.output, quantize=args.quantize)
+            path = export(args.model, args.output, quantize=args.quantize)
         except RuntimeError as err:  # the check of the export (ONNX Runtime vs PyTorch) failed
             if "export check failed" not in str(err):
                 raise
             raise ValueError(f"{err} (nothing was written to {args.output})") from None
-        print(f"ONNX model ({args.quantize}) written to {path}")
+        name = "ONNX" if args.format == "onnx" else "sherpa-onnx"
+        print(f"{name} model ({args.quantize}) written to {path}")
         return 0
     if args.quantize != "none":
-        raise ValueError("--quantize applies to --format onnx only")
+        raise ValueError("--quantize applies to --format onnx and sherpa-onnx only")
     if args.model:
         raise ValueError("--model is already a bundle: add --format onnx to export it to ONNX")
     if not args.checkpoint:
@@ -129,8 +133,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model",
                    help="a model bundle (model.pt, a shipped model's name or hf://OWNER/REPO), "
                    "for --format onnx")  # fmt: skip
-    p.add_argument("--format", choices=("pt", "onnx"), default="pt",
-                   help="pt: a model.pt bundle (default); onnx: an ONNX model for ONNX Runtime")  # fmt: skip
+    p.add_argument("--format", choices=("pt", "onnx", "sherpa-onnx"), default="pt",
+                   help="pt: a model.pt bundle (default); onnx: an ONNX model for ONNX Runtime; "
+                   "sherpa-onnx: model.onnx with tokens.txt beside it, for sherpa-onnx's NeMo "
+                   "CTC recognizer (asr.export.sherpa)")  # fmt: skip
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="onnx only: int8 weights for MatMul/Gemm (dynamic quantization)")  # fmt: skip
     p.add_argument("--output", required=True, metavar="FILE",
