@@ -1,0 +1,226 @@
+"""`asr export --format sherpa-onnx` against the real sherpa-onnx package (the sherpa extra).
+
+What is checked: the features sherpa-onnx's NeMo CTC recognizer gives a model are the ones
+`asr.export.sherpa.sherpa_features` computes (read through a probe graph that spells them out as
+tokens); sherpa-onnx decoding our exported graph on real recordings gives the text our PyTorch
+model gives on those features, one utterance at a time and in a padded batch; tokens.txt and
+the metadata are what sherpa-onnx reads; bundles with a front end it cannot compute are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sherpa_onnx", reason="needs the sherpa extra: pip install 'asr[sherpa]'")
+pytest.importorskip(
+    "onnxscript", reason="ONNX export needs the onnx extra: pip install 'asr[onnx]'"
+)
+import onnx
+import sherpa_onnx
+from onnx import TensorProto
+from onnx import helper as oh
+
+from asr.audio import LogMelFeatures, load_audio
+from asr.checkpoint import load_bundle, save_bundle
+from asr.cli import main
+from asr.config import EncoderConfig, FeatureConfig
+from asr.export.sherpa import SHERPA_FEATURES, SherpaGraph, int8_path, sherpa_features
+from asr.inference.decoding import greedy_decode
+from asr.model import CtcModel
+from asr.scoring.metrics import count_char_errors
+from asr.tokenizer import CharTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_AUDIO = sorted((ROOT / "tests" / "fixtures" / "nemo").glob("*.flac"))  # real, in the repo
+LIBRISPEECH = ROOT.parent / "shared" / "data" / "librispeech-mini" / "LibriSpeech" / "test-clean"
+
+
+def recordings() -> list[Path]:
+    """Real recordings: the two in tests/fixtures, and librispeech-mini's test-clean if present."""
+    return FIXTURE_AUDIO + (sorted(LIBRISPEECH.rglob("*.flac")) if LIBRISPEECH.is_dir() else [])
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory) -> Path:
+    """An xs model with random weights and sherpa-onnx's front end, its head calibrated on a
+    real recording so that its greedy output is varied text with words."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
+    model = CtcModel(EncoderConfig.preset("xs"), tokenizer.vocab_size).eval()
+    frontend = LogMelFeatures(FeatureConfig(preemphasis=0.97, mel_scale="slaney", center=True))
+    wave = load_audio(FIXTURE_AUDIO[0])[None]  # (1, N)
+    with torch.no_grad():
+        x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])))  # (1, T', D)
+        model.head.weight.div_(x[0].std(0)).mul_(5.0)
+        model.head.bias.copy_(-model.head.weight @ x[0].mean(0))
+        model.head.bias[tokenizer.space_id] += 5.0
+    path = tmp_path_factory.mktemp("sherpa") / "model.pt"
+    save_bundle(path, model, frontend, tokenizer)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(bundle_path) -> Path:
+    """The bundle exported by the CLI, fp32 and int8: DIR/model.onnx, model.int8.onnx, tokens.txt."""
+    output = bundle_path.parent / "deploy" / "model.onnx"
+    argv = ["export", "--model", str(bundle_path), "--format", "sherpa-onnx", "--quantize", "int8"]
+    assert main([*argv, "--output", str(output)]) == 0
+    return output
+
+
+def recognizer(model: Path):
+    return sherpa_onnx.OfflineRecognizer.from_nemo_ctc(
+        model=str(model), tokens=str(model.parent / "tokens.txt")
+    )
+
+
+def sherpa_texts(model: Path, waves: list[torch.Tensor], batch: bool = False) -> list[str]:
+    """sherpa-onnx's transcripts of 16 kHz `waves`, one stream at a time or all in one batch."""
+    rec = recognizer(model)
+    streams = []
+    for wave in waves:
+        streams.append(rec.create_stream())
+        streams[-1].accept_waveform(16000, wave.numpy())
+    if batch:
+        rec.decode_streams(streams)
+    else:
+        for stream in streams:
+            rec.decode_stream(stream)
+    return [" ".join(stream.result.text.split()) for stream in streams]
+
+
+def reference_text(bundle, wave: torch.Tensor) -> str:
+    """Our PyTorch model's greedy text on the features sherpa-onnx computes for `wave`."""
+    feats = sherpa_features(wave, bundle.frontend.config.n_mels)  # (T, F)
+    graph = SherpaGraph(bundle.model, bundle.frontend).eval()
+    with torch.inference_mode():
+        log_probs = graph(feats.T[None], torch.tensor([feats.shape[0]]))  # (1, T // 4, V)
+    ids = greedy_decode(log_probs, torch.tensor([log_probs.shape[1]]))[0]
+    return " ".join(bundle.tokenizer.decode(ids).split())
+
+
+def test_sherpa_transcribes_real_recordings_as_our_model_does_on_its_features(
+    bundle_path, exported
+):
+    bundle = load_bundle(bundle_path)
+    waves = [load_audio(path) for path in recordings()]
+    want = [reference_text(bundle, wave) for wave in waves]
+    assert all(len(text.split()) >= 3 for text in want), want  # varied text, not blanks
+    assert sherpa_texts(exported, waves) == want
+    assert sherpa_texts(exported, waves, batch=True) == want  # padded batch: the same
+
+
+def test_the_int8_model_transcribes_close_to_the_fp32_one(exported):
+    waves = [load_audio(path) for path in FIXTURE_AUDIO]
+    fp32 = " ".join(sherpa_texts(exported, waves))
+    int8 = " ".join(sherpa_texts(int8_path(exported), waves))
+    assert count_char_errors(fp32, int8, normalizer=None).error_rate < 0.3, (fp32, int8)
+
+
+def test_tokens_and_metadata_are_what_sherpa_reads(exported, bundle_path):
+    bundle = load_bundle(bundle_path)
+    lines = (exported.parent / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == bundle.tokenizer.vocab_size
+    assert lines[0] == "<blk> 0" and lines[bundle.tokenizer.space_id] == "▁ 1"
+    assert lines[2:4] == ["' 2", "a 3"]  # the characters, sorted
+    graph = onnx.load(str(exported))
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["vocab_size"] == str(bundle.tokenizer.vocab_size)
+    assert meta["subsampling_factor"] == "4" and meta["normalize_type"] == ""
+    assert [i.name for i in graph.graph.input] == ["audio_signal", "length"]
+
+
+def test_a_front_end_sherpa_cannot_compute_is_refused_in_one_line(tmp_path, capsys):
+    output = tmp_path / "deploy" / "model.onnx"
+    argv = ["export", "--model", "demo-synthetic-char", "--format", "sherpa-onnx"]
+    assert main([*argv, "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "features.preemphasis=0.0" in err, err
+    assert not output.parent.exists()
+
+
+@pytest.mark.parametrize("key, value", [("mel_scale", "htk"), ("window", "hann_symmetric")])
+def test_each_front_end_option_sherpa_fixes_is_checked(tmp_path, capsys, key, value):
+    options = {k: v for k, v in SHERPA_FEATURES.items() if k not in ("n_fft",)}
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("ab")
+    model = CtcModel(EncoderConfig.preset("xs"), tokenizer.vocab_size)
+    path = tmp_path / "m.pt"
+    save_bundle(path, model, LogMelFeatures(FeatureConfig(**{**options, key: value})), tokenizer)
+    argv = ["export", "--model", str(path), "--format", "sherpa-onnx"]
+    assert main([*argv, "--output", str(tmp_path / "out" / "model.onnx")]) == 2
+    assert f"features.{key}={value!r}" in capsys.readouterr().err
+
+
+# The probe: a graph in the NeMo CTC layout whose output frame t is a token spelling the feature
+# sherpa-onnx gave it at frame t, band (t + shift) % F, to 1/1024 (even frames use ids 1..H, odd
+# frames H+1..2H, so equal neighbours are not merged by the greedy search).
+H, SCALE, LOW = 32768, 1024.0, -16.0
+
+
+def probe_model(path: Path, shift: int, n_mels: int = 80) -> None:
+    def const(name, value):
+        return oh.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(value, name))
+
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    f32 = lambda v: np.array(v, dtype=np.float32)  # noqa: E731
+    nodes = [
+        const("zero", i64(0)), const("one", i64(1)), const("two", i64(2)), const("F", i64(n_mels)),
+        const("shift", i64(shift)), const("flat", i64(-1)), const("axis0", i64(0)),
+        const("low", f32(LOW)), const("scale", f32(SCALE)), const("lo", f32(0)),
+        const("hi", f32(H - 1)), const("H", i64(H)), const("depth", i64(2 * H + 1)),
+        const("onoff", np.array([0.0, 1.0], np.float32)), const("i2", i64(2)), const("i3", i64(3)),
+        oh.make_node("Transpose", ["audio_signal"], ["tf"], perm=[0, 2, 1]),  # (1, T, F)
+        oh.make_node("Reshape", ["tf", "flat"], ["values"]),  # (T * F,)
+        oh.make_node("Shape", ["audio_signal"], ["shape"], start=2, end=3),
+        oh.make_node("Squeeze", ["shape"], ["T"]),
+        oh.make_node("Range", ["zero", "T", "one"], ["t"]),
+        oh.make_node("Add", ["t", "shift"], ["ts"]), oh.make_node("Mod", ["ts", "F"], ["band"]),
+        oh.make_node("Mul", ["t", "F"], ["row"]), oh.make_node("Add", ["row", "band"], ["index"]),
+        oh.make_node("Gather", ["values", "index"], ["v"]),  # (T,)
+        oh.make_node("Sub", ["v", "low"], ["v1"]), oh.make_node("Mul", ["v1", "scale"], ["v2"]),
+        oh.make_node("Round", ["v2"], ["v3"]), oh.make_node("Clip", ["v3", "lo", "hi"], ["v4"]),
+        oh.make_node("Cast", ["v4"], ["q"], to=TensorProto.INT64),
+        oh.make_node("Mod", ["t", "two"], ["odd"]), oh.make_node("Mul", ["odd", "H"], ["half"]),
+        oh.make_node("Add", ["q", "half"], ["q1"]), oh.make_node("Add", ["q1", "one"], ["ids"]),
+        oh.make_node("Unsqueeze", ["ids", "axis0"], ["ids1"]),
+        oh.make_node("OneHot", ["ids1", "depth", "onoff"], ["logprobs"], axis=-1),
+    ]  # fmt: skip
+    graph = oh.make_graph(
+        nodes,
+        "probe",
+        [oh.make_tensor_value_info("audio_signal", TensorProto.FLOAT, [1, n_mels, "T"]),
+         oh.make_tensor_value_info("length", TensorProto.INT64, [1])],
+        [oh.make_tensor_value_info("logprobs", TensorProto.FLOAT, [1, "T", 2 * H + 1])],
+    )  # fmt: skip
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {"vocab_size": str(2 * H + 1), "subsampling_factor": "1", "normalize_type": "",
+            "model_type": "EncDecCTCModelBPE"}  # fmt: skip
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    tokens = ["<blk> 0"] + [f"q{(i - 1) % H} {i}" for i in range(1, 2 * H + 1)]
+    (path.parent / "tokens.txt").write_text("\n".join(tokens) + "\n")
+
+
+def test_sherpa_computes_the_features_sherpa_features_says(tmp_path):
+    wave = load_audio(FIXTURE_AUDIO[1])[: 16000 * 2 + 123]  # frames at both mirrored ends
+    want = sherpa_features(wave)  # (T, F)
+    T, F = want.shape
+    for shift in (0, 41):
+        probe_model(tmp_path / "probe.onnx", shift)
+        rec = recognizer(tmp_path / "probe.onnx")
+        stream = rec.create_stream()
+        stream.accept_waveform(16000, wave.numpy())
+        rec.decode_stream(stream)
+        got = np.array([int(token[1:]) for token in stream.result.tokens]) / SCALE + LOW
+        assert got.shape == (T,)
+        t = np.arange(T)
+        expected = want.numpy()[t, (t + shift) % F]
+        assert np.abs(got - expected).max() <= 0.6 / SCALE, np.abs(got - expected).max()
