@@ -49,9 +49,12 @@ class BeamSearchDecoder:
     """Flashlight's CTC beam search (lexicon-free, or lexicon-constrained with an n-gram LM).
 
     The decoder's silence token is the tokenizer's word separator ("|") where it has one;
-    otherwise (SentencePiece) an extra token that is never emitted. `lm_of`: a decoder with the
-    same `lm` and `lexicon` whose loaded n-gram this one uses instead of loading its own (KenLM
-    only reads it, and the lexicon gives both the same word indices).
+    otherwise (SentencePiece) an extra token that is never emitted. Lexicon-free (no lexicon,
+    or `lexicon=LEXICON_FREE` with an LM over the model's tokens) the LM scores every emitted
+    token, "|" included, and `word_score` is flashlight's silence score, added per frame of "|"
+    (its lexicon-free decoder has no word score). `lm_of`: a decoder with the same `lm` and
+    `lexicon` whose loaded n-gram this one uses instead of loading its own (KenLM only reads
+    it, and the lexicon gives both the same word indices).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class BeamSearchDecoder:
                     beam_threshold=options.beam_threshold,
                     lm_weight=options.lm_weight,
                     word_score=options.word_score,
+                    sil_score=0.0 if self.has_lexicon else options.word_score,
                     log_add=options.log_add,
                     blank_token=BLANK_PIECE,
                     sil_token=EXTRA_SIL_PIECE if self.extra_sil else SPACE_PIECE,

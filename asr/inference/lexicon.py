@@ -7,17 +7,29 @@ with its pieces, the first one starting with "▁".
 
 Here: `spell_word`, `write_lexicon` (words -> file, for a model's tokenizer), `read_lexicon`
 (file -> spellings checked against the tokenizer), `write_spellings` (the one writer of the
-line format), `lexicon_for` (the lexicon a decoder uses: a file, or an ARPA model's words) and
-`write_word_lm` (a word n-gram of transcripts with the lexicon of its words: the LM stage of the
-demo, the AN4 recipe and bench/real_speech.py).
+line format), `lexicon_for` (the lexicon a decoder uses: a file, an ARPA model's words, or none
+at all: `LEXICON_FREE`), `write_word_lm` (a word n-gram of transcripts, optionally interpolated
+with a general English model, with the lexicon of its words: the LM stage of the demo, the AN4
+recipe and bench/real_speech.py) and `write_token_lm` (an n-gram over the model's own tokens, "|"
+between words, for lexicon-free beam search: any spelling can be written).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from asr.inference.lm import BOS, EOS, UNK, NgramLM, arpa_words, is_arpa, train_ngram
+from asr.inference.lm import (
+    BOS,
+    EOS,
+    UNK,
+    NgramLM,
+    arpa_words,
+    interpolate,
+    is_arpa,
+    train_ngram,
+)
+from asr.inference.options import LEXICON_FREE
 from asr.tokenizer import SPACE_PIECE, Tokenizer
 
 Spellings = dict[str, list[list[str]]]  # word -> its spellings, each a list of token pieces
@@ -76,18 +88,61 @@ def write_word_lm(
     arpa: str | Path,
     lexicon: str | Path,
     order: int = 3,
+    background: NgramLM | None = None,
+    weight: float = 0.5,
 ) -> tuple[NgramLM, list[str], list[str]]:
     """A word n-gram (interpolated Kneser-Ney) of `texts` written to `arpa`, and the lexicon of
     its words spelled for `tokenizer` written to `lexicon`.
+
+    With a `background` model (the general English LM, `asr.inference.english`): the n-gram of
+    `texts` with weight `weight` and the background with 1 - `weight`, interpolated into one
+    model of both vocabularies (`asr.inference.lm.interpolate`), so words never seen in `texts`
+    can be written while the in-domain ones keep their share.
 
     Returns the model, its words (sorted, without <s>, </s>, <unk>) and the words left out of
     the lexicon (characters the tokenizer lacks).
     """
     lm = train_ngram(texts, order=order)
+    if background is not None:
+        lm = interpolate([lm, background], [weight, 1.0 - weight])
     words = sorted(w for w in lm.vocabulary if w not in (BOS, EOS, UNK))
     skipped = write_lexicon(words, tokenizer, lexicon)
     lm.write_arpa(arpa)
     return lm, words, skipped
+
+
+def token_sentences(texts: Iterable[str | Sequence[str]], tokenizer: Tokenizer) -> list[list[str]]:
+    """Each text (a string, or a list of words) as the model's token pieces, "|" between words
+    for a character model; characters the tokenizer lacks are dropped."""
+    sentences = []
+    for text in texts:
+        ids = tokenizer.encode(text if isinstance(text, str) else " ".join(text), True)
+        if ids:
+            sentences.append([tokenizer.id_to_piece(i) for i in ids])
+    return sentences
+
+
+def write_token_lm(
+    texts: Iterable[str],
+    tokenizer: Tokenizer,
+    arpa: str | Path,
+    order: int = 6,
+    background: Iterable[Sequence[str]] | None = None,
+    weight: float = 0.5,
+) -> NgramLM:
+    """An n-gram over the model's tokens (interpolated Kneser-Ney) of `texts`, written to
+    `arpa`: the LM of lexicon-free beam search (`DecodingOptions(lexicon=LEXICON_FREE)`), which
+    scores every emitted token, the word separator "|" included, and so can write any word.
+
+    `background`: more text (sentences as word lists, e.g. `asr.inference.english.
+    english_sentences`) whose own token n-gram gets 1 - `weight` in the interpolation.
+    """
+    lm = train_ngram(token_sentences(texts, tokenizer), order=order)
+    if background is not None:
+        other = train_ngram(token_sentences(background, tokenizer), order=order)
+        lm = interpolate([lm, other], [weight, 1.0 - weight])
+    lm.write_arpa(arpa)
+    return lm
 
 
 def read_lexicon(path: str | Path, tokenizer: Tokenizer) -> Spellings:
@@ -123,7 +178,12 @@ def read_lexicon(path: str | Path, tokenizer: Tokenizer) -> Spellings:
 
 
 def lexicon_for(tokenizer: Tokenizer, lm: str | None, lexicon: str | None) -> Spellings | None:
-    """The decoder's lexicon: the `lexicon` file, else an ARPA `lm`'s words, else None (free)."""
+    """The decoder's lexicon: the `lexicon` file, else an ARPA `lm`'s words, else None (free:
+    no `lm`, or `lexicon` LEXICON_FREE, where an ARPA `lm` must be over the model's tokens)."""
+    if lexicon == LEXICON_FREE:
+        if lm is not None and is_arpa(lm):
+            _check_token_lm(lm, tokenizer)
+        return None
     if lexicon is not None:
         return read_lexicon(lexicon, tokenizer)
     if lm is None:
@@ -138,3 +198,14 @@ def lexicon_for(tokenizer: Tokenizer, lm: str | None, lexicon: str | None) -> Sp
     if not found:
         raise ValueError(f"language model {lm} holds no word this model can spell")
     return found
+
+
+def _check_token_lm(lm: str, tokenizer: Tokenizer) -> None:
+    """Lexicon-free decoding scores tokens: an LM that holds none of them is a word LM."""
+    pieces = {tokenizer.id_to_piece(i) for i in range(1, tokenizer.vocab_size)}
+    known = pieces & set(arpa_words(lm))
+    if len(known) < len(pieces) // 2:
+        raise ValueError(
+            f"--lexicon {LEXICON_FREE} decodes with an LM over the model's tokens, but {lm} holds "
+            f"only {len(known)} of its {len(pieces)} tokens: a word LM needs a lexicon"
+        )

@@ -2,10 +2,12 @@
 
 Here: `NgramLM` (log10 probabilities and backoff weights, scored exactly as KenLM scores an ARPA
 file), `train_ngram` (interpolated Kneser-Ney, Kneser & Ney 1995, in the form of Chen & Goodman
-1998, section 3.5, with one discount per order), `NgramLM.from_ngrams` (a hand-made model:
-tests, examples), `read_arpa` / `NgramLM.write_arpa`, and `is_arpa` / `arpa_words` (an ARPA
-file's word list, read without loading the model, for LMs of any size). Lexicons are in
-`asr.inference.lexicon`.
+1998, section 3.5, with one discount per order; of words, or of any token sequences),
+`interpolate` (linear interpolation of several models into one backoff model, and the
+renormalization of one), `NgramLM.from_ngrams` (a hand-made model: tests, examples),
+`read_arpa` / `NgramLM.write_arpa`, and `is_arpa` / `arpa_words` (an ARPA file's word list, read
+without loading the model, for LMs of any size). Lexicons are in `asr.inference.lexicon`, the
+general English model in `asr.inference.english`.
 
 Interpolated Kneser-Ney in backoff form: for a context h seen in training,
 
@@ -26,6 +28,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from asr.text import normalize_text
 
@@ -101,11 +105,11 @@ class NgramLM:
         return path
 
 
-def _raw_counts(sentences: Iterable[str], order: int) -> list[Counter]:
+def _raw_counts(sentences: Iterable[str | Sequence[str]], order: int) -> list[Counter]:
     """counts[n][gram] for n = 1..order over `<s> words </s>` (the unigram <s> not counted)."""
     counts = [Counter() for _ in range(order + 1)]
     for sentence in sentences:
-        words = normalize_text(sentence).split()
+        words = normalize_text(sentence).split() if isinstance(sentence, str) else list(sentence)
         if not words:
             continue
         tokens = [BOS, *words, EOS]
@@ -139,8 +143,9 @@ def _discount(counts: Counter) -> float:
     return min(max(n1 / (n1 + 2 * n2), 0.05), 0.95)
 
 
-def train_ngram(sentences: Iterable[str], order: int = 3) -> NgramLM:
-    """Interpolated Kneser-Ney n-gram model of the (normalized) `sentences`.
+def train_ngram(sentences: Iterable[str | Sequence[str]], order: int = 3) -> NgramLM:
+    """Interpolated Kneser-Ney n-gram model of the `sentences`: strings (normalized, then split
+    into words) or sequences of words taken as they are (a model's tokens, "|" included).
 
     Sentences are scored as `<s> words </s>`; words never seen map to <unk>.
     """
@@ -177,6 +182,125 @@ def train_ngram(sentences: Iterable[str], order: int = 3) -> NgramLM:
         lm.logprobs.update(new)
         lm.backoffs.update({h: math.log10(g) for h, g in gamma.items()})
     return lm
+
+
+def interpolate(models: Sequence[NgramLM], weights: Sequence[float]) -> NgramLM:
+    """One backoff model of `sum_i weights[i] * p_i(w | h)` over the union of the vocabularies.
+
+    Every n-gram of any model gets the mixture of the models' probabilities (each computed
+    through its own backoff; a word outside a model's vocabulary has probability 0 there, its
+    mass being that model's <unk>), and each context's backoff weight is recomputed so that
+    p(w | h) sums to 1 over the vocabulary in every context (static interpolation as SRILM's
+    `ngram -mix-lm` does it). `interpolate([lm], [1.0])` renormalizes one model: its backoff
+    weights recomputed from its probabilities (a model whose stored numbers were rounded or
+    quantized). Vectorized (numpy): millions of n-grams take seconds.
+    """
+    if len(models) != len(weights) or not models:
+        raise ValueError(f"need one weight per model, got {len(weights)} for {len(models)}")
+    if any(w < 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-9):
+        raise ValueError(f"interpolation weights must be >= 0 and sum to 1, got {list(weights)}")
+    words = sorted({w for lm in models for w in lm.vocabulary} | {BOS, EOS, UNK})
+    ids = {w: i for i, w in enumerate(words)}
+    tables = [_Table.of(lm, ids) for lm in models]
+    mixed = _Table(max(lm.order for lm in models), len(words))
+    for n in range(1, mixed.order + 1):
+        keys = np.unique(np.concatenate([t.keys[n] for t in tables if n <= t.order]))
+        grams = mixed.decode(keys, n)
+        p = sum(w * 10 ** t.log10_probs(grams) for w, t in zip(weights, tables) if w > 0)
+        logp = np.log10(np.maximum(p, 10**NEVER_LOG10))
+        mixed.add(n, keys, np.maximum(logp, NEVER_LOG10))
+        if n > 1:
+            mixed.backoffs[n - 1] = mixed.backoff_weights(n)
+    return mixed.to_lm(words)
+
+
+class _Table:
+    """An n-gram model as arrays over word ids, for vectorized scoring: per order n, the sorted
+    keys of its n-grams (ids as digits in base `base`), log10 probabilities and backoffs."""
+
+    def __init__(self, order: int, vocab_size: int) -> None:
+        self.order, self.base = order, vocab_size
+        if vocab_size**order >= 2**62:
+            raise ValueError(f"{order}-grams of {vocab_size} words do not fit 64-bit keys")
+        empty = np.zeros(0)
+        self.keys = [np.zeros(0, np.int64) for _ in range(order + 1)]
+        self.logprobs = [empty for _ in range(order + 1)]
+        self.backoffs = [empty for _ in range(order + 1)]
+
+    @classmethod
+    def of(cls, lm: NgramLM, ids: Mapping[str, int]) -> _Table:
+        table = cls(lm.order, len(ids))
+        for n in range(1, lm.order + 1):
+            grams = [g for g in lm.logprobs if len(g) == n]
+            digits = np.array([[ids[w] for w in g] for g in grams], np.int64).reshape(-1, n)
+            table.add(n, table.encode(digits), np.array([lm.logprobs[g] for g in grams]),
+                      np.array([lm.backoffs.get(g, 0.0) for g in grams]))  # fmt: skip
+        return table
+
+    def add(self, n: int, keys: np.ndarray, logprobs: np.ndarray, backoffs=None) -> None:
+        order = np.argsort(keys, kind="stable")
+        self.keys[n], self.logprobs[n] = keys[order], logprobs[order]
+        self.backoffs[n] = np.zeros(len(keys)) if backoffs is None else backoffs[order]
+
+    def encode(self, grams: np.ndarray) -> np.ndarray:
+        """(K, n) word ids -> (K,) keys; -1 where a gram holds an unknown word (id -1)."""
+        keys = np.zeros(len(grams), np.int64)
+        for column in grams.T:
+            keys = keys * self.base + column
+        return np.where((grams < 0).any(axis=1), -1, keys)
+
+    def decode(self, keys: np.ndarray, n: int) -> np.ndarray:
+        grams = np.zeros((len(keys), n), np.int64)
+        for i in range(n - 1, -1, -1):
+            keys, grams[:, i] = np.divmod(keys, self.base)
+        return grams
+
+    def find(self, n: int, keys: np.ndarray) -> np.ndarray:
+        """Index of each key among the n-grams, -1 where absent."""
+        table = self.keys[n] if n <= self.order else np.zeros(0, np.int64)
+        if not len(table):
+            return np.full(len(keys), -1)
+        at = np.minimum(np.searchsorted(table, keys), len(table) - 1)
+        return np.where(table[at] == keys, at, -1)
+
+    def log10_probs(self, grams: np.ndarray) -> np.ndarray:
+        """(K, n) ids -> log10 p(last | the others) through the backoff, as `NgramLM.log10_prob`
+        (-inf for a word this model does not have)."""
+        grams = grams[:, max(0, grams.shape[1] - self.order) :]
+        n = grams.shape[1]
+        result, penalty = np.full(len(grams), -np.inf), np.zeros(len(grams))
+        todo = np.arange(len(grams))
+        for start in range(n):  # the longest context first
+            at = self.find(n - start, self.encode(grams[todo, start:]))
+            hit = at >= 0
+            result[todo[hit]] = penalty[todo[hit]] + self.logprobs[n - start][at[hit]]
+            todo = todo[~hit]
+            if start < n - 1:  # back off past the oldest word of the context
+                context = self.find(n - start - 1, self.encode(grams[todo, start:-1]))
+                weights = self.backoffs[n - start - 1]
+                penalty[todo] += np.where(context >= 0, weights[np.maximum(context, 0)], 0.0)
+        return result
+
+    def backoff_weights(self, n: int) -> np.ndarray:
+        """log10 backoff of each (n-1)-gram that makes its n-grams' context sum to 1:
+        (1 - sum of its n-grams' p) / (1 - sum of their lower-order p)."""
+        grams = self.decode(self.keys[n], n)
+        context = self.find(n - 1, self.encode(grams[:, :-1]))
+        assert (context >= 0).all(), "an n-gram's history is missing"
+        size = len(self.keys[n - 1])
+        seen = np.bincount(context, 10 ** self.logprobs[n], minlength=size)
+        lower = np.bincount(context, 10 ** self.log10_probs(grams[:, 1:]), minlength=size)
+        tiny = 1e-12  # a context whose n-grams hold all the mass: never back off there
+        return np.log10(np.maximum(1 - seen, tiny) / np.maximum(1 - lower, tiny))
+
+    def to_lm(self, words: Sequence[str]) -> NgramLM:
+        lm = NgramLM(self.order)
+        for n in range(1, self.order + 1):
+            grams = [tuple(words[i] for i in g) for g in self.decode(self.keys[n], n).tolist()]
+            lm.logprobs.update(zip(grams, self.logprobs[n].tolist()))
+            if n < self.order:
+                lm.backoffs.update(zip(grams, self.backoffs[n].tolist()))
+        return lm
 
 
 def read_arpa(path: str | Path) -> NgramLM:

@@ -20,6 +20,9 @@ DEFAULT_LM_BEAM = 50
 DEFAULT_CHUNK_SECONDS = 20.0
 DEFAULT_CHUNK_OVERLAP = 4.0
 DEFAULT_BATCH_SECONDS = 120.0
+# `lexicon` of lexicon-free beam search with an LM (`--lexicon none`): the LM is over the model's
+# tokens ("|" between words) and any spelling can be written (`asr.inference.lexicon`).
+LEXICON_FREE = "none"
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,14 @@ class DecodingOptions:
     lexicon: str | None = field(
         default=None,
         metadata={"help": "words to decode: `word [token ...]` per line (default with an ARPA "
-                  "--lm: its words)"},
+                  f"--lm: its words); '{LEXICON_FREE}': any spelling, --lm over the model's "
+                  "tokens"},
     )  # fmt: skip
     # Measured on the demo (BENCHMARKS.md, "LM weight"): weights 0.5-3 and word scores -1..2
     # with the 3-gram, 1.0 and 0 were best.
     lm_weight: float = field(default=1.0, metadata={"help": "LM log-probability scale"})
+    # Lexicon-free, flashlight has no word score: it is its score per frame of the word
+    # separator "|" (a CTC model emits it in about one frame per word boundary).
     word_score: float = field(default=0.0, metadata={"help": "added to the score per word"})
     # flashlight's own default (natural-log score units), kept: not tuned here.
     beam_threshold: float = field(
@@ -57,8 +63,8 @@ class DecodingOptions:
             object.__setattr__(self, "beam_size", beam)
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
-        for name in ("lm", "lexicon"):
-            value = getattr(self, name)
+        files = {"lm": self.lm, "lexicon": None if self.lexicon == LEXICON_FREE else self.lexicon}
+        for name, value in files.items():
             if value is not None and not Path(value).is_file():
                 raise ValueError(f"{name} file not found: {value}")
 
