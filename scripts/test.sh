@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite: sets up .venv (once), then lint and pytest. Extra arguments go to pytest.
-ASR_EXTRAS="dev,demo,onnx,serve,sherpa" source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+ASR_EXTRAS="dev,demo,onnx,serve,sherpa,english" source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 # The page test (tests/test_serve_page.py) drives Debian's Chromium through chromium-driver (same
 # source package, so their versions match); install both when missing, as CI does on a new machine.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
