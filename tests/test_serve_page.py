@@ -1,8 +1,9 @@
 """The page of `asr serve` in a real browser: headless Chromium (Debian's, driven by Selenium
 through Debian's chromium-driver, built from the same source so the versions always match)
 uploads a file and shows the Transcriber's words, lights up the word at the playback time,
-offers the server's SRT and VTT, and records from Chromium's fake microphone (a WAV file played
-as microphone input) and transcribes that.
+offers the server's SRT and VTT, records from Chromium's fake microphone (a WAV file played
+as microphone input) and transcribes that, and captions the microphone live over the WebSocket
+(partial text while it still records, then the final words).
 
 scripts/test.sh installs chromium and chromium-driver when they are missing; without them this
 test skips, except under CI (CI=true), where it fails. Screenshots are saved in the test's tmp
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import soundfile
+import torch
+import torchaudio
 
 pytest.importorskip("fastapi", reason="asr serve needs the serve extra: pip install 'asr[serve]'")
 from selenium import webdriver
@@ -25,6 +28,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from serving_helpers import KEY, MODEL, SENTENCES, serve_process, speak, speech_files
+from test_streaming import calibrated_causal_bundle
 
 import asr
 from asr.inference.formats import format_result
@@ -52,6 +56,19 @@ def expected(files):
 def server(tmp_path_factory):
     args = ["--model", MODEL, "--api-key", KEY, "--threads", "2"]
     with serve_process(tmp_path_factory.mktemp("server"), args) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory, files):
+    """A server of a model that can stream: a causal one with random weights, its head
+    calibrated on the microphone's speech (the shipped model cannot stream)."""
+    folder = tmp_path_factory.mktemp("live")
+    wave, rate = soundfile.read(files["mic"], dtype="float32")
+    wave16 = torchaudio.functional.resample(torch.from_numpy(wave), rate, 16000)
+    bundle = calibrated_causal_bundle(folder / "causal.pt", wave16[None])
+    args = ["--model", f"live={bundle}", "--api-key", KEY, "--threads", "2", "--chunk-ms", "320"]
+    with serve_process(folder, args) as url:
         yield url
 
 
@@ -85,14 +102,14 @@ def page_state(browser) -> str:
     return browser.find_element(By.TAG_NAME, "body").get_attribute("data-state")
 
 
-def open_page(browser, url: str) -> None:
+def open_page(browser, url: str, model: str = MODEL) -> None:
     """Load the page; it cannot list the models until it has the key, then it can."""
     browser.get(url)
     assert wait_for_state(browser, "ready", "error") == "error"
     assert "this server needs an API key" in browser.find_element(By.ID, "status").text
     browser.find_element(By.ID, "key").send_keys(KEY + Keys.TAB)
     wait_for_state(browser, "ready")
-    assert browser.find_element(By.ID, "model").get_attribute("value") == MODEL
+    assert browser.find_element(By.ID, "model").get_attribute("value") == model
 
 
 def shown_words(browser) -> list[str]:
@@ -200,3 +217,37 @@ def test_the_page_shows_the_servers_message_for_a_file_that_is_not_audio(browser
     status = browser.find_element(By.ID, "status").text
     assert status.startswith("notes.txt: cannot read audio file 'notes.txt': not a readable audio")
     assert shown_words(browser) == []
+
+
+def caption(browser) -> str:
+    """The live caption the page shows (the partial text so far)."""
+    found = browser.find_elements(By.CSS_SELECTOR, "#transcript .partial")
+    return found[0].text if found else ""
+
+
+def test_the_page_captions_the_microphone_live(browser, live_server, tmp_path):
+    open_page(browser, live_server, model="live")
+    live = browser.find_element(By.ID, "live")
+    live.click()
+    wait_for_state(browser, "live", timeout=60)
+    # Partial text appears while the page is still recording (only Stop ends the recording).
+    WebDriverWait(browser, 120).until(lambda d: caption(d) != "" or page_state(d) != "live")
+    assert page_state(browser) == "live", browser.find_element(By.ID, "status").text
+    seen, seen_at = caption(browser), recorded_seconds(browser)
+    screenshot(browser, tmp_path, "page-live.png")
+    WebDriverWait(browser, 120).until(lambda d: recorded_seconds(d) >= seen_at + 1.5)
+    live.click()
+    assert wait_for_state(browser, "done", "error", timeout=120) == "done", browser.find_element(
+        By.ID, "status"
+    ).text
+    # The final words extend the captions seen (greedy decoding: the same hypothesis), and the
+    # server heard all the audio the page captured.
+    final = " ".join(shown_words(browser))
+    assert final.startswith(seen) and len(final) > len(seen), (seen, final)
+    sent = float(browser.find_element(By.TAG_NAME, "body").get_attribute("data-sent"))
+    assert sent > seen_at
+    status = browser.find_element(By.ID, "status").text
+    duration = re.search(r" in ([0-9.]+) s of audio\.$", status)
+    assert status.startswith("live: ") and duration, status
+    assert float(duration[1]) == pytest.approx(sent, abs=0.051), status
+    assert browser.find_element(By.ID, "srt").get_attribute("download") == "live.srt"

@@ -1,18 +1,24 @@
 // The page of `asr serve`: transcribe an uploaded file or a microphone recording through the
-// server's API, show the words, light up the word being heard while the audio plays, and offer
-// the transcript as SRT and VTT subtitles.
+// server's API, or caption the microphone live, show the words, light up the word being heard
+// while the audio plays, and offer the transcript as SRT and VTT subtitles.
 //
 // The API calls are the ones any client makes: GET /v1/models, POST /v1/audio/transcriptions
 // (response_format=verbose_json with word timestamps) and POST /subtitles (the server's
 // subtitle writer, so the files match `asr transcribe --format srt vtt`). A recording is kept
 // as raw samples and sent as a 16-bit WAV file, which every server-side reader takes.
-// `document.body.dataset.state` says where the page is: loading, ready, recording, busy,
-// done or error; while recording, `dataset.recorded` counts the seconds of audio captured
-// (the microphone's clock), and `dataset.sent` is the length of the last recording sent.
+// Live captions speak OpenAI's Realtime transcription events over the WebSocket
+// /v1/realtime?intent=transcription (asr/serving/live.py): the microphone's samples go out as
+// base64 16-bit PCM at the audio context's rate, about 100 ms a message; each delta grows the
+// partial caption; Stop commits the audio, and the completed transcript (with word times)
+// replaces the caption. A browser cannot set headers on a WebSocket, so the API key travels as
+// the subprotocol `openai-insecure-api-key.KEY`, as OpenAI's browser clients send it.
+// `document.body.dataset.state` says where the page is: loading, ready, recording, live, busy,
+// done or error; while recording or live, `dataset.recorded` counts the seconds of audio
+// captured (the microphone's clock), and `dataset.sent` is the length of the last audio sent.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const page = { words: [], current: -1, audioUrl: null, recorder: null };
+const page = { words: [], current: -1, audioUrl: null, recorder: null, live: null };
 
 function setStatus(text, state) {
   $("status").textContent = text;
@@ -136,50 +142,184 @@ function followPlayback() {
   if (!$("player").paused) requestAnimationFrame(followPlayback);
 }
 
-async function startRecording() {
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-  } catch (err) {
-    setStatus(`No microphone: ${err.message}`, "error");
-    return;
-  }
+// The microphone through the recorder worklet: `onBlock(samples)` for each block of float32
+// mono samples at `context.sampleRate`, `shown(seconds)` every tenth of a second captured.
+async function openMicrophone(onBlock, shown) {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
   const context = new AudioContext();
   await context.audioWorklet.addModule("/page/recorder.js");
   const node = new AudioWorkletNode(context, "recorder");
-  const blocks = [];
-  let samples = 0;
-  let shown = -1; // tenths of a second last shown
+  const mic = { stream, context, blocks: [], samples: 0, tenths: -1 };
   node.port.onmessage = (event) => {
-    blocks.push(event.data);
-    samples += event.data.length;
-    const tenths = Math.floor((10 * samples) / context.sampleRate);
-    if (tenths !== shown && page.recorder) {
-      shown = tenths;
+    mic.blocks.push(event.data);
+    mic.samples += event.data.length;
+    onBlock(event.data);
+    const tenths = Math.floor((10 * mic.samples) / context.sampleRate);
+    if (tenths !== mic.tenths) {
+      mic.tenths = tenths;
       document.body.dataset.recorded = (tenths / 10).toFixed(1);
-      $("status").textContent = `Recording… ${(tenths / 10).toFixed(1)} s; press Stop to transcribe.`;
+      shown((tenths / 10).toFixed(1));
     }
   };
   context.createMediaStreamSource(stream).connect(node);
   node.connect(context.destination); // keeps the node running; it outputs silence
-  page.recorder = { stream, context, blocks };
   document.body.dataset.recorded = "0.0";
-  $("record").textContent = "Stop";
-  $("record").classList.add("recording");
+  return mic;
+}
+
+// Stop capturing; the blocks captured so far stay in `mic.blocks`.
+async function closeMicrophone(mic) {
+  for (const track of mic.stream.getTracks()) track.stop();
+  if (mic.context.state !== "closed") await mic.context.close();
+  document.body.dataset.sent = String(mic.samples / mic.context.sampleRate);
+}
+
+function setButton(id, active, label) {
+  $(id).textContent = label;
+  $(id).classList.toggle("recording", active);
+  $(id === "record" ? "live" : "record").disabled = active;
+}
+
+async function startRecording() {
+  let mic;
+  try {
+    mic = await openMicrophone(() => {}, (seconds) => {
+      if (page.recorder) $("status").textContent = `Recording… ${seconds} s; press Stop to transcribe.`;
+    });
+  } catch (err) {
+    setStatus(`No microphone: ${err.message}`, "error");
+    return;
+  }
+  page.recorder = mic;
+  setButton("record", true, "Stop");
   setStatus("Recording… press Stop to transcribe.", "recording");
 }
 
 async function stopRecording() {
-  const { stream, context, blocks } = page.recorder;
+  const mic = page.recorder;
   page.recorder = null;
-  for (const track of stream.getTracks()) track.stop();
-  const rate = context.sampleRate;
-  await context.close();
-  $("record").textContent = "Record";
-  $("record").classList.remove("recording");
-  const count = blocks.reduce((n, block) => n + block.length, 0);
-  document.body.dataset.sent = String(count / rate);
-  await transcribe(wavFile(blocks, rate), "recording.wav");
+  await closeMicrophone(mic);
+  setButton("record", false, "Record");
+  await transcribe(wavFile(mic.blocks, mic.context.sampleRate), "recording.wav");
+}
+
+function realtimeSocket() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const model = encodeURIComponent($("model").value);
+  const key = $("key").value.trim();
+  const protocols = ["realtime", ...(key ? [`openai-insecure-api-key.${key}`] : [])];
+  return new WebSocket(`${scheme}//${location.host}/v1/realtime?intent=transcription&model=${model}`, protocols);
+}
+
+async function startLive() {
+  const live = { socket: null, mic: null, pending: [], text: "", stopping: false, done: false };
+  try {
+    live.socket = realtimeSocket();
+  } catch (err) {
+    setStatus(`Live captions: ${err.message}`, "error");
+    return;
+  }
+  page.live = live;
+  live.socket.onmessage = (message) => liveEvent(live, JSON.parse(message.data));
+  live.socket.onclose = (event) => liveClosed(live, event);
+  try {
+    live.mic = await openMicrophone((block) => {
+      live.pending.push(block);
+      if (live.mic && live.pending.reduce((n, b) => n + b.length, 0) >= live.mic.context.sampleRate / 10) {
+        sendAudio(live);
+      }
+    }, (seconds) => {
+      if (!live.stopping && !live.done) $("status").textContent = `Live… ${seconds} s; press Stop to finish.`;
+    });
+  } catch (err) {
+    page.live = null;
+    live.socket.close();
+    setStatus(`No microphone: ${err.message}`, "error");
+    return;
+  }
+  showWords([]);
+  for (const id of ["srt", "vtt"]) $(id).hidden = true;
+  const caption = document.createElement("span");
+  caption.className = "partial";
+  $("transcript").replaceChildren(caption);
+  setButton("live", true, "Stop");
+  setStatus("Live… speak; the captions follow. Press Stop to finish.", "live");
+}
+
+// The audio captured since the last message, as one input_audio_buffer.append (once the
+// socket is open: until then it waits in `live.pending`).
+function sendAudio(live) {
+  if (live.socket.readyState !== WebSocket.OPEN || live.pending.length === 0) return;
+  if (!live.formatSent) {
+    live.formatSent = true;
+    const format = { type: "audio/pcm", rate: live.mic.context.sampleRate };
+    live.socket.send(JSON.stringify({ type: "transcription_session.update", session: { input_audio_format: format } }));
+  }
+  const count = live.pending.reduce((n, b) => n + b.length, 0);
+  const bytes = new Uint8Array(2 * count);
+  const view = new DataView(bytes.buffer);
+  let offset = 0;
+  for (const block of live.pending) {
+    for (const x of block) {
+      view.setInt16(offset, Math.round(Math.max(-1, Math.min(1, x)) * 32767), true); // as wavFile
+      offset += 2;
+    }
+  }
+  live.pending = [];
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  live.socket.send(JSON.stringify({ type: "input_audio_buffer.append", audio: btoa(binary) }));
+}
+
+async function stopLive() {
+  const live = page.live;
+  if (live.stopping) return;
+  live.stopping = true;
+  await closeMicrophone(live.mic);
+  sendAudio(live);
+  setButton("live", false, "Live");
+  $("live").disabled = true; // until the transcript arrives
+  if (live.socket.readyState !== WebSocket.OPEN) return;
+  live.socket.send(JSON.stringify({ type: "input_audio_buffer.commit" }));
+  setStatus("Finishing the transcript…", "busy");
+}
+
+async function liveEvent(live, event) {
+  if (event.type === "conversation.item.input_audio_transcription.delta") {
+    live.text += event.delta;
+    const caption = $("transcript").querySelector(".partial");
+    if (caption) caption.textContent = live.text;
+  } else if (event.type === "conversation.item.input_audio_transcription.completed") {
+    live.done = true;
+    live.socket.close(1000);
+    const rate = live.mic.context.sampleRate;
+    if (page.audioUrl) URL.revokeObjectURL(page.audioUrl);
+    page.audioUrl = URL.createObjectURL(wavFile(live.mic.blocks, rate));
+    $("player").src = page.audioUrl;
+    showWords(event.words);
+    try {
+      await offerSubtitles(event.words, "live");
+    } catch (err) {
+      setStatus(`Subtitles: ${err.message}`, "error");
+      return;
+    }
+    const count = event.words.length;
+    setStatus(`live: ${count} word${count === 1 ? "" : "s"} in ${event.usage.seconds.toFixed(1)} s of audio.`, "done");
+  } else if (event.type === "error") {
+    setStatus(`Live captions: ${event.error.message}`, "error");
+    if (live.stopping) live.socket.close(1000); // nothing more will come
+  }
+}
+
+async function liveClosed(live, event) {
+  if (page.live === live) page.live = null;
+  $("live").disabled = false;
+  if (live.done) return;
+  if (live.mic && !live.stopping) await closeMicrophone(live.mic);
+  setButton("live", false, "Live");
+  if (document.body.dataset.state !== "error") {
+    setStatus(`Live captions stopped: ${event.reason || `the connection closed (${event.code})`}`, "error");
+  }
 }
 
 // Float32 blocks -> a mono 16-bit PCM WAV file.
@@ -217,6 +357,7 @@ $("file").addEventListener("change", () => {
   if (file) transcribe(file, file.name);
 });
 $("record").addEventListener("click", () => (page.recorder ? stopRecording() : startRecording()));
+$("live").addEventListener("click", () => (page.live ? stopLive() : startLive()));
 $("key").addEventListener("change", loadModels);
 $("player").addEventListener("timeupdate", highlight);
 $("player").addEventListener("seeked", highlight);
