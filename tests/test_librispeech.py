@@ -261,12 +261,20 @@ def test_recipe_runs_every_stage_after_download_and_reruns_as_a_no_op(
     assert UNSPELLABLE in words and UNSPELLABLE not in spellings
     assert spellings == {w: [spell_word(w, model_tokenizer)] for w in words if w != UNSPELLABLE}
 
-    # stage 7: every model on every part, greedy and with the LM
+    # stage 7: every model on every part, greedy and with the LM at the weights chosen on dev
+    # for that model (greedy where the LM does not beat it there)
     printed = capsys.readouterr().out
     results = json.loads((exp / "RESULTS.json").read_text())
     table = (exp / "RESULTS.md").read_text()
     known = {w.lower() for w in words}
+    dev = manifests / "dev.jsonl"
     for model in ("model", "model_best2"):
+        tuned_file = exp / "lm" / f"{model}.tuned.json"
+        tuned = json.loads(tuned_file.read_text())
+        assert results[f"{model}.pt"]["tuned"]["decoding"] == tuned["decoding"]
+        lm_test = exp / "eval" / model / LM_NAME / "test-clean"
+        assert (f"{lm_test} --device cpu --lm {arpa} --lexicon {lexicon} --tune-lm {dev} "
+                f"--tune-lm-output {tuned_file}") in printed  # fmt: skip
         for part, count in (("dev-clean", 1), ("test-clean", 5)):
             for decoding, out in (("greedy", exp / "eval" / model / part),
                                   (LM_NAME, exp / "eval" / model / LM_NAME / part)):  # fmt: skip
@@ -274,16 +282,23 @@ def test_recipe_runs_every_stage_after_download_and_reruns_as_a_no_op(
                 assert summary["num_utterances"] == count
                 assert summary["words"]["ref_words"] > 0 and 0.0 <= summary["wer"] < 10.0
                 assert results[f"{model}.pt"][decoding][part] == 100 * summary["wer"]
-            lm_out = exp / "eval" / model / LM_NAME / part
-            assert f"{lm_out} --device cpu --lm {arpa} --lexicon {lexicon}" in printed
-            hypotheses = (lm_out / "transcripts.jsonl").read_text().splitlines()
-            assert {w for h in hypotheses for w in json.loads(h)["text"].split()} <= known
+            hypotheses = exp / "eval" / model / LM_NAME / part / "transcripts.jsonl"
+            words_out = {w for h in hypotheses.read_text().splitlines()
+                         for w in json.loads(h)["text"].split()}  # fmt: skip
+            if tuned["decoding"] == "lm":
+                assert words_out <= known
+            else:  # the LM lost on dev: every part decoded greedily, as the greedy rows
+                assert (
+                    results[f"{model}.pt"][LM_NAME][part] == results[f"{model}.pt"]["greedy"][part]
+                )
+        assert tuned["greedy_val_wer"] * 100 == pytest.approx(
+            results[f"{model}.pt"]["greedy"]["dev-clean"]
+        )  # dev.jsonl is dev-clean here: the search's greedy pass is the evaluation's
         for decoding in ("greedy", LM_NAME):
             wers = results[f"{model}.pt"][decoding]
-            row = (
-                f"| {model}.pt | {decoding} | {wers['dev-clean']:.2f} | {wers['test-clean']:.2f} |"
-            )
-            assert row in table
+            cells = f"| {wers['dev-clean']:.2f} | {wers['test-clean']:.2f} |"
+            assert any(line.startswith(f"| {model}.pt | {decoding}") and line.endswith(cells)
+                       for line in table.splitlines())  # fmt: skip
 
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
     assert recipe.main(argv) == 0  # every stage finds its output and reuses it

@@ -157,6 +157,31 @@ def test_an_lm_that_loses_to_greedy_is_reported_and_greedy_is_evaluated(val, lms
     assert load_tuned(tuned_path(lms["bad"])) == DecodingOptions()
 
 
+def test_the_choice_goes_where_asked_and_its_flags_give_the_same_options_back(
+    val, lms, tmp_path, capsys
+):
+    """What the LibriSpeech recipe does for each of its models: the choice in its own file,
+    then the other parts decoded with `options_to_flags` of it."""
+    import argparse
+
+    from asr.cli.options import add_decoding_arguments, decoding_options, options_to_flags
+
+    chosen, beside_lm = tmp_path / "model.tuned.json", tuned_path(lms["good"])
+    before = beside_lm.stat().st_mtime_ns if beside_lm.exists() else None
+    status = main(["evaluate", "--model", MODEL, "--manifest", str(val), "--lm", lms["good"],
+                   "--tune-lm", str(val), "--tune-lm-weights", "1,2", "--tune-word-scores",
+                   "2", "--tune-lm-output", str(chosen), "--resamples", "1"])  # fmt: skip
+    assert status == 0 and chosen.is_file()
+    assert (beside_lm.stat().st_mtime_ns if beside_lm.exists() else None) == before
+    options = load_tuned(chosen)
+    assert (options.lm_weight, options.word_score) == (2.0, 2.0)
+    parser = argparse.ArgumentParser()
+    add_decoding_arguments(parser)
+    for wanted in (options, DecodingOptions(), dataclasses.replace(options, log_add=False)):
+        assert decoding_options(parser.parse_args(options_to_flags(wanted))) == wanted
+    assert options_to_flags(DecodingOptions()) == []
+
+
 def test_ties_go_to_the_smaller_lm_weight_then_the_word_score_nearer_zero():
     def point(weight: float, score: float, errors: int, threshold: float = 50.0) -> GridPoint:
         return GridPoint(weight, score, threshold, ErrorCounts(substitutions=errors, ref_words=9))

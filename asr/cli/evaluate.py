@@ -80,6 +80,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                       "(one acoustic pass), write the best point to LM.tuned.json and evaluate "
                       "--manifest with it, or greedily when the LM does not beat greedy here; "
                       "--lm-weight and --word-score are then chosen, not taken")  # fmt: skip
+    tune.add_argument(
+        "--tune-lm-output",
+        metavar="JSON",
+        help="where to write the choice (default: LM.tuned.json, next to --lm)",
+    )
     tune.add_argument("--tune-lm-weights", type=float_list, metavar="W,W,...",
                       help="the LM weights searched (default 0,0.25,0.5,1,1.5,2)")  # fmt: skip
     tune.add_argument("--tune-word-scores", type=float_list, metavar="S,S,...",
@@ -108,6 +113,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise ValueError("nothing to score: give --model and --manifest, or --hyp and --ref")
     if args.tune_lm and not (args.model and args.lm):
         raise ValueError("--tune-lm needs --model, --manifest and the --lm to tune")
+    if args.tune_lm_output and not args.tune_lm:
+        raise ValueError("--tune-lm-output goes with --tune-lm")
     scoring = dict(compare_path=args.compare, normalizer=normalizer,
                    num_resamples=args.resamples, worst_n=args.worst)  # fmt: skip
     if args.model:
@@ -150,7 +157,7 @@ def tune_lm_weights(
     result = tune_lm(model, args.tune_lm, options, grid, chunking=chunking,
                      normalizer=normalizer, label="tuning")  # fmt: skip
     print(format_grid(result))
-    print(f"written: {result.write(model=args.model)}")
+    print(f"written: {result.write(args.tune_lm_output, model=args.model)}")
     if not result.lm_beats_greedy:
         print(f"evaluating {args.manifest} with greedy decoding: the LM does not beat it on "
               f"{args.tune_lm}")  # fmt: skip

@@ -65,9 +65,10 @@ def options_to_flags(options: Any) -> list[str]:
     `DecodingOptions` or `ChunkingOptions`): one per field that differs from its default, e.g.
     a tuned decoding for an `asr` command a recipe prints and runs."""
     flags: list[str] = []
+    default = type(options)()
     for f in dataclasses.fields(options):
         value = getattr(options, f.name)
-        if value == f.default:
+        if value == getattr(default, f.name):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):

@@ -24,7 +24,9 @@
                  words spelled with model.pt's tokenizer into exp_<size>/lm/lexicon.txt (its
                  phonemes are not our tokens)
     7 evaluate   `asr evaluate` of every model on every dev and test part, greedy and (once
-                 stage 6 has run) with the LM: `--lm ARPA --lexicon FILE`; RESULTS.md/.json
+                 stage 6 has run) with the LM: `--lm ARPA --lexicon FILE`, its weight and word
+                 score chosen per model on dev.jsonl (`--tune-lm`; greedy where the LM does not
+                 beat it on dev); RESULTS.md/.json
 
 Every stage is idempotent (what exists is reused) and prints the `asr` command it runs. Extra
 `key=value` arguments override the training config, as for `asr train`.
@@ -38,6 +40,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -195,37 +198,75 @@ def stage_lm(args: argparse.Namespace) -> None:
           f"{official.name} (the others have characters the tokenizer lacks) -> {lexicon}")  # fmt: skip
 
 
-def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
+def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """`asr evaluate` of each model on each dev/test part, greedy and, once stage 6 has made
-    its files, with the LM; model -> decoding ("greedy" or the --lm name) -> part -> WER %,
-    also in exp_dir/RESULTS.md and RESULTS.json."""
+    its files, with the LM at the weight and word score chosen on dev.jsonl for that model
+    (`--tune-lm`, written to exp_dir/lm/<model>.tuned.json; greedy decoding where the LM does
+    not beat it on dev); model -> decoding ("greedy" or the --lm name) -> part -> WER %, and
+    "tuned" -> the choice; also in exp_dir/RESULTS.md and RESULTS.json."""
+    from asr.cli.options import options_to_flags
+    from asr.scoring.tune import load_tuned
+
     exp_dir = Path(training_config(args).exp_dir)
     arpa, lexicon = lm_paths(args)
-    decodings: dict[str, list[Path]] = {"greedy": []}
-    if arpa.is_file() and lexicon.is_file():
-        decodings[args.lm] = [arpa, lexicon]
-    else:
+    with_lm = arpa.is_file() and lexicon.is_file()
+    if not with_lm:
         print(f"no {arpa} or {lexicon} (stage 6): greedy decoding only")
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    dev = args.work_dir / "manifests" / "dev.jsonl"
+    parts = [*args.dev_parts, *args.test_parts]
+    results: dict[str, dict[str, Any]] = {}
     for model in sorted(exp_dir.glob("model*.pt")):
-        for decoding, lm_files in decodings.items():
-            out = exp_dir / "eval" / model.stem  # with an LM: a folder named after it inside
-            out = out if decoding == "greedy" else out / decoding
-            wers = results.setdefault(model.name, {}).setdefault(decoding, {})
-            for part in [*args.dev_parts, *args.test_parts]:
-                wers[part] = evaluate_part(args, model, part, out / part, lm_files)
+        found = results.setdefault(model.name, {})
+        out = exp_dir / "eval" / model.stem  # with an LM: a folder named after it inside
+        found["greedy"] = {part: evaluate_part(args, model, part, out / part, [model])
+                           for part in parts}  # fmt: skip
+        if not with_lm:
+            continue
+        # Tuned on dev, then the first test part decoded with the choice, by one command;
+        # the other parts with the flags of the choice.
+        tuned = exp_dir / "lm" / f"{model.stem}.tuned.json"
+        first, out = args.test_parts[0], out / args.lm
+        wers = found.setdefault(args.lm, {})
+        wers[first] = evaluate_part(
+            args, model, first, out / first, [model, arpa, lexicon, dev, tuned],
+            ["--lm", str(arpa), "--lexicon", str(lexicon), "--tune-lm", str(dev),
+             "--tune-lm-output", str(tuned)], made=tuned,
+        )  # fmt: skip
+        flags = options_to_flags(load_tuned(tuned))
+        for part in parts:
+            if part != first:
+                wers[part] = evaluate_part(args, model, part, out / part, [tuned], flags)
+        choice = json.loads(tuned.read_text())
+        found["tuned"] = {
+            k: choice[k]
+            for k in (
+                "decoding",
+                "lm_weight",
+                "word_score",
+                "beam_threshold",
+                "val_wer",
+                "greedy_val_wer",
+            )
+        }
     write_results(exp_dir, results, args)
     return results
 
 
 def evaluate_part(
-    args: argparse.Namespace, model: Path, part: str, out: Path, lm_files: list[Path]
+    args: argparse.Namespace,
+    model: Path,
+    part: str,
+    out: Path,
+    sources: list[Path],
+    flags: Sequence[str] = (),
+    made: Path | None = None,
 ) -> float:
-    """WER % of `model` on `part`, decoded greedily or with `lm_files` (ARPA, lexicon);
-    an evaluation newer than the model and the LM files is reused."""
+    """WER % of `asr evaluate` of `model` on `part` into `out` with `flags`; an evaluation
+    newer than every one of `sources` (and with `made`, a file the command writes, there) is
+    reused."""
     summary = out / "summary.json"
-    if not all(up_to_date(summary, source) for source in (model, *lm_files)):
-        flags = ["--lm", str(lm_files[0]), "--lexicon", str(lm_files[1])] if lm_files else []
+    if not (all(up_to_date(summary, source) for source in sources if source.exists())
+            and (made is None or made.is_file())):  # fmt: skip
         manifest = args.work_dir / "manifests" / f"{part}.jsonl"
         run_asr(asr_main, ["evaluate", "--model", str(model), "--manifest", str(manifest),
                            "--output-dir", str(out), "--device", args.device,
@@ -234,17 +275,26 @@ def evaluate_part(
 
 
 def write_results(
-    exp_dir: Path, results: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace
+    exp_dir: Path, results: dict[str, dict[str, Any]], args: argparse.Namespace
 ) -> None:
     parts = [*args.dev_parts, *args.test_parts]
     lines = [f"WER (%) produced by `recipes/librispeech/run.py --size {args.size}`: greedy CTC, "
-             "and beam search with the word LM and lexicon of stage 6", "",
+             "and beam search with the word LM and lexicon of stage 6 at the weights chosen on "
+             "dev (greedy where the LM does not beat it there)", "",
              "| model | decoding | " + " | ".join(parts) + " |",
              "|---" * (len(parts) + 2) + "|"]  # fmt: skip
     for model, decodings in results.items():
+        tuned = decodings.get("tuned")
         for decoding, wers in decodings.items():
+            if decoding == "tuned":
+                continue
+            label = decoding
+            if decoding != "greedy" and tuned and tuned["decoding"] == "lm":
+                label += f" (weight {tuned['lm_weight']:g}, word score {tuned['word_score']:g})"
+            elif decoding != "greedy":
+                label += " (does not beat greedy on dev: greedy)"
             cells = " | ".join(f"{wers[p]:.2f}" for p in parts)
-            lines.append(f"| {model} | {decoding} | {cells} |")
+            lines.append(f"| {model} | {label} | {cells} |")
     (exp_dir / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (exp_dir / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(lines))
