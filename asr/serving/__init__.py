@@ -6,6 +6,6 @@ queue, `jobs` carries a job's events to its request, `responses` shapes results 
 OpenAI's API does, `uploads` writes request bodies to disk within a size limit, `access` checks
 who may call (Host, Origin, API keys), `live` gives live captions over a WebSocket (OpenAI's
 Realtime transcription events on `asr.inference.streaming.Stream`), and `app` is the FastAPI
-application (routes, limits) that serves `page/` at `/`. Needs the `serve` extra (FastAPI, uvicorn, python-multipart, websockets);
-imports neither Lightning nor matplotlib.
+application (routes, limits) that serves `page/` at `/`. Needs the `serve` extra (FastAPI,
+uvicorn, python-multipart, websockets); imports neither Lightning nor matplotlib.
 """
