@@ -417,3 +417,17 @@ def test_garbage_gets_error_events_or_a_close_code_and_the_server_goes_on(transc
     assert codes == [code for _, code in bad_events]
     assert closes == [("invalid_json", 1007), ("message_too_big", 1009)]
     assert text == want
+
+
+def test_sessions_at_once_each_get_their_own_streams_transcript(transcriber, speech):
+    """Three sessions on one model at once (their chunks interleave on the server's threads)
+    each get what their Stream alone gives."""
+    pieces = [speech, speech[::-1].copy(), speech[len(speech) // 3 :]]
+    want = [reference(transcriber, pcm, 24000)[0] for pcm in pieces]
+    assert len(set(want)) == 3
+
+    async def scenario(url: str):
+        return await asyncio.gather(*(transcribe(url, pcm) for pcm in pieces))
+
+    with tight_server(transcriber, max_streams=3) as url:
+        assert run(scenario(ws_url(url))) == want

@@ -76,6 +76,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from starlette.datastructures import Headers
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -83,6 +84,7 @@ from asr.inference.options import DecodingOptions
 from asr.inference.result import Result
 from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS, Stream
 from asr.inference.transcribe import Transcriber
+from asr.modules.attention import RelativePositionalEncoding
 from asr.serving.access import check_api_key, deny_websocket, websocket_authorization
 from asr.serving.responses import ApiError
 from asr.serving.workers import ModelWorkers
@@ -106,13 +108,15 @@ class LiveOptions:
     idle_seconds: float = 30.0
     max_message_bytes: int = 2**20
     chunk_ms: float = DEFAULT_CHUNK_MS
-    left_seconds: float | None = DEFAULT_LEFT_SECONDS
+    left_seconds: float = DEFAULT_LEFT_SECONDS  # a bound: a server's streams keep bounded state
 
     def __post_init__(self) -> None:
         if self.max_streams < 0:
             raise ValueError(f"max live streams must be >= 0, got {self.max_streams}")
         if self.idle_seconds <= 0 or self.max_message_bytes < 1 or self.chunk_ms <= 0:
             raise ValueError(f"live idle seconds, message size and chunk must be > 0: {self}")
+        if self.left_seconds is None or self.left_seconds < 0:
+            raise ValueError(f"live left seconds must be >= 0, got {self.left_seconds}")
 
 
 class Refused(Exception):
@@ -140,9 +144,13 @@ class LiveModels:
             self.transcribers[name] = Transcriber(shared.bundle, shared.device)
             try:
                 self.open(name)  # also builds the decoder (an LM loads now, not on a session)
-                self.cannot[name] = None
             except ValueError as err:
                 self.cannot[name] = str(err)
+                continue
+            self.cannot[name] = None
+            seconds = max(workers.chunking.chunk_seconds,
+                          options.left_seconds + 2 * options.chunk_ms / 1000)  # fmt: skip
+            _grow_position_tables(shared.bundle.model, math.ceil(seconds / shared.frame_seconds))
         self.pool = ThreadPoolExecutor(max(1, options.max_streams), "asr-live")
         self.sessions = 0
 
@@ -207,6 +215,20 @@ class LiveModels:
             raise Refused(f"the server is busy: all {self.options.max_streams} live streams "
                           "are taken; try again later", "server_busy", CLOSE_TRY_LATER)  # fmt: skip
         return name
+
+
+def _grow_position_tables(model: Any, frames: int) -> None:
+    """Make a model's attention safe to share between threads: `RelativePositionalEncoding`
+    grows its table on demand by replacing it, under a forward on another thread that may be
+    reading it. Grown here, before any thread runs, to the longest window (`frames`) this
+    server's offline chunks and live streams use, forwards only read it. (ONNX models: nothing
+    to do.)"""
+    if not isinstance(model, torch.nn.Module):
+        return
+    with torch.inference_mode():
+        for module in model.modules():
+            if isinstance(module, RelativePositionalEncoding):
+                module(frames)
 
 
 def _resolve(resolve: Callable[[str], str], asked: str) -> str:
