@@ -36,9 +36,8 @@ Protocol, as implemented here (every event a JSON text message with a `type`):
   the current item (`input_audio_buffer.cleared`). Committing no audio is an error event.
 - turn detection: none by default (the client's commit ends an utterance). A session with
   `turn_detection: {"type": "server_vad", threshold, silence_duration_ms, prefix_padding_ms}`
-  (defaults 0.5, 500, 300) gets a plain energy detector, not a speech model: a 10 ms frame is
-  speech when its RMS reaches 0.04 x threshold of full scale (-34 dBFS at 0.5). An item starts
-  at the first speech frame, with `prefix_padding_ms` of the audio before it
+  (defaults 0.5, 500, 300) gets a plain energy detector, not a speech model (`turns`). An item
+  starts at the first speech frame, with `prefix_padding_ms` of the audio before it
   (`input_audio_buffer.speech_started` {item_id, audio_start_ms}), and is committed as above after
   `silence_duration_ms` without speech (`input_audio_buffer.speech_stopped` {item_id,
   audio_end_ms}); audio_start_ms and audio_end_ms (from the session's first sample) bound exactly
@@ -87,13 +86,12 @@ from asr.inference.transcribe import Transcriber
 from asr.modules.attention import RelativePositionalEncoding
 from asr.serving.access import check_api_key, deny_websocket, websocket_authorization
 from asr.serving.responses import ApiError
+from asr.serving.turns import EnergyVad, turn_detection
 from asr.serving.workers import ModelWorkers
 
 log = logging.getLogger(__name__)
 OPENAI_RATE = 24000  # "pcm16": OpenAI's Realtime audio format
 MIN_RATE, MAX_RATE = 8000, 192000
-FRAME_SECONDS = 0.01  # the energy detector's frame
-SPEECH_RMS = 0.04  # RMS of full scale at threshold 1.0
 CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_INVALID, CLOSE_POLICY, CLOSE_TOO_BIG = (
     1000, 1003, 1007, 1008, 1009)  # fmt: skip
 CLOSE_ERROR, CLOSE_TRY_LATER = 1011, 1013
@@ -259,7 +257,7 @@ class _Session:
         self.rate = OPENAI_RATE
         self.format: Any = "pcm16"
         self.turn_detection: dict[str, Any] | None = None
-        self.vad: _EnergyVad | None = None
+        self.vad: EnergyVad | None = None
         self.item: _Item | None = None
         self.previous: str | None = None
         self.received = 0  # samples in the session, at `rate`
@@ -370,7 +368,7 @@ class _Session:
         for key, value in updates.items():
             setattr(self, key, value)
         if "turn_detection" in updates or "rate" in updates:
-            self.vad = _EnergyVad.make(self.turn_detection, self.rate, self.item is not None,
+            self.vad = EnergyVad.make(self.turn_detection, self.rate, self.item is not None,
                                        self.received)  # fmt: skip
         answer = "session.updated" if event["type"] == "session.update" else None
         await self.send(answer or "transcription_session.updated", session=self.session())
@@ -397,7 +395,10 @@ class _Session:
                                 f"{self.live.cannot[updates['model']]}", "model_cannot_stream",
                                 "input_audio_transcription.model")  # fmt: skip
         if "turn_detection" in session:
-            updates["turn_detection"] = _turn_detection(session["turn_detection"])
+            try:
+                updates["turn_detection"] = turn_detection(session["turn_detection"])
+            except ValueError as err:
+                raise _BadEvent(str(err), "invalid_value", "turn_detection") from None
         return updates
 
     def session(self) -> dict[str, Any]:
@@ -511,92 +512,3 @@ def _pcm_rate(fmt: Any) -> int:
                         f"from {MIN_RATE} to {MAX_RATE}", "invalid_value", "input_audio_format")  # fmt: skip
     raise _BadEvent(f"input_audio_format {fmt!r} is not supported: 'pcm16' (24 kHz) or "
                     "{'type': 'audio/pcm', 'rate': N}", "invalid_value", "input_audio_format")  # fmt: skip
-
-
-VAD_DEFAULTS = {"threshold": 0.5, "silence_duration_ms": 500, "prefix_padding_ms": 300}
-
-
-def _turn_detection(given: Any) -> dict[str, Any] | None:
-    """A session's `turn_detection`: None, or server_vad with its three numbers filled in."""
-    if given is None:
-        return None
-    if not isinstance(given, dict) or given.get("type", "server_vad") != "server_vad":
-        kind = given.get("type") if isinstance(given, dict) else given
-        raise _BadEvent(f"turn_detection {kind!r}: only null (the client commits) or "
-                        "{'type': 'server_vad'} (an energy detector)", "invalid_value",
-                        "turn_detection")  # fmt: skip
-    settings: dict[str, Any] = {"type": "server_vad"}
-    for key, default in VAD_DEFAULTS.items():
-        value = given.get(key, default)
-        if value is None:
-            value = default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise _BadEvent(f"turn_detection.{key} {value!r}: expected a number >= 0",
-                            "invalid_value", f"turn_detection.{key}")  # fmt: skip
-        settings[key] = value
-    return settings
-
-
-class _EnergyVad:
-    """Server-side turn detection by frame energy (see the module docstring). `push(samples)`
-    gives the actions the samples lead to, in order: ("start", prefix and speech, audio_start_ms),
-    ("audio", samples, 0), ("stop", trailing samples, audio_end_ms)."""
-
-    def __init__(self, rate: int, threshold: float, silence_ms: float, prefix_ms: float,
-                 speaking: bool, position: int) -> None:  # fmt: skip
-        self.frame = max(1, round(rate * FRAME_SECONDS))
-        self.rate = rate
-        self.level = SPEECH_RMS * threshold
-        self.silence_frames = max(1, math.ceil(silence_ms / 1000 / FRAME_SECONDS))
-        self.prefix_samples = round(prefix_ms / 1000 * rate)
-        self.speaking = speaking
-        self.silent = 0  # frames without speech since the last speech frame
-        self.pending = np.zeros(0, np.int16)  # less than a frame, not yet judged
-        self.prefix = np.zeros(0, np.int16)  # audio before speech, at most prefix_samples
-        self.position = position  # samples judged in the session
-
-    @classmethod
-    def make(
-        cls, settings: dict[str, Any] | None, rate: int, speaking: bool, position: int
-    ) -> _EnergyVad | None:
-        """A detector for a session's `turn_detection` (None: none), `position` samples in."""
-        if settings is None:
-            return None
-        return cls(rate, settings["threshold"], settings["silence_duration_ms"],
-                   settings["prefix_padding_ms"], speaking, position)  # fmt: skip
-
-    def reset(self) -> None:
-        """The client ended or dropped the utterance: wait for speech again."""
-        self.speaking, self.silent, self.prefix = False, 0, self.prefix[:0]
-
-    def push(self, samples: np.ndarray) -> list[tuple[str, np.ndarray, int]]:
-        audio = np.concatenate([self.pending, samples])
-        whole = len(audio) // self.frame * self.frame
-        self.pending = audio[whole:]
-        actions: list[tuple[str, np.ndarray, int]] = []
-        run: list[np.ndarray] = []  # speech-state frames not yet handed out
-        for start in range(0, whole, self.frame):
-            frame = audio[start : start + self.frame]
-            loud = np.sqrt(np.mean((frame.astype(np.float32) / 32768) ** 2)) >= self.level
-            self.position += len(frame)
-            if not self.speaking:
-                if not loud:
-                    self.prefix = np.concatenate([self.prefix, frame])[-self.prefix_samples :]
-                    if self.prefix_samples == 0:
-                        self.prefix = self.prefix[:0]
-                    continue
-                began = self.position - len(frame) - len(self.prefix)
-                actions.append(("start", np.concatenate([self.prefix, frame]), self._ms(began)))
-                self.prefix, self.speaking, self.silent = self.prefix[:0], True, 0
-                continue
-            run.append(frame)
-            self.silent = 0 if loud else self.silent + 1
-            if self.silent >= self.silence_frames:
-                actions.append(("stop", np.concatenate(run), self._ms(self.position)))
-                run, self.speaking = [], False
-        if run:
-            actions.append(("audio", np.concatenate(run), 0))
-        return actions
-
-    def _ms(self, samples: int) -> int:
-        return round(samples * 1000 / self.rate)
