@@ -38,6 +38,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format in ("onnx", "sherpa-onnx"):
         from asr.export.onnx import export_onnx
         from asr.export.sherpa import export_sherpa
+        from asr.inference.onnx import streaming_path
 
         if not args.model:
             raise ValueError(
@@ -46,15 +47,22 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"model.pt`)"
             )
         export = export_onnx if args.format == "onnx" else export_sherpa
+        if args.streaming and args.format != "onnx":
+            raise ValueError("--streaming applies to --format onnx only")
+        streaming = {"streaming": True} if args.streaming else {}
         try:
-            path = export(args.model, args.output, quantize=args.quantize)
+            path = export(args.model, args.output, quantize=args.quantize, **streaming)
         except RuntimeError as err:  # the check of the export (ONNX Runtime vs PyTorch) failed
             if "export check failed" not in str(err):
                 raise
             raise ValueError(f"{err} (nothing was written to {args.output})") from None
         name = "ONNX" if args.format == "onnx" else "sherpa-onnx"
         print(f"{name} model ({args.quantize}) written to {path}")
+        if args.streaming:
+            print(f"its streaming graph written to {streaming_path(path)}")
         return 0
+    if args.streaming:
+        raise ValueError("--streaming applies to --format onnx only")
     if args.quantize != "none":
         raise ValueError("--quantize applies to --format onnx and sherpa-onnx only")
     if args.model:
@@ -127,7 +135,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "export",
         help="training checkpoints -> model.pt bundle, or a bundle -> ONNX",
         description="asr export --checkpoint C1.ckpt [C2.ckpt ...] --output model.pt | "
-        "asr export --model model.pt --format onnx --output model.onnx [--quantize int8]",
+        "asr export --model model.pt --format onnx --output model.onnx [--quantize int8] "
+        "[--streaming]",
     )
     p.add_argument("--checkpoint", nargs="+", help="training checkpoints; several: their average")
     p.add_argument("--model",
@@ -139,6 +148,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "CTC recognizer (asr.export.sherpa)")  # fmt: skip
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="onnx only: int8 weights for MatMul/Gemm (dynamic quantization)")  # fmt: skip
+    p.add_argument("--streaming", action="store_true",
+                   help="onnx only: also write the chunk graph for live transcription, "
+                   "NAME.streaming.onnx beside the output (models trained with "
+                   "encoder.causal_conv)")  # fmt: skip
     p.add_argument("--output", required=True, metavar="FILE",
                    help="the file to write: a model.pt bundle, or an .onnx model")  # fmt: skip
     p.set_defaults(func=cmd_export)

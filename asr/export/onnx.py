@@ -18,10 +18,20 @@ nodes, activations quantized per batch at run time; matmuls of two activations (
 scores) stay in float32 (`MatMulConstBOnly`), where 8 bits would cost accuracy and no weights
 are saved.
 
+Streaming (`streaming=True`, `asr export --streaming`, for models that can stream): the chunk
+step `CtcModel.forward_chunk` is exported too, to `NAME.streaming.onnx` beside the file, with
+its state (`StreamState`: attention keys/values per block, causal-convolution inputs, the count
+of valid cache slots) as explicit inputs and outputs, and the chunk size, the left context and
+the batch dynamic: the layout is in `asr.inference.onnx`'s docstring. The subsampling needs no
+state of its own: a chunk's input repeats the last span - stride feature frames of the one
+before. The main file's metadata names the streaming graph, so `asr.load_model("m.onnx").stream()`
+runs on it; int8 quantizes both.
+
 Every export is checked before it is written: ONNX Runtime runs the new graph on a padded batch
 of two lengths and its log-probs must match PyTorch's (fp32: 1e-3 at most; the tests hold it to
 1e-4 on real batches; int8: the same argmax token on 95% of the valid frames at least), or
-nothing is written.
+nothing is written; a streaming graph is checked the same way on a stream of chunks whose
+cache fills up and wraps, against PyTorch's `forward_chunk`.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,12 +50,18 @@ from asr.extras import require
 from asr.inference.onnx import (
     INPUT_NAMES,
     OUTPUT_NAMES,
+    STREAMING_INPUT_NAMES,
+    STREAMING_OUTPUT_NAMES,
     bundle_metadata,
     import_onnxruntime,
     session_options,
+    streaming_metadata,
+    streaming_path,
 )
+from asr.inference.streaming import check_streamable
 from asr.interop.sources import open_bundle
 from asr.model import CtcModel
+from asr.modules.conformer import StreamState
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +87,38 @@ class _Graph(nn.Module):
         return self.model(feats, feat_lengths)
 
 
-def export_onnx(model: str | Path, output: str | Path, quantize: str = "none") -> Path:
-    """Export the bundle at `model` (a file or a shipped name) to the ONNX file `output`.
+class _ChunkGraph(nn.Module):
+    """The streaming graph: `CtcModel.forward_chunk`, its state as separate tensors."""
 
-    `quantize`: "none" (fp32) or "int8" (dynamic quantization of MatMul/Gemm weights). The file
-    is written atomically, after ONNX Runtime has checked it. Returns `output`.
+    def __init__(self, model: CtcModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        att_cache: torch.Tensor,
+        cnn_cache: torch.Tensor,
+        cache_len: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        log_probs, state = self.model.forward_chunk(
+            feats, StreamState(att_cache, cnn_cache, cache_len)
+        )
+        return (log_probs, *state)
+
+
+def export_onnx(
+    model: str | Path, output: str | Path, quantize: str = "none", streaming: bool = False
+) -> Path:
+    """Export the bundle at `model` (a file or a shipped name) to the ONNX file `output`, and
+    with `streaming` its chunk graph to `streaming_path(output)` (NAME.streaming.onnx).
+
+    `quantize`: "none" (fp32) or "int8" (dynamic quantization of MatMul/Gemm weights). The files
+    are written atomically, after ONNX Runtime has checked them. Returns `output`.
     """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
-    onnx = require("onnx", "onnx", "ONNX export")
+    require("onnx", "onnx", "ONNX export")
     require("onnxscript", "onnx", "ONNX export")
     import_onnxruntime()
     bundle = open_bundle(model)
@@ -88,26 +128,59 @@ def export_onnx(model: str | Path, output: str | Path, quantize: str = "none") -
             f"reference encoder runs a GRU over packed sequences, which torch.export does not "
             f"capture)"
         )
+    if streaming:
+        try:
+            check_streamable(bundle.model.config, bundle.frontend.config)
+        except ValueError as err:
+            raise ValueError(f"{model}: no streaming graph: {err}") from None
     output = Path(output)
+    metadata = bundle_metadata(bundle, quantize)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_path = Path(tmp) / "fp32.onnx"
-        _export_fp32(bundle.model, bundle.frontend.config.n_mels, fp32_path)
-        graph = onnx.load(str(fp32_path))
-        _set_metadata(graph, bundle_metadata(bundle))
-        onnx.save(graph, str(fp32_path))
-        _check(fp32_path, bundle, tolerance=CHECK_TOLERANCE)
-        final = fp32_path
-        if quantize == "int8":
-            final = Path(tmp) / "int8.onnx"
-            _quantize_int8(fp32_path, final)
-            graph = onnx.load(str(final))
-            _set_metadata(graph, bundle_metadata(bundle, quantization="int8"))
-            onnx.save(graph, str(final))
-            _check(final, bundle, min_agreement=INT8_MIN_AGREEMENT)
-        data = final.read_bytes()
+        stream_data = None
+        if streaming:
+            stream_data = _build(
+                Path(tmp) / "streaming", bundle, quantize, _export_streaming_fp32,
+                streaming_metadata(bundle, quantize), _check_streaming,
+            )  # fmt: skip
+            metadata["streaming_graph"] = streaming_path(output).name
+        data = _build(Path(tmp) / "offline", bundle, quantize, _export_fp32, metadata, _check)
+    if stream_data is not None:  # first: a main file that names it finds it there
+        atomic_write(streaming_path(output), lambda path: path.write_bytes(stream_data))
+        log.info("%s streaming graph written to %s (%.1f MB)", quantize,
+                 streaming_path(output), len(stream_data) / 1e6)  # fmt: skip
     atomic_write(output, lambda path: path.write_bytes(data))
     log.info("%s model written to %s (%.1f MB)", quantize, output, len(data) / 1e6)
     return output
+
+
+def _build(
+    folder: Path,
+    bundle: ModelBundle,
+    quantize: str,
+    export: Callable[[CtcModel, int, Path], None],
+    metadata: dict[str, str],
+    check: Callable[..., None],
+) -> bytes:
+    """One graph: `export`ed in fp32, with `metadata`, `check`ed against PyTorch, quantized and
+    checked again for int8. Returns the bytes of the file to write."""
+    import onnx
+
+    folder.mkdir()
+    fp32_path = folder / "fp32.onnx"
+    export(bundle.model, bundle.frontend.config.n_mels, fp32_path)
+    graph = onnx.load(str(fp32_path))
+    _set_metadata(graph, metadata)
+    onnx.save(graph, str(fp32_path))
+    check(fp32_path, bundle, tolerance=CHECK_TOLERANCE)
+    if quantize != "int8":
+        return fp32_path.read_bytes()
+    final = folder / "int8.onnx"
+    _quantize_int8(fp32_path, final)
+    graph = onnx.load(str(final))
+    _set_metadata(graph, metadata)
+    onnx.save(graph, str(final))
+    check(final, bundle, min_agreement=INT8_MIN_AGREEMENT)
+    return final.read_bytes()
 
 
 def example_inputs(model: CtcModel, n_mels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +213,50 @@ def _export_fp32(model: CtcModel, n_mels: int, path: Path) -> None:
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
             dynamic_shapes=({0: batch, 1: time}, {0: batch}),
+            opset_version=OPSET,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path))
+
+
+def streaming_example(model: CtcModel, n_mels: int) -> tuple[torch.Tensor, StreamState]:
+    """A chunk of 8 frames for two streams, with 24 cache slots (5 and 24 valid)."""
+    generator = torch.Generator().manual_seed(0)
+    geometry = model.geometry
+    feats = torch.randn(2, geometry.stride * 8 + geometry.span - geometry.stride, n_mels,
+                        generator=generator)  # fmt: skip
+    state = model.initial_state(2, 24)
+    state = StreamState(
+        torch.randn(state.att_cache.shape, generator=generator),
+        torch.randn(state.cnn_cache.shape, generator=generator),
+        torch.tensor([5, 24]),
+    )
+    return feats, state
+
+
+def _export_streaming_fp32(model: CtcModel, n_mels: int, path: Path) -> None:
+    from torch.export import Dim
+
+    feats, state = streaming_example(model, n_mels)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    batch = Dim("batch", min=1, max=4096)
+    # The frames of C output frames: stride C + (span - stride), as a derived dimension, so
+    # that the exporter knows C exactly (not as a floor division it cannot reason about).
+    geometry = model.geometry
+    chunk = Dim("chunk", min=1, max=100_000)
+    cache = Dim("cache", min=1, max=1_000_000)  # 0 slots run as well (left context 0)
+    time = geometry.stride * chunk + (geometry.span - geometry.stride)
+    dynamic = ({0: batch, 1: time}, {2: batch, 4: cache}, {1: batch}, {0: batch})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+        program = torch.onnx.export(
+            _ChunkGraph(model).eval(),
+            (feats, *state),
+            dynamo=True,
+            input_names=list(STREAMING_INPUT_NAMES),
+            output_names=list(STREAMING_OUTPUT_NAMES),
+            dynamic_shapes=dynamic,
             opset_version=OPSET,
             optimize=True,
             verbose=False,
@@ -213,21 +330,76 @@ def _check(
             f"{want_lengths.tolist()}"
         )
     pairs = [(torch.from_numpy(got)[b, :n], want[b, :n]) for b, n in enumerate(want_lengths)]
+    _compare(pairs, tolerance, min_agreement, "")
+
+
+# The check stream: output frames per chunk (the last one short), cache slots (2 chunks).
+CHECK_CHUNKS, CHECK_CACHE = (8, 8, 8, 8, 8, 5), 16
+
+
+def _check_streaming(
+    path: Path,
+    bundle: ModelBundle,
+    tolerance: float | None = None,
+    min_agreement: float | None = None,
+) -> None:
+    """Run the streaming graph with ONNX Runtime over a stream of `CHECK_CHUNKS` chunks (each
+    carrying its own state from the one before) and compare to PyTorch's `forward_chunk` as
+    `_check` does. ExportCheckError otherwise."""
+    ort = import_onnxruntime()
+    model, geometry = bundle.model, bundle.model.geometry
+    frames = sum(CHECK_CHUNKS)
+    generator = torch.Generator().manual_seed(1)
+    feats = torch.randn(1, geometry.stride * (frames - 1) + geometry.span,
+                        bundle.frontend.config.n_mels, generator=generator)  # fmt: skip
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    want_state = model.initial_state(1, CHECK_CACHE)
+    got_state = [t.numpy() for t in want_state]
+    pairs, done = [], 0
+    for n in CHECK_CHUNKS:
+        start = geometry.stride * done
+        window = feats[:, start : start + geometry.stride * (n - 1) + geometry.span]
+        with torch.inference_mode():
+            want, want_state = model.forward_chunk(window, want_state)
+        got, *got_state = session.run(
+            list(STREAMING_OUTPUT_NAMES),
+            dict(zip(STREAMING_INPUT_NAMES, [window.numpy(), *got_state])),
+        )
+        if got.shape != tuple(want.shape) or got_state[2].tolist() != want_state.cache_len.tolist():
+            raise ExportCheckError(
+                f"ONNX export check failed: the streaming graph gave log-probs {got.shape} and "
+                f"{got_state[2].tolist()} valid cache frames, PyTorch {tuple(want.shape)} and "
+                f"{want_state.cache_len.tolist()}"
+            )
+        pairs.append((torch.from_numpy(got)[0], want[0]))
+        done += n
+    _compare(pairs, tolerance, min_agreement, "streaming graph ")
+
+
+def _compare(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    tolerance: float | None,
+    min_agreement: float | None,
+    what: str,
+) -> None:
+    """(ONNX Runtime, PyTorch) log-probs (T', V) per item: within `tolerance`, the same argmax
+    on `min_agreement` of the frames, or ExportCheckError naming `what` was checked."""
     diff = max((g - w).abs().max().item() for g, w in pairs)
-    log.info("export check: max |log-prob difference| vs PyTorch %.2e", diff)
+    log.info("export check: %smax |log-prob difference| vs PyTorch %.2e", what, diff)
     if tolerance is not None and diff > tolerance:
         raise ExportCheckError(
-            f"ONNX export check failed: log-probs differ from PyTorch's by {diff:.2e} "
+            f"ONNX export check failed: the {what}log-probs differ from PyTorch's by {diff:.2e} "
             f"(tolerance {tolerance:.0e}); please report this with your torch version"
         )
     if min_agreement is not None:
         same = torch.cat([g.argmax(-1) == w.argmax(-1) for g, w in pairs])  # (valid frames,)
         agreement = same.double().mean().item()
-        log.info("export check: int8 argmax agreement with PyTorch %.1f%% of %d frames "
-                 "(%.0f%% required)", 100 * agreement, len(same), 100 * min_agreement)  # fmt: skip
+        log.info("export check: %sint8 argmax agreement with PyTorch %.1f%% of %d frames "
+                 "(%.0f%% required)", what, 100 * agreement, len(same),
+                 100 * min_agreement)  # fmt: skip
         if agreement < min_agreement:
             raise ExportCheckError(
-                f"ONNX export check failed: the int8 model's argmax agreement with PyTorch "
+                f"ONNX export check failed: the int8 {what}argmax agreement with PyTorch "
                 f"{100 * agreement:.1f}% (of {len(same)} valid frames) is below the "
                 f"{100 * min_agreement:.0f}% required: int8 loses too much for this model "
                 f"(export it in fp32, --quantize none)"

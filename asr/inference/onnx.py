@@ -14,6 +14,23 @@ Runtime session in `OnnxCtcModel`, which implements the acoustic-model protocol
 `__call__(feats, feat_lengths)`), as `CtcModel` does, so `Transcriber`,
 `asr transcribe` and `asr evaluate` run the same front end, chunking, decoding, word timing and
 output code for both. ONNX Runtime is an optional dependency: `pip install 'asr[onnx]'`.
+
+Streaming (`asr export --streaming`): a second file beside it, `NAME.streaming.onnx`, holds the
+chunk graph, `CtcModel.forward_chunk` with its state as explicit tensors (`StreamState`):
+
+    feats (B, stride C + span - stride, F)   the chunk's feature frames (they overlap the last
+                                             chunk's by span - stride: 3 at 4x, 7 at 8x)
+    att_cache (N, 2, B, H, L, Dh)            keys and values of the last L frames per block,
+                                             the valid ones right-aligned
+    cnn_cache (N, B, K-1, D)                 each block's last causal-convolution inputs
+    cache_len (B,) int64                     valid frames in att_cache (the rest is masked)
+      -> log_probs (B, C, V), new_att_cache, new_cnn_cache, new_cache_len (same shapes)
+
+with B, C and L dynamic: the chunk size and the left context are chosen per stream (L slots,
+fixed for a stream with bounded left context). Its metadata has the bundle's JSON and plain keys
+for tools (`STREAMING_KEYS`); the main file's `streaming_graph` names it. `OnnxCtcModel`
+loads it when a stream starts (`initial_state`, `forward_chunk`), so `Stream` runs on ONNX
+Runtime exactly as on PyTorch (tests/test_onnx_streaming.py).
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ from asr.audio import LogMelFeatures
 from asr.checkpoint import BundleError, ModelBundle, bundle_parts
 from asr.config import EncoderConfig, to_dict
 from asr.extras import require
+from asr.modules.conformer import StreamState
 from asr.modules.subsampling import SubsamplingGeometry
 from asr.tokenizer import BLANK_ID, Tokenizer
 
@@ -37,6 +55,12 @@ ONNX_VERSION = 1
 METADATA_KEY = "asr_bundle"
 INPUT_NAMES = ("feats", "feat_lengths")
 OUTPUT_NAMES = ("log_probs", "out_lengths")
+STREAMING_INPUT_NAMES = ("feats", "att_cache", "cnn_cache", "cache_len")
+STREAMING_OUTPUT_NAMES = ("log_probs", "new_att_cache", "new_cnn_cache", "new_cache_len")
+STREAMING_SUFFIX = ".streaming.onnx"
+# the plain metadata keys of a streaming graph, beside the bundle's JSON
+STREAMING_KEYS = ("graph", "num_layers", "num_heads", "head_dim", "d_model", "cnn_cache_frames",
+                  "subsampling_stride", "subsampling_span", "frame_seconds")  # fmt: skip
 
 
 def is_onnx_path(path: str | Path) -> bool:
@@ -76,14 +100,48 @@ def bundle_metadata(bundle: ModelBundle, quantization: str = "none") -> dict[str
     }
 
 
-class OnnxCtcModel:
-    """An ONNX Runtime session implementing `asr.model.AcousticModel` (CPU only)."""
+def streaming_path(path: str | Path) -> Path:
+    """Where the streaming graph of the export at `path` goes: m.onnx -> m.streaming.onnx."""
+    path = Path(path)
+    return path.with_name(path.name[: -len(path.suffix)] + STREAMING_SUFFIX)
 
-    def __init__(self, session: Any, config: EncoderConfig, vocab_size: int) -> None:
+
+def streaming_metadata(bundle: ModelBundle, quantization: str = "none") -> dict[str, str]:
+    """The `metadata_props` of a streaming graph: the bundle's, and the cache geometry."""
+    config, geometry = bundle.model.config, bundle.model.geometry
+    return {
+        **bundle_metadata(bundle, quantization),
+        "graph": "streaming",
+        "num_layers": str(config.num_layers),
+        "num_heads": str(config.num_heads),
+        "head_dim": str(config.d_model // config.num_heads),
+        "d_model": str(config.d_model),
+        "cnn_cache_frames": str(config.conv_kernel_size - 1),
+        "subsampling_stride": str(geometry.stride),
+        "subsampling_span": str(geometry.span),
+        "frame_seconds": repr(bundle.frame_seconds),
+    }
+
+
+class OnnxCtcModel:
+    """An ONNX Runtime session implementing `asr.model.AcousticModel` (CPU only), and
+    `StreamingAcousticModel` when the export has a streaming graph (`streaming`: its path)."""
+
+    def __init__(
+        self,
+        session: Any,
+        config: EncoderConfig,
+        vocab_size: int,
+        path: Path | None = None,
+        streaming: Path | None = None,
+        threads: int | None = None,
+    ) -> None:
         self.session = session
         self.config = config
         self.vocab_size = vocab_size
         self.geometry = SubsamplingGeometry(config.subsampling_factor, config.subsampling_padding)
+        self.path, self.streaming, self.threads = path, streaming, threads
+        self._streaming_session: Any = None
 
     def output_lengths(self, feat_lengths: torch.Tensor) -> torch.Tensor:
         """Frames out for frames in, as the exported subsampling computes them."""
@@ -101,6 +159,36 @@ class OnnxCtcModel:
             },
         )
         return torch.from_numpy(log_probs), torch.from_numpy(out_lengths)
+
+    def initial_state(
+        self, batch: int = 1, cache_frames: int = 0, device: torch.device | str = "cpu"
+    ) -> StreamState:
+        """The state before a stream's first chunk (zeros; `cache_frames` slots of left
+        context), shaped as the streaming graph wants. ValueError (one line) without one."""
+        self._streaming_graph()  # refuses here, before any audio
+        c = self.config
+        d_head = c.d_model // c.num_heads
+        return StreamState(
+            torch.zeros(c.num_layers, 2, batch, c.num_heads, cache_frames, d_head),
+            torch.zeros(c.num_layers, batch, c.conv_kernel_size - 1, c.d_model),
+            torch.zeros(batch, dtype=torch.long),
+        )
+
+    def forward_chunk(
+        self, feats: torch.Tensor, state: StreamState
+    ) -> tuple[torch.Tensor, StreamState]:
+        """One chunk through the streaming graph: as `CtcModel.forward_chunk`."""
+        feed = {name: np.ascontiguousarray(value.detach().cpu().numpy())
+                for name, value in zip(STREAMING_INPUT_NAMES, (feats.float(), *state))}  # fmt: skip
+        outputs = self._streaming_graph().run(list(STREAMING_OUTPUT_NAMES), feed)
+        log_probs, *new_state = (torch.from_numpy(output) for output in outputs)
+        return log_probs, StreamState(*new_state)
+
+    def _streaming_graph(self) -> Any:
+        """The streaming graph's session, opened on first use."""
+        if self._streaming_session is None:
+            self._streaming_session = _open_streaming_graph(self.path, self.streaming, self.threads)
+        return self._streaming_session
 
     def to(self, device: str | torch.device) -> OnnxCtcModel:
         if torch.device(device).type != "cpu":
@@ -154,6 +242,11 @@ def load_onnx_bundle(path: str | Path, threads: int | None = None) -> ModelBundl
             f"`asr export --model model.pt --format onnx`"
         )
     bundle_parts = _parse_metadata(path, raw)
+    if session.get_modelmeta().custom_metadata_map.get("graph") == "streaming":
+        raise BundleError(
+            f"{path} is the streaming graph of an export: load the .onnx file beside it "
+            f"(its streams use this one)"
+        )
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if tuple(names[0]) != INPUT_NAMES or tuple(names[1]) != OUTPUT_NAMES:
         raise BundleError(
@@ -161,8 +254,40 @@ def load_onnx_bundle(path: str | Path, threads: int | None = None) -> ModelBundl
             f"found {names[0]} and {names[1]}"
         )
     encoder_config, frontend, tokenizer, vocab_size, info = bundle_parts
-    model = OnnxCtcModel(session, encoder_config, vocab_size)
+    graph = session.get_modelmeta().custom_metadata_map.get("streaming_graph")
+    streaming = path.parent / graph if graph else None
+    model = OnnxCtcModel(session, encoder_config, vocab_size, path, streaming, threads)
     return ModelBundle(model, frontend, tokenizer, info)
+
+
+def _open_streaming_graph(path: Path | None, streaming: Path | None, threads: int | None) -> Any:
+    """The ONNX Runtime session of the streaming graph `streaming` of the export at `path`;
+    ValueError (one line) when there is none, or it is not that export's."""
+    if streaming is None:
+        raise ValueError(
+            f"{path} has no streaming graph: export the model with `asr export --model "
+            f"model.pt --format onnx --streaming` (a model trained with encoder.causal_conv), "
+            f"or stream the model.pt"
+        )
+    if not streaming.is_file():
+        raise ValueError(f"{path} streams with {streaming.name}, which is not beside it")
+    ort = import_onnxruntime()
+    try:
+        session = ort.InferenceSession(
+            str(streaming), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as err:  # ONNX Runtime's own exception types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"cannot read {streaming}: not an ONNX model, or truncated ({first})"
+        ) from None
+    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    meta = session.get_modelmeta().custom_metadata_map
+    if (tuple(names[0]), tuple(names[1])) != (STREAMING_INPUT_NAMES, STREAMING_OUTPUT_NAMES) \
+            or meta.get("graph") != "streaming":  # fmt: skip
+        raise ValueError(f"{streaming} is not the streaming graph of an asr export (inputs "
+                         f"{names[0]}, outputs {names[1]})")  # fmt: skip
+    return session
 
 
 def _parse_metadata(

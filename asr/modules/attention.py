@@ -176,7 +176,10 @@ class MultiHeadAttention(nn.Module):
 
     def merge_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, h, t, dh = x.shape
-        return self.out(x.transpose(1, 2).reshape(b, t, h * dh))  # (B, T, D)
+        x = x.transpose(1, 2)  # (B, T, H, Dh)
+        if exporting():  # a copy: whether reshape can view depends on the traced kernel's strides
+            x = x.clone(memory_format=torch.contiguous_format)
+        return self.out(x.reshape(b, t, h * dh))  # (B, T, D)
 
     def forward(
         self,

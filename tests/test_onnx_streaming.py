@@ -1,0 +1,179 @@
+"""Streaming on ONNX Runtime (`asr export --streaming`): a `Stream` over the exported chunk graph
+gives the partial texts, final text, word times and log-probs (1e-4) of the PyTorch stream, at
+320/640/1280 ms chunks, on LibriSpeech recordings (when the shared data is there) and on noise,
+with bounded, zero and unbounded left context; int8 keeps the greedy tokens close; files without
+the streaming graph, and models that cannot stream, are one clear line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile
+import torch
+from test_streaming import calibrated_causal_bundle, noise
+
+import asr
+from asr.audio import load_audio
+from asr.checkpoint import BundleError
+from asr.cli import main as cli_main
+from asr.export.onnx import export_onnx
+from asr.inference.onnx import STREAMING_INPUT_NAMES, streaming_path
+from asr.inference.streaming import feed
+
+RATE = 16000
+LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared/data/librispeech-mini/LibriSpeech"
+PIECE_MS = 100.0  # what a microphone delivers at a time: not a multiple of any chunk
+
+
+def recordings(count: int) -> list[Path]:
+    files = sorted((LIBRISPEECH / "test-clean").rglob("*.flac")) if LIBRISPEECH.is_dir() else []
+    if not files:
+        pytest.skip(f"no LibriSpeech recordings at {LIBRISPEECH} (the shared librispeech-mini)")
+    return files[:count]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A causal model with random weights (calibrated so that its greedy output on speech has
+    words), as model.pt and exported with its streaming graph, fp32 and int8."""
+    folder = tmp_path_factory.mktemp("onnx_stream")
+    files = sorted(LIBRISPEECH.rglob("*.flac")) if LIBRISPEECH.is_dir() else []
+    wave = load_audio(files[0]) if files else torch.from_numpy(noise(6.0, 11))
+    pt = calibrated_causal_bundle(folder / "model.pt", wave[None], chunk=16, space_bias=2.0)
+    fp32 = folder / "model.onnx"  # through the command line, as users export
+    argv = ["export", "--model", str(pt), "--format", "onnx", "--output", str(fp32),
+            "--streaming"]  # fmt: skip
+    assert cli_main(argv) == 0
+    int8 = export_onnx(pt, folder / "model.int8.onnx", quantize="int8", streaming=True)
+    return {"pt": pt, "fp32": fp32, "int8": int8, "folder": folder}
+
+
+def run_stream(transcriber, wave: np.ndarray, chunk_ms: float, left_seconds=10.0):
+    """Feed `wave` in `PIECE_MS` pieces: (stream, partial texts, final result)."""
+    stream = transcriber.stream(chunk_ms, left_seconds)
+    partials = []
+    feed(stream, wave, RATE, PIECE_MS, lambda partial, _: partials.append(partial.text))
+    return stream, partials, stream.finish()
+
+
+def assert_same_stream(onnx_run, torch_run, atol: float = 1e-4) -> None:
+    (stream_a, partials_a, final_a), (stream_b, partials_b, final_b) = onnx_run, torch_run
+    assert partials_a == partials_b
+    assert final_a.text == final_b.text
+    for a, b in zip(final_a.words, final_b.words, strict=True):
+        assert a.word == b.word and abs(a.start - b.start) < 1e-6 and abs(a.end - b.end) < 1e-6
+    got, want = torch.cat(stream_a.log_probs), torch.cat(stream_b.log_probs)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("chunk_ms", [320, 640, 1280])
+def test_onnx_stream_equals_pytorch_stream_on_recordings(exported, chunk_ms):
+    onnx_model, torch_model = asr.load_model(exported["fp32"]), asr.load_model(exported["pt"])
+    texts = []
+    for path in recordings(3):
+        wave = load_audio(path).numpy()
+        onnx_run = run_stream(onnx_model, wave, chunk_ms)
+        assert_same_stream(onnx_run, run_stream(torch_model, wave, chunk_ms))
+        texts.append(onnx_run[2].text)
+        assert len(onnx_run[1]) > 1 and onnx_run[1][-1]  # partial text before the end
+    assert sum(len(t.split()) for t in texts) >= 6, texts  # words to compare, not silence
+
+
+@pytest.mark.parametrize(("chunk_ms", "left_seconds"),
+                         [(320, 10.0), (640, 1.28), (1280, None), (640, 0.0)])  # fmt: skip
+def test_onnx_stream_equals_pytorch_stream_on_noise(exported, chunk_ms, left_seconds):
+    """Always run (no shared data needed); left context bounded (the cache wraps), none at all
+    (no cache slot) and unbounded (the cache grows)."""
+    wave = noise(7.3, 12)
+    onnx_run = run_stream(asr.load_model(exported["fp32"]), wave, chunk_ms, left_seconds)
+    torch_run = run_stream(asr.load_model(exported["pt"]), wave, chunk_ms, left_seconds)
+    assert_same_stream(onnx_run, torch_run)
+    assert onnx_run[2].text  # something to compare
+    slots = onnx_run[0].state.att_cache.shape[4]
+    assert slots == (onnx_run[0].frames_done if left_seconds is None else onnx_run[0].max_cache)
+
+
+def test_int8_stream_is_close_to_pytorch(exported):
+    wave = load_audio(recordings(1)[0]).numpy()
+    int8_run = run_stream(asr.load_model(exported["int8"]), wave, 640)
+    torch_run = run_stream(asr.load_model(exported["pt"]), wave, 640)
+    got, want = torch.cat(int8_run[0].log_probs), torch.cat(torch_run[0].log_probs)
+    assert got.shape == want.shape
+    agreement = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+    assert agreement > 0.9, agreement
+    props = {
+        p.key: p.value for p in onnx.load(str(streaming_path(exported["int8"]))).metadata_props
+    }
+    assert props["quantization"] == "int8" and props["graph"] == "streaming"
+    fp32_size = streaming_path(exported["fp32"]).stat().st_size
+    assert streaming_path(exported["int8"]).stat().st_size < 0.6 * fp32_size
+
+
+def test_streaming_graph_layout_and_metadata(exported):
+    """The caches are explicit inputs whose shapes the metadata describes; the main file names
+    its streaming graph."""
+    graph = onnx.load(str(streaming_path(exported["fp32"])))
+    props = {p.key: p.value for p in graph.metadata_props}
+    config = asr.load_model(exported["pt"]).bundle.model.config
+    assert [i.name for i in graph.graph.input] == list(STREAMING_INPUT_NAMES)
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in graph.graph.input}  # fmt: skip
+    heads, d_head = int(props["num_heads"]), int(props["head_dim"])
+    assert shapes["att_cache"][:2] == [config.num_layers, 2]
+    assert shapes["att_cache"][3] == heads == config.num_heads and shapes["att_cache"][5] == d_head
+    assert shapes["cnn_cache"][2:] == [config.conv_kernel_size - 1, config.d_model]
+    assert int(props["cnn_cache_frames"]) == config.conv_kernel_size - 1
+    assert (props["subsampling_stride"], props["subsampling_span"]) == ("4", "7")
+    assert json.loads(props["asr_bundle"])["encoder_config"]["causal_conv"] is True
+    main = {p.key: p.value for p in onnx.load(str(exported["fp32"])).metadata_props}
+    assert main["streaming_graph"] == "model.streaming.onnx"
+
+
+def test_onnx_without_streaming_graph_is_one_clear_line(exported, tmp_path):
+    graph = onnx.load(str(exported["fp32"]))  # what an export without --streaming writes
+    kept = [p for p in graph.metadata_props if p.key != "streaming_graph"]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    plain = tmp_path / "plain.onnx"
+    onnx.save(graph, str(plain))
+    with pytest.raises(ValueError, match=r"plain\.onnx has no streaming graph.*--streaming") as e:
+        asr.load_model(plain).stream()
+    assert "\n" not in str(e.value)
+    # the offline graph still transcribes, and the streaming graph alone is not a model
+    assert asr.load_model(plain).transcribe((noise(1.0, 3), RATE))[0].error is None
+    with pytest.raises(BundleError, match="is the streaming graph of an export"):
+        asr.load_model(streaming_path(exported["fp32"]))
+    moved = tmp_path / "moved.onnx"
+    moved.write_bytes(exported["fp32"].read_bytes())  # without model.streaming.onnx beside it
+    with pytest.raises(ValueError, match="streams with model.streaming.onnx, which is not beside"):
+        asr.load_model(moved).stream()
+
+
+def test_a_model_that_cannot_stream_is_refused_at_export(tmp_path):
+    with pytest.raises(ValueError, match="no streaming graph: this model cannot stream") as e:
+        export_onnx("demo-synthetic-char", tmp_path / "m.onnx", streaming=True)
+    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def test_cli_transcribe_streaming_on_onnx(exported, tmp_path, capsys):
+    """`asr export --streaming` (the fixture) then `asr transcribe --streaming` on the .onnx."""
+    out = exported["fp32"]
+    assert out.is_file() and streaming_path(out).is_file()
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, noise(3.0, 5), RATE)
+    texts = []
+    for model in (str(out), str(exported["pt"])):
+        folder = tmp_path / Path(model).suffix[1:]
+        argv = ["transcribe", "--model", model, "--streaming", "--chunk-ms", "320",
+                "--output-dir", str(folder), "--format", "txt", str(wav)]  # fmt: skip
+        assert cli_main(argv) == 0
+        texts.append((folder / "a.txt").read_text())
+    assert texts[0] == texts[1] and texts[0].strip()
+    argv = ["export", "--model", str(exported["pt"]), "--output", "x.pt", "--streaming"]
+    assert cli_main(argv) == 2
+    assert "--streaming applies to --format onnx only" in capsys.readouterr().err
