@@ -16,6 +16,17 @@ whole utterance (tests/test_streaming.py), which is what a model trained with
 its left context except for the utterance's log-probs, kept for the final decoding and word
 alignment (V floats per output frame: 11 MB per hour of audio for a character model).
 
+PyTorch or ONNX: the chunk step is the model's (`asr.model.StreamingAcousticModel`:
+`initial_state`, `forward_chunk`) and what it carries is a fixed set of tensors
+(`StreamState`): per block the attention keys and values of the last L frames, L the left
+context in encoder frames (fixed for the stream; the slots not yet filled are masked and
+`cache_len` counts the filled ones; with `left_seconds` None the slots grow with the stream),
+and the last K-1 inputs of each causal convolution. The subsampling carries nothing: each
+chunk's feature frames repeat the last span - stride (3 at 4x) of the one before. So the same
+`Stream` runs on `CtcModel` or on ONNX Runtime (`OnnxCtcModel` with the chunk graph that
+`asr export --streaming` writes beside the .onnx; its layout: `asr.inference.onnx`), with the
+same partial and final text (tests/test_onnx_streaming.py).
+
 Latency: a word spoken at time t is emitted when the chunk containing its last frame is complete
 (up to `chunk_ms` later, plus the subsampling's look-ahead of 3 feature frames and the window of
 the last one, plus 10 ms for audio resampled from 44.1 kHz) and computed (the compute time of
