@@ -238,10 +238,15 @@ class LogMelFeatures(nn.Module):
 
     By default frame t covers samples [t * hop, t * hop + win) exactly, so T = 1 + (N - win) // hop
     (0 when N < win). With `center` frame t is centred on sample t * hop over zero padding, and
-    T = N // hop (NeMo's count: the STFT's last frame, centred past the end, is dropped). Either
-    way an utterance's features do not depend on the padding of its batch, and padded frames of
-    the output are 0. The window and the mel filterbank are buffers: saved in every bundle, and
-    an imported model's own are loaded into them.
+    T = N // hop (NeMo's count: the STFT's last frame, centred past the end, is dropped). With
+    `framing="kaldi"` (Kaldi's and kaldi-native-fbank's snip_edges=false, what sherpa-onnx
+    computes) frame t is centred on sample t * hop + hop // 2, samples before the start and past
+    the end of each utterance are mirrored (-1 -> 0, N -> N - 1), pre-emphasis is applied within
+    each frame (its first sample times 1 - a), and T = (N + hop // 2) // hop. Any way, an
+    utterance's features do not depend on the padding of its batch, and padded frames of the
+    output are 0. The window and the mel filterbank are buffers: saved in every bundle, and an
+    imported model's own are loaded into them. `log_guard` "add": log(power + log_offset);
+    "clamp": log(max(power, log_offset)) (Kaldi's).
     """
 
     def __init__(self, config: FeatureConfig) -> None:
@@ -277,7 +282,12 @@ class LogMelFeatures(nn.Module):
         self.register_buffer("global_std", torch.ones(config.n_mels))
 
     def num_frames(self, num_samples: int | Tensor) -> int | Tensor:
-        """Uncentred: 1 + (N - win) // hop, and 0 when N < win. Centred: N // hop."""
+        """Uncentred: 1 + (N - win) // hop, and 0 when N < win. Centred: N // hop. Kaldi's
+        framing: (N + hop // 2) // hop (kaldi-native-fbank's NumFrames with snip_edges=false)."""
+        if self.config.framing == "kaldi":
+            if isinstance(num_samples, Tensor):
+                return torch.div(num_samples + self.hop // 2, self.hop, rounding_mode="floor")
+            return (int(num_samples) + self.hop // 2) // self.hop
         if self.config.center:
             if isinstance(num_samples, Tensor):
                 return torch.div(num_samples, self.hop, rounding_mode="floor")
@@ -309,16 +319,44 @@ class LogMelFeatures(nn.Module):
             return waves.new_zeros(B, 0, self.config.n_mels), feat_lengths
         # float32 even under bf16/fp16 autocast: log power needs the range and precision.
         with torch.autocast(device_type=waves.device.type, enabled=False):
-            waves = waves.float()
-            if self.config.preemphasis:
-                waves = self._preemphasis(waves, wave_lengths)
-            padded = nn.functional.pad(waves, (self.pad_left, self.pad_right))
-            power = self.mel(padded)[..., :T]  # (B, F, T); centred: drop the frame past the end
+            if self.config.framing == "kaldi":
+                power = self._kaldi_power(waves.float(), wave_lengths, T)  # (B, F, T)
+            else:
+                power = self._stft_power(waves.float(), wave_lengths, T)  # (B, F, T)
         assert power.shape[-1] == T, (power.shape, T)
-        feats = torch.log(power + self.config.log_offset).transpose(1, 2)  # (B, T, F)
+        if self.config.log_guard == "clamp":
+            feats = torch.log(power.clamp(min=self.config.log_offset)).transpose(1, 2)  # (B, T, F)
+        else:
+            feats = torch.log(power + self.config.log_offset).transpose(1, 2)  # (B, T, F)
         pad_mask = make_pad_mask(feat_lengths, T)  # (B, T)
         feats = self._normalize(feats, pad_mask, feat_lengths)
         return feats.masked_fill(pad_mask[:, :, None], 0.0), feat_lengths
+
+    def _stft_power(self, waves: Tensor, wave_lengths: Tensor, T: int) -> Tensor:
+        """torch.stft's frames, placed by `center`: waves (B, N) -> mel power (B, F, T)."""
+        if self.config.preemphasis:
+            waves = self._preemphasis(waves, wave_lengths)
+        padded = nn.functional.pad(waves, (self.pad_left, self.pad_right))
+        return self.mel(padded)[..., :T]  # centred: drop the frame past the end
+
+    def _kaldi_power(self, waves: Tensor, wave_lengths: Tensor, T: int) -> Tensor:
+        """Kaldi's frames (snip_edges=false): waves (B, N) -> mel power (B, F, T).
+
+        Each item is mirrored about its own ends (repeatedly, as Kaldi does, for items shorter
+        than half a window), so its frames never read its batch's padding."""
+        hop, win, a = self.hop, self.win, self.config.preemphasis
+        start = hop // 2 - win // 2  # frame 0's first sample (negative: mirrored)
+        positions = torch.arange(start, start + (T - 1) * hop + win, device=waves.device)  # (S,)
+        n = wave_lengths.clamp(min=1)[:, None]  # (B, 1)
+        index = positions[None, :] % (2 * n)  # (B, S): the mirror images repeat every 2n
+        index = torch.where(index < n, index, 2 * n - 1 - index)
+        frames = waves.gather(1, index).unfold(1, win, hop)  # (B, T, win)
+        if a:  # Kaldi's: within each frame, its first sample against itself
+            first, rest = frames[..., :1] * (1 - a), frames[..., 1:] - a * frames[..., :-1]
+            frames = torch.cat([first, rest], dim=-1)
+        window = self.mel.spectrogram.window  # (win,)
+        power = torch.fft.rfft(frames * window, n=self.config.n_fft).abs() ** 2  # (B, T, n_fft/2+1)
+        return (power @ self.mel.mel_scale.fb).transpose(1, 2)  # (B, F, T)
 
     def _preemphasis(self, waves: Tensor, wave_lengths: Tensor) -> Tensor:
         """x[0], x[n] - a x[n-1]; samples past each item's length stay 0: (B, N)."""

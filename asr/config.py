@@ -155,9 +155,14 @@ class FeatureConfig:
     # false: frame t covers samples [t*hop, t*hop + win), T = 1 + (N - win) // hop;
     # true: frame t is centred on sample t*hop (zero padding at both ends), T = N // hop.
     center: bool = False
+    # "stft": the framing above. "kaldi": Kaldi's snip_edges=false (sherpa-onnx's front end):
+    # frame t centred on sample t*hop + hop//2, samples mirrored past both ends, pre-emphasis
+    # within each frame, T = (N + hop//2) // hop; needs center false.
+    framing: str = "stft"
     window: str = "hann"  # "hann" (periodic, torch's default) | "hann_symmetric"
     mel_scale: str = "htk"  # "htk" (no area normalization) | "slaney" (librosa's default)
     log_offset: float = 1e-6  # log(power + log_offset)
+    log_guard: str = "add"  # "add": log(power + log_offset) | "clamp": log(max(power, log_offset))
 
     def __post_init__(self) -> None:
         check_positive(self, "features", "sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft")
@@ -165,6 +170,11 @@ class FeatureConfig:
         check_choice(self, "features", "normalize", FEATURE_NORMALIZATIONS)
         check_choice(self, "features", "window", ("hann", "hann_symmetric"))
         check_choice(self, "features", "mel_scale", ("htk", "slaney"))
+        check_choice(self, "features", "framing", ("stft", "kaldi"))
+        check_choice(self, "features", "log_guard", ("add", "clamp"))
+        if self.framing == "kaldi" and self.center:
+            raise ValueError("features.framing=kaldi places its own frames (centred on t*hop + "
+                             "hop/2); set features.center false")  # fmt: skip
         if not 0.0 <= self.preemphasis < 1.0:
             raise ValueError(f"features.preemphasis must be in [0, 1), got {self.preemphasis}")
         win, hop = (round(self.sample_rate * ms / 1000) for ms in (self.win_ms, self.hop_ms))

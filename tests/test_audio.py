@@ -4,6 +4,7 @@ normalization, global stats)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import torchaudio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asr.audio import (
     AudioError,
@@ -235,9 +239,84 @@ def test_inputs_shorter_than_a_window_give_zero_frames():
     assert feats.shape == (2, 0, 80) and feat_lengths.tolist() == [0, 0]
 
 
+KALDI = FeatureConfig(framing="kaldi", preemphasis=0.97, mel_scale="slaney", log_guard="clamp")
+FRAMINGS = {"start": FeatureConfig(), "center": FeatureConfig(center=True), "kaldi": KALDI}
+
+
+def test_kaldi_frame_count_is_kaldis_snip_edges_false_count():
+    features = LogMelFeatures(KALDI)
+    lengths = [0, 1, 79, 80, 239, 240, 241, 400, 16000, 16079, 16080]
+    expected = [0, 0, 0, 1, 1, 2, 2, 3, 100, 100, 101]  # (N + hop/2) // hop: frames centred < N
+    assert [features.num_frames(n) for n in lengths] == expected
+    assert features.num_frames(torch.tensor(lengths)).tolist() == expected
+    waves = torch.randn(len(lengths), max(lengths)) * 0.1
+    feats, feat_lengths = features(waves, torch.tensor(lengths))
+    assert feats.shape == (len(lengths), 101, 80) and feat_lengths.tolist() == expected
+
+
+def kaldi_reference(wave: torch.Tensor, t: int, config: FeatureConfig) -> torch.Tensor:
+    """Frame t of Kaldi's snip_edges=false framing as kaldi-native-fbank's ExtractWindow writes
+    it, one sample at a time, in float64: log-mel (F,)."""
+    win, hop, n, a = 400, 160, len(wave), config.preemphasis
+    frame = []
+    for i in range(win):
+        s = t * hop + hop // 2 - win // 2 + i
+        while s < 0 or s >= n:  # reflect, as often as it takes
+            s = -s - 1 if s < 0 else 2 * n - 1 - s
+        frame.append(float(wave[s]))
+    x = torch.tensor(frame, dtype=torch.float64)
+    x = torch.cat([x[:1] * (1 - a), x[1:] - a * x[:-1]])
+    power = torch.fft.rfft(x * torch.hann_window(win, dtype=torch.float64), n=512).abs() ** 2
+    fb = torchaudio.functional.melscale_fbanks(257, 0.0, 8000.0, 80, 16000, "slaney", "slaney")
+    return torch.log((power @ fb.double()).clamp(min=config.log_offset))
+
+
+@pytest.mark.parametrize("n", [3000, 1000, 239, 100, 80])
+def test_kaldi_frames_are_kaldis_mirrored_frames_with_per_frame_preemphasis(n):
+    config = dataclasses.replace(KALDI, normalize="none", log_offset=1e-7)
+    wave = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.1
+    feats, _ = LogMelFeatures(config)(wave[None], torch.tensor([n]))
+    assert feats.shape == (1, (n + 80) // 160, 80)
+    T = feats.shape[1]
+    for t in sorted({0, 1, T // 2, T - 2, T - 1} & set(range(T))):  # both mirrored ends
+        torch.testing.assert_close(feats[0, t].double(), kaldi_reference(wave, t, config),
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+def test_log_guard_clamp_is_log_of_power_floored_at_the_offset():
+    wave = torch.randn(1, 4000, generator=torch.Generator().manual_seed(1)) * 0.1
+    wave[0, 2000:] = 0.0  # digital silence: power 0
+    add, clamp = (
+        LogMelFeatures(FeatureConfig(normalize="none", log_offset=1e-4, log_guard=guard))(
+            wave, torch.tensor([4000])
+        )[0][0]
+        for guard in ("add", "clamp")
+    )
+    power = add.exp() - 1e-4  # (T, F)
+    torch.testing.assert_close(clamp, power.clamp(min=1e-4).log(), atol=1e-3, rtol=1e-4)
+    silent = clamp[-5:]  # frames wholly in the silence: exactly the floor
+    assert torch.equal(silent, torch.full_like(silent, torch.tensor(1e-4).log().item()))
+    assert (add[-5:] - silent).abs().max() < 1e-3  # log(0 + offset) == log(max(0, offset))
+
+
+@pytest.mark.parametrize(
+    "overrides, culprit",
+    [
+        ({"framing": "kaldi", "center": True}, "features.framing=kaldi"),
+        ({"framing": "htk"}, "features.framing"),
+        ({"log_guard": "max"}, "features.log_guard"),
+    ],
+)
+def test_front_end_options_are_checked_in_one_line(overrides, culprit):
+    with pytest.raises(ValueError, match=re.escape(culprit)) as caught:
+        FeatureConfig(**overrides)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
 @pytest.mark.parametrize("normalize", ["utterance", "none", "global"])
-def test_padding_does_not_change_features(normalize):
-    features = LogMelFeatures(FeatureConfig(normalize=normalize))
+def test_padding_does_not_change_features(normalize, framing):
+    features = LogMelFeatures(dataclasses.replace(FRAMINGS[framing], normalize=normalize))
     features.set_global_stats(torch.linspace(-5, 5, 80), torch.linspace(1, 3, 80))
     lengths = [4000, 2500, 999]
     waves = torch.zeros(3, 4000)
@@ -250,6 +329,27 @@ def test_padding_does_not_change_features(normalize):
         t = int(alone_lengths[0])
         assert t == int(feat_lengths[i])
         torch.testing.assert_close(feats[i, :t], alone[0], atol=1e-5, rtol=1e-5)
+        assert (feats[i, t:] == 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 2000), min_size=1, max_size=4),
+    garbage=st.floats(-1.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_any_padded_batch_gives_each_item_its_kaldi_features_alone(lengths, garbage, seed):
+    features = LogMelFeatures(dataclasses.replace(KALDI, normalize="none"))
+    g = torch.Generator().manual_seed(seed)
+    waves = torch.full((len(lengths), max(lengths) + 7), garbage)  # padding must not leak in
+    for i, n in enumerate(lengths):
+        waves[i, :n] = torch.randn(n, generator=g) * 0.1
+    feats, feat_lengths = features(waves, torch.tensor(lengths))
+    assert feat_lengths.tolist() == [(n + 80) // 160 for n in lengths]
+    for i, n in enumerate(lengths):
+        alone, _ = features(waves[i : i + 1, :n], torch.tensor([n]))
+        t = int(feat_lengths[i])
+        torch.testing.assert_close(feats[i, :t], alone[0], atol=1e-4, rtol=1e-4)
         assert (feats[i, t:] == 0).all()
 
 
