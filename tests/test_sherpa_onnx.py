@@ -1,14 +1,19 @@
 """`asr export --format sherpa-onnx` against the real sherpa-onnx package (the sherpa extra).
 
 What is checked: the features sherpa-onnx's NeMo CTC recognizer gives a model are the ones
-`asr.export.sherpa.sherpa_features` computes (read through a probe graph that spells them out as
-tokens); sherpa-onnx decoding our exported graph on real recordings gives the text our PyTorch
-model gives on those features, one utterance at a time and in a padded batch; tokens.txt and
-the metadata are what sherpa-onnx reads; bundles with a front end it cannot compute are refused.
+`asr.export.sherpa.sherpa_features` and our `features.framing: kaldi` front end compute (read
+through a probe graph that spells them out as tokens, at lengths down to one frame); a model
+trained with that front end gets from sherpa-onnx, on real recordings, the text `asr transcribe`
+gives (one utterance at a time and in a padded batch), and the exported graph turns sherpa-onnx's
+features into ours for each log guard; tokens.txt and the metadata are what sherpa-onnx reads;
+bundles with a front end it cannot compute are refused, and stft framing is warned about.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +33,14 @@ from asr.audio import LogMelFeatures, load_audio
 from asr.checkpoint import load_bundle, save_bundle
 from asr.cli import main
 from asr.config import EncoderConfig, FeatureConfig
-from asr.export.sherpa import SHERPA_FEATURES, SherpaGraph, int8_path, sherpa_features
+from asr.export.sherpa import (
+    LOG_FLOOR,
+    SHERPA_FEATURES,
+    SherpaGraph,
+    check_front_end,
+    int8_path,
+    sherpa_features,
+)
 from asr.inference.decoding import greedy_decode
 from asr.model import CtcModel
 from asr.scoring.metrics import count_char_errors
@@ -37,6 +49,10 @@ from asr.tokenizer import CharTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_AUDIO = sorted((ROOT / "tests" / "fixtures" / "nemo").glob("*.flac"))  # real, in the repo
 LIBRISPEECH = ROOT.parent / "shared" / "data" / "librispeech-mini" / "LibriSpeech" / "test-clean"
+# The front end that computes what sherpa-onnx computes (the overrides the export docstring gives).
+SHERPA_EXACT = FeatureConfig(
+    framing="kaldi", preemphasis=0.97, mel_scale="slaney", log_guard="clamp", log_offset=LOG_FLOOR
+)
 
 
 def recordings() -> list[Path]:
@@ -46,12 +62,12 @@ def recordings() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory) -> Path:
-    """An xs model with random weights and sherpa-onnx's front end, its head calibrated on a
-    real recording so that its greedy output is varied text with words."""
+    """An xs model with random weights and sherpa-onnx's exact front end, its head calibrated on
+    a real recording so that its greedy output is varied text with words."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
     model = CtcModel(EncoderConfig.preset("xs"), tokenizer.vocab_size).eval()
-    frontend = LogMelFeatures(FeatureConfig(preemphasis=0.97, mel_scale="slaney", center=True))
+    frontend = LogMelFeatures(SHERPA_EXACT)
     wave = load_audio(FIXTURE_AUDIO[0])[None]  # (1, N)
     with torch.no_grad():
         x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])))  # (1, T', D)
@@ -112,6 +128,74 @@ def test_sherpa_transcribes_real_recordings_as_our_model_does_on_its_features(
     assert all(len(text.split()) >= 3 for text in want), want  # varied text, not blanks
     assert sherpa_texts(exported, waves) == want
     assert sherpa_texts(exported, waves, batch=True) == want  # padded batch: the same
+
+
+def test_sherpa_gives_the_text_asr_transcribe_gives_for_a_kaldi_framed_model(
+    bundle_path, exported, capsys
+):
+    paths = recordings()
+    assert main(["transcribe", "--model", str(bundle_path), *map(str, paths)]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [Path(path) for path, _ in lines] == paths
+    ours = [" ".join(text.split()) for _, text in lines]
+    assert all(len(text.split()) >= 3 for text in ours), ours  # varied text, not blanks
+    waves = [load_audio(path) for path in paths]
+    assert sherpa_texts(exported, waves) == ours
+    assert sherpa_texts(exported, waves, batch=True) == ours
+
+
+def test_the_kaldi_front_end_computes_sherpa_features_on_real_recordings():
+    frontend = LogMelFeatures(dataclasses.replace(SHERPA_EXACT, normalize="none"))
+    diffs = []
+    for path in recordings():
+        wave = load_audio(path)
+        feats, lengths = frontend(wave[None], torch.tensor([len(wave)]))
+        want = sherpa_features(wave)  # (T, F), float64 inside
+        assert feats.shape[1:] == want.shape and int(lengths) == want.shape[0]
+        diffs.append((feats[0] - want).abs().flatten())
+    diff = torch.cat(diffs)  # float32 FFTs: the weakest bands of a frame are the least exact
+    assert diff.max() < 1e-3 and diff.quantile(0.999) < 1e-4, (diff.max(), diff.quantile(0.999))
+
+
+@pytest.mark.parametrize(
+    "log_guard, log_offset, normalize",
+    [("clamp", LOG_FLOOR, "none"), ("clamp", 1e-5, "none"), ("clamp", LOG_FLOOR, "utterance"),
+     ("add", 1e-6, "none"), ("add", 2**-24, "per_feature")],
+)  # fmt: skip
+def test_the_graph_turns_sherpa_features_into_ours(log_guard, log_offset, normalize):
+    config = dataclasses.replace(
+        SHERPA_EXACT, log_guard=log_guard, log_offset=log_offset, normalize=normalize
+    )
+    frontend = LogMelFeatures(config)
+    graph = SherpaGraph(CtcModel(EncoderConfig.preset("xs"), 5), frontend)
+    waves = [load_audio(path) for path in FIXTURE_AUDIO]
+    sherpa = [sherpa_features(wave) for wave in waves]  # (T, F) each
+    T = max(f.shape[0] for f in sherpa)
+    batch = torch.full((len(waves), 80, T), math.log(1e-10))  # sherpa-onnx's padding
+    for i, f in enumerate(sherpa):
+        batch[i, :, : f.shape[0]] = f.T
+    lengths = torch.tensor([f.shape[0] for f in sherpa])
+    got = graph.features(batch, lengths)  # (B, T, F)
+    padded = torch.zeros(len(waves), max(len(w) for w in waves))
+    for i, wave in enumerate(waves):
+        padded[i, : len(wave)] = wave
+    want, want_lengths = frontend(padded, torch.tensor([len(w) for w in waves]))
+    assert torch.equal(want_lengths, lengths)
+    # add: sherpa-onnx's floor 1.19e-7 lifts a band below it by at most log(1 + floor / offset)
+    tolerance = 1e-3 if log_guard == "clamp" else math.log1p(LOG_FLOOR / log_offset) + 1e-3
+    assert (got - want).abs().max() < tolerance
+
+
+def test_stft_framing_is_exported_with_a_warning_naming_the_shift(caplog):
+    options = dict(preemphasis=0.97, mel_scale="slaney")
+    with caplog.at_level(logging.WARNING, logger="asr.export.sherpa"):
+        check_front_end(SHERPA_EXACT, "exact.pt")
+        assert not caplog.records
+        check_front_end(FeatureConfig(center=True, **options), "centred.pt")
+        check_front_end(FeatureConfig(**options), "uncentred.pt")
+    first, second = (record.getMessage() for record in caplog.records)
+    assert first.startswith("centred.pt: features.framing=stft") and "5 ms later" in first
+    assert "7.5 ms earlier" in second and "features.framing=kaldi" in second
 
 
 def test_the_int8_model_transcribes_close_to_the_fp32_one(exported):
@@ -209,18 +293,37 @@ def probe_model(path: Path, shift: int, n_mels: int = 80) -> None:
     (path.parent / "tokens.txt").write_text("\n".join(tokens) + "\n")
 
 
-def test_sherpa_computes_the_features_sherpa_features_says(tmp_path):
-    wave = load_audio(FIXTURE_AUDIO[1])[: 16000 * 2 + 123]  # frames at both mirrored ends
-    want = sherpa_features(wave)  # (T, F)
-    T, F = want.shape
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory) -> dict[int, object]:
+    """Recognizers of the probe graph for band shifts 0 and 41."""
+    folder = tmp_path_factory.mktemp("probe")
+    out = {}
     for shift in (0, 41):
-        probe_model(tmp_path / "probe.onnx", shift)
-        rec = recognizer(tmp_path / "probe.onnx")
+        (folder / str(shift)).mkdir()
+        probe_model(folder / str(shift) / "probe.onnx", shift)
+        out[shift] = recognizer(folder / str(shift) / "probe.onnx")
+    return out
+
+
+# Lengths with frames at both mirrored ends, either side of a frame boundary ((N + 80) // 160),
+# and waves shorter than half a window (mirrored more than once).
+@pytest.mark.parametrize("n", [16000 * 2 + 123, 16000 + 79, 16000 + 80, 401, 239, 81, 80])
+def test_sherpa_computes_the_features_sherpa_features_and_kaldi_framing_say(probes, n):
+    whole = load_audio(FIXTURE_AUDIO[1])
+    wave = whole[(len(whole) - n) // 2 :][:n]  # from the middle: speech
+    want = sherpa_features(wave)  # (T, F)
+    ours, lengths = LogMelFeatures(dataclasses.replace(SHERPA_EXACT, normalize="none"))(
+        wave[None], torch.tensor([n])
+    )
+    T, F = want.shape
+    assert T == (n + 80) // 160 == int(lengths) and ours.shape == (1, T, F)
+    for shift, rec in probes.items():
         stream = rec.create_stream()
         stream.accept_waveform(16000, wave.numpy())
         rec.decode_stream(stream)
         got = np.array([int(token[1:]) for token in stream.result.tokens]) / SCALE + LOW
         assert got.shape == (T,)
         t = np.arange(T)
-        expected = want.numpy()[t, (t + shift) % F]
-        assert np.abs(got - expected).max() <= 0.6 / SCALE, np.abs(got - expected).max()
+        for features in (want.numpy(), ours[0].numpy()):
+            expected = features[t, (t + shift) % F]
+            assert np.abs(got - expected).max() <= 0.6 / SCALE, np.abs(got - expected).max()

@@ -30,24 +30,31 @@ the installed package by tests/test_sherpa_onnx.py; `sherpa_features` computes t
 frames every 10 ms centred on t * hop + hop / 2 with mirrored samples past both ends (Kaldi's
 `snip_edges=false`, T = (N + hop / 2) // hop), pre-emphasis 0.97 within each frame, a periodic
 Hann window, a 512-point FFT, power, librosa's (Slaney) mel filterbank from 0 Hz to Nyquist, and
-log(max(power, 1.19e-7)). No dither. What of ours maps onto it:
+log(max(power, 1.19e-7)). No dither. Our `features.framing: kaldi` is that framing, and
+`features.log_guard: clamp` that log. What of ours maps onto it:
 
-- exact, in the graph: `normalize` (utterance, per_feature, global, none: computed from
-  `length`), `log_offset` (the graph takes exp() and adds our offset: exact wherever a band's
-  power exceeds 1.19e-7, i.e. everywhere but digital silence), the blank's position (tokens.txt).
 - exact, by sherpa-onnx: `sample_rate` 16000, `win_ms` 25, `hop_ms` 10, `n_fft` 512,
-  `window: hann`, `preemphasis: 0.97` (per frame in Kaldi, over the signal in ours: the same,
-  since the Hann window's first weight is 0), `mel_scale: slaney`, any `n_mels` (pass
-  `feature_dim`). A bundle with other values is refused, naming the option.
-- not exact, for every model: where the frames sit. Ours are centred on t * hop (`center: true`,
-  zero padding, 5 ms earlier than sherpa-onnx's) or start there (`center: false`, 7.5 ms
-  earlier). sherpa-onnx also gives 0-1 frames more at the end (its output length is
-  T // subsampling: our extra output frames are blank; a model with subsampling padding, whose
-  T' = ceil(T / 4), loses its last frame, as NeMo's own models do in sherpa-onnx).
+  `window: hann`, `preemphasis: 0.97`, `mel_scale: slaney`, any `n_mels` (pass `feature_dim`).
+  A bundle with other values is refused, naming the option.
+- exact, in the graph: `normalize` (utterance, per_feature, global, none: computed from
+  `length`), the blank's position (tokens.txt), and the log: `log_guard: clamp` with
+  `log_offset` >= 1.19e-7 is max(x, log(log_offset)) of sherpa-onnx's x (nothing at all for
+  1.19e-7 itself); `log_guard: add` takes exp() and adds our offset (exact wherever a band's
+  power exceeds 1.19e-7, i.e. everywhere but digital silence; so is `clamp` below 1.19e-7).
+- where the frames sit: exact with `framing: kaldi` (the same frames, T = (N + 80) // 160, and
+  the graph needs no shift). Not exact with `framing: stft` (accepted with a warning): our frame
+  t is centred on t * hop (`center: true`, zero padding: 5 ms before sherpa-onnx's frame t, and
+  sherpa-onnx has 0-1 frames more) or starts there (`center: false`: 7.5 ms after, 2 frames more).
 
-So train a model for sherpa-onnx with `features: {preemphasis: 0.97, mel_scale: slaney,
-center: true}` (the defaults otherwise). Streaming (sherpa-onnx's online NeMo CTC with cache
-inputs) is not exported here.
+Either way sherpa-onnx reads T // subsampling output frames: ours past our output length are
+blank (a model with subsampling padding, whose T' = ceil(T / 4), loses its last frame there, as
+NeMo's own models do in sherpa-onnx). So train a model for sherpa-onnx with
+
+    features.framing=kaldi features.preemphasis=0.97 features.mel_scale=slaney
+    features.log_guard=clamp features.log_offset=1.1920928955078125e-07
+
+(the defaults otherwise): sherpa-onnx then transcribes as `asr transcribe` does. Streaming
+(sherpa-onnx's online NeMo CTC with cache inputs) is not exported here.
 """
 
 from __future__ import annotations
@@ -105,7 +112,7 @@ NOT_BLANK = -1.0e4
 
 def check_front_end(config: FeatureConfig, name: str = "model") -> None:
     """ValueError naming the first option of `config` that sherpa-onnx's front end cannot
-    reproduce (see the module docstring)."""
+    reproduce, and a warning when its frames are not sherpa-onnx's (see the module docstring)."""
     for key, want in SHERPA_FEATURES.items():
         got = getattr(config, key)
         if got != want:
@@ -114,6 +121,16 @@ def check_front_end(config: FeatureConfig, name: str = "model") -> None:
                 f"{key}={want!r}; a model for sherpa-onnx needs features {SHERPA_FEATURES} "
                 f"(train one with these)"
             )
+    if config.framing != "kaldi":
+        shift = "5 ms later" if config.center else "7.5 ms earlier"
+        log.warning(
+            "%s: features.framing=%s: sherpa-onnx's frames sit %s than this model's, so "
+            "its text may differ from asr transcribe's (train with features.framing=kaldi for "
+            "the same frames)",
+            name,
+            config.framing,
+            shift,
+        )
 
 
 def sherpa_features(wave: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
@@ -126,8 +143,10 @@ def sherpa_features(wave: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     n = wave.shape[0]
     starts = torch.arange((n + hop // 2) // hop) * hop + hop // 2 - win // 2  # (T,)
     index = starts[:, None] + torch.arange(win)  # (T, win)
-    index = torch.where(index < 0, -index - 1, index)  # mirrored: -1 -> 0, -2 -> 1, ...
+    index = index % (2 * n)  # mirrored (-1 -> 0, n -> n - 1), as often as a short wave needs
     index = torch.where(index >= n, 2 * n - 1 - index, index)
+    if index.shape[0] == 0:
+        return torch.zeros(0, n_mels)
     frames = wave.double()[index]  # (T, win)
     a = SHERPA_FEATURES["preemphasis"]
     frames = torch.cat([frames[:, :1] * (1 - a), frames[:, 1:] - a * frames[:, :-1]], dim=1)
@@ -159,8 +178,13 @@ class SherpaGraph(nn.Module):
     def features(self, audio_signal: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """(B, F, T) sherpa-onnx features -> (B, T, F) what our front end makes of them."""
         T = audio_signal.shape[2]
-        power = torch.exp(audio_signal.transpose(1, 2))  # (B, T, F): max(power, LOG_FLOOR)
-        feats = torch.log(power + self.frontend.config.log_offset)
+        config = self.frontend.config
+        feats = audio_signal.transpose(1, 2)  # (B, T, F): log(max(power, LOG_FLOOR))
+        if config.log_guard == "clamp":  # log(max(power, offset)): log is monotonic
+            if config.log_offset > LOG_FLOOR:
+                feats = feats.clamp(min=math.log(config.log_offset))
+        else:  # log(power + offset)
+            feats = torch.log(torch.exp(feats) + config.log_offset)
         pad_mask = make_pad_mask(length, T)  # (B, T)
         # The front end's own normalization (the one place it is written), on these frames.
         feats = self.frontend._normalize(feats, pad_mask, length)
