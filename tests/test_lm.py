@@ -32,7 +32,7 @@ def _contexts(lm, order: int) -> list[tuple[str, ...]]:
     return [(), (BOS,), ("never", "seen"), ("the", "zebra"), *sorted(seen)]
 
 
-@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("order", [1, 2, 3, 5])
 def test_probabilities_of_every_context_sum_to_one_through_the_arpa_file(tmp_path, order):
     lm = train_ngram(_grammar_sentences(300), order=order)
     arpa = read_arpa(lm.write_arpa(tmp_path / "lm.arpa"))
@@ -145,3 +145,15 @@ def test_from_ngrams_round_trips_words_and_checks_histories(tmp_path):
     assert "ngram 1=5" in text and "ngram 2=1" in text and "-0.2000000\tthe cat" in text
     with pytest.raises(ValueError, match=r"history \('a',\)"):
         NgramLM.from_ngrams({("a", "b"): -1.0})
+
+
+def test_a_short_context_is_not_cut_below_its_length():
+    # order 5, context of 2 words: all of it counts (a token LM's sentence start)
+    lm = train_ngram([["<x>", "t", "h", "e"]] * 3 + [["a", "h"]], order=5)
+    assert lm.log10_prob("h", [BOS, "<x>", "t"]) == lm.logprobs[(BOS, "<x>", "t", "h")]
+    assert lm.log10_prob("t", [BOS, "<x>"]) == lm.logprobs[(BOS, "<x>", "t")]
+
+
+def test_token_sequences_are_counted_as_they_are():
+    lm = train_ngram([["t", "h", "e", "|", "c", "a", "t"]], order=2)
+    assert ("e", "|") in lm.logprobs and ("|", "c") in lm.logprobs  # no normalization

@@ -79,13 +79,20 @@ class BeamSearchDecoder:
                 f"a decoder of {self.lm_files} cannot share the LM of {lm_of.lm_files}"
             )
         with tempfile.TemporaryDirectory() as tmp:
-            lexicon_path = None
+            lexicon_path = lm_dict = None
             if lexicon is not None:
                 lexicon_path = str(write_spellings(lexicon, Path(tmp) / "lexicon.txt"))
+            elif options.lm is not None:
+                # Lexicon-free, flashlight asks the LM about token index i; torchaudio's own
+                # token-to-LM map is built from an unordered map, so token i would be scored as
+                # another token. The LM dictionary, one token per line in id order, fixes it.
+                lm_dict = Path(tmp) / "lm_dict.txt"
+                lm_dict.write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
             try:
                 self._decoder = ctc_decoder(
                     lexicon=lexicon_path,
                     tokens=tokens,
+                    lm_dict=None if lm_dict is None else str(lm_dict),
                     lm=options.lm if lm_of is None else lm_of.loaded_lm,
                     beam_size=options.beam_size,
                     beam_threshold=options.beam_threshold,

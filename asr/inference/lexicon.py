@@ -22,6 +22,7 @@ from pathlib import Path
 from asr.inference.lm import (
     BOS,
     EOS,
+    KENLM_MAX_ORDER,
     UNK,
     NgramLM,
     arpa_words,
@@ -137,6 +138,9 @@ def write_token_lm(
     `background`: more text (sentences as word lists, e.g. `asr.inference.english.
     english_sentences`) whose own token n-gram gets 1 - `weight` in the interpolation.
     """
+    if order > KENLM_MAX_ORDER:
+        raise ValueError(f"the decoder's KenLM loads n-grams up to order {KENLM_MAX_ORDER}, "
+                         f"not {order}")  # fmt: skip
     lm = train_ngram(token_sentences(texts, tokenizer), order=order)
     if background is not None:
         other = train_ngram(token_sentences(background, tokenizer), order=order)

@@ -35,6 +35,7 @@ from asr.text import normalize_text
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 NEVER_LOG10 = -99.0  # ARPA convention for "never predicted" (<s>)
+KENLM_MAX_ORDER = 6  # the KenLM inside flashlight-text loads n-grams up to this order
 
 
 @dataclass
@@ -54,7 +55,7 @@ class NgramLM:
         """log10 p(word | context) through the backoff; unknown words count as <unk>."""
         word = word if (word,) in self.logprobs else UNK
         context = tuple(w if (w,) in self.logprobs else UNK for w in context)
-        context = context[len(context) - (self.order - 1) :] if self.order > 1 else ()
+        context = context[max(0, len(context) - (self.order - 1)) :] if self.order > 1 else ()
         penalty = 0.0
         while (*context, word) not in self.logprobs:
             if not context:
