@@ -155,7 +155,7 @@ def main() -> int:
     parser.add_argument("--weight", type=float, default=0.5,
                         help="interpolation weight of the training transcripts' n-gram")  # fmt: skip
     parser.add_argument("--token-order", type=int, default=6)
-    parser.add_argument("--english-words", type=int, default=200_000,
+    parser.add_argument("--english-words", type=int, default=100_000,
                         help="running words of English in the token LM (0: transcripts only)")  # fmt: skip
     parser.add_argument("--beam-size", type=int, default=DEFAULT_LM_BEAM)
     parser.add_argument("--lm-weights", type=float, nargs="+", default=list(LmGrid.lm_weights))
