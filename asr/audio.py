@@ -4,8 +4,8 @@ Here: `load_audio` (any file soundfile reads -> mono float32 (N,) at 16 kHz, opt
 segment), `read_audio` (the checked samples of a file or of a file's bytes, at their own rate),
 `load_audio_array` (the same for in-memory samples; resampling in `asr.resampling`),
 `audio_duration`, `AudioSegment`, `find_audio_files`, the `LogMelFeatures` front end (25 ms
-Hann windows every 10 ms, 80 mel bands, log power, per-utterance or global mean/variance
-normalization) and `compute_global_stats`.
+Hann windows every 10 ms, 80 mel bands, log power, per-utterance, global or running (causal)
+mean/variance normalization), `running_normalize` and `compute_global_stats`.
 
 Every problem caused by the user's audio raises `AudioError` with one line naming the file.
 
@@ -309,8 +309,11 @@ class LogMelFeatures(nn.Module):
         self.global_mean.copy_(mean)
         self.global_std.copy_(std.clamp(min=STD_FLOOR))
 
-    def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """waves (B, N), wave_lengths (B,) -> feats (B, T, F), feat_lengths (B,)."""
+    def forward(
+        self, waves: Tensor, wave_lengths: Tensor, normalize: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        """waves (B, N), wave_lengths (B,) -> feats (B, T, F), feat_lengths (B,); `normalize`
+        False: the log-mel features before `config.normalize` (padding 0 either way)."""
         B, N = waves.shape
         wave_lengths = wave_lengths.to(waves.device).long()
         feat_lengths = self.num_frames(wave_lengths)  # (B,)
@@ -329,8 +332,35 @@ class LogMelFeatures(nn.Module):
         else:
             feats = torch.log(power + self.config.log_offset).transpose(1, 2)  # (B, T, F)
         pad_mask = make_pad_mask(feat_lengths, T)  # (B, T)
+        if not normalize:
+            return feats.masked_fill(pad_mask[:, :, None], 0.0), feat_lengths
         feats = self._normalize(feats, pad_mask, feat_lengths)
         return feats.masked_fill(pad_mask[:, :, None], 0.0), feat_lengths
+
+    def continue_features(
+        self, wave: Tensor, state: RunningStats | None
+    ) -> tuple[Tensor, RunningStats | None]:
+        """The frames of one piece of a stream, wave (N,) -> (feats (T, F), state): with
+        `normalize="running"` normalized from `state` (None at the stream's start) on, so pieces
+        give what the whole gives; otherwise each frame on its own (global, none) and state
+        None. Per-utterance normalization needs the whole utterance: ValueError."""
+        if self.config.normalize in ("utterance", "per_feature"):
+            raise ValueError(f"features.normalize {self.config.normalize} needs the whole "
+                             "utterance: a stream needs running, global or none")  # fmt: skip
+        lengths = torch.tensor([wave.shape[0]], device=wave.device)
+        if self.config.normalize != "running":
+            return self(wave[None], lengths)[0][0], None
+        raw, _ = self(wave[None], lengths, normalize=False)
+        feats, state = self.running_normalize(raw, state)
+        return feats[0], state
+
+    def running_normalize(
+        self, feats: Tensor, state: RunningStats | None = None
+    ) -> tuple[Tensor, RunningStats]:
+        """`running_normalize` with this front end's global statistics and prior weight:
+        log-mel feats (B, T, F) -> (normalized, state to continue with)."""
+        return running_normalize(feats, self.global_mean, self.global_std,
+                                 self.config.running_prior_frames, state)  # fmt: skip
 
     def _stft_power(self, waves: Tensor, wave_lengths: Tensor, T: int) -> Tensor:
         """torch.stft's frames, placed by `center`: waves (B, N) -> mel power (B, F, T)."""
@@ -368,6 +398,8 @@ class LogMelFeatures(nn.Module):
         normalize = self.config.normalize
         if normalize == "global":
             return (feats - self.global_mean) / self.global_std
+        if normalize == "running":  # causal: padding after an item's frames cannot reach them
+            return self.running_normalize(feats)[0]
         if normalize == "none":
             return feats
         # "utterance", "per_feature": statistics over the valid frames of each utterance only.
@@ -379,6 +411,39 @@ class LogMelFeatures(nn.Module):
             std = (squares / (n - 1)).sqrt().nan_to_num(nan=0.0, posinf=0.0)
             return (feats - mean) / (std + PER_FEATURE_STD_OFFSET)
         return (feats - mean) / (squares / n.clamp(min=1)).sqrt().clamp(min=STD_FLOOR)
+
+
+RunningStats = tuple[Tensor, Tensor, Tensor]  # frames (B,), sum (B, F), sum of squares (B, F)
+
+
+def running_normalize(
+    feats: Tensor, mean: Tensor, std: Tensor, prior_frames: float, state: RunningStats | None = None
+) -> tuple[Tensor, RunningStats]:
+    """Causal mean/variance normalization: feats (B, T, F) -> (normalized (B, T, F), state).
+
+    Frame t of item b becomes (x_t - m_t) / s_t, m_t and s_t the mean and std of that item's
+    frames 0..t together with `prior_frames` frames of the training set's statistics (`mean`,
+    `std`, (F,)): the first frames lean on the training set, later ones on the voice heard so
+    far. `state` (frames seen, sum, sum of squares, float64) continues an item from where an
+    earlier call stopped, so features normalized piece by piece equal those of the whole
+    (`asr.inference.streaming`); the returned state is after frame T-1 of each item (for a
+    padded batch, of the padding too: only a stream of one item carries it on).
+    """
+    B, T, F = feats.shape
+    x = feats.double()
+    count, total, squares = state if state is not None else (
+        x.new_zeros(B), x.new_zeros(B, F), x.new_zeros(B, F))  # fmt: skip
+    sums = total[:, None] + x.cumsum(dim=1)  # (B, T, F)
+    sums_sq = squares[:, None] + (x * x).cumsum(dim=1)
+    frames = count[:, None] + torch.arange(1, T + 1, dtype=x.dtype, device=x.device)  # (B, T)
+    weight = (prior_frames + frames)[:, :, None]  # (B, T, 1)
+    m, v = mean.double(), std.double() ** 2 + mean.double() ** 2  # prior E[x], E[x^2]
+    mu = (prior_frames * m + sums) / weight
+    var = (prior_frames * v + sums_sq) / weight - mu * mu
+    out = ((x - mu) / var.clamp(min=STD_FLOOR**2).sqrt()).to(feats.dtype)
+    if T:
+        count, total, squares = count + T, sums[:, -1], sums_sq[:, -1]
+    return out, (count, total, squares)
 
 
 def compute_global_stats(

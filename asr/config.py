@@ -129,7 +129,7 @@ ENCODER_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-FEATURE_NORMALIZATIONS = ("utterance", "per_feature", "global", "none")
+FEATURE_NORMALIZATIONS = ("utterance", "per_feature", "global", "running", "none")
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,12 @@ class FeatureConfig:
     hop_ms: float = 10.0
     n_fft: int = 512
     # "utterance": mean and population std over the utterance's frames; "per_feature": the same
-    # with the unbiased std plus 1e-5 (NeMo's); "global": statistics of the training set; "none".
+    # with the unbiased std plus 1e-5 (NeMo's); "global": statistics of the training set;
+    # "running": frame t by the mean and std of the utterance's frames 0..t, the training set's
+    # statistics counting as `running_prior_frames` frames before the first (causal: it can
+    # stream, and a voice's own tilt and level are divided out as it is heard); "none".
     normalize: str = "utterance"
+    running_prior_frames: float = 100.0
     # x[n] - preemphasis * x[n-1] before the STFT (0: off).
     preemphasis: float = 0.0
     # false: frame t covers samples [t*hop, t*hop + win), T = 1 + (N - win) // hop;
@@ -167,6 +171,7 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         check_positive(self, "features", "sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft")
         check_positive(self, "features", "log_offset")
+        check_at_least(self, "features", 0.0, "running_prior_frames")
         check_choice(self, "features", "normalize", FEATURE_NORMALIZATIONS)
         check_choice(self, "features", "window", ("hann", "hann_symmetric"))
         check_choice(self, "features", "mel_scale", ("htk", "slaney"))

@@ -44,14 +44,15 @@ def streaming_config(**overrides) -> EncoderConfig:
     )  # fmt: skip
 
 
-def calibrated_causal_bundle(path, wave, chunk=None, space_bias=0.0):
+def calibrated_causal_bundle(path, wave, chunk=None, space_bias=0.0, normalize="global"):
     """A causal model with random weights whose head is calibrated on `wave` (1, N) at 16 kHz
     (encoded with attention chunks of `chunk` frames), so that its greedy output varies;
-    `space_bias` favours the word boundary. Saved at `path`."""
+    `space_bias` favours the word boundary; features normalized `normalize` ("global" or
+    "running", with the same statistics). Saved at `path`."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
     model = CtcModel(streaming_config(), tokenizer.vocab_size).eval()
-    frontend = LogMelFeatures(FeatureConfig(normalize="global"))
+    frontend = LogMelFeatures(FeatureConfig(normalize=normalize))
     with torch.no_grad():
         frontend.set_global_stats(torch.full((80,), -6.0), torch.full((80,), 3.0))
         x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])), chunk=chunk)

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.audio import AudioError, audio_duration, load_audio_array, read_audio
+from asr.audio import AudioError, RunningStats, audio_duration, load_audio_array, read_audio
 from asr.checkpoint import ModelBundle
 from asr.config import EncoderConfig, FeatureConfig
 from asr.inference.alignment import Word, align_words
@@ -115,6 +115,7 @@ class Stream:
         # features not yet consumed by the subsampling, from absolute frame `feat_base` on
         self.feats = torch.zeros(0, frontend.config.n_mels)
         self.feat_base = 0
+        self.norm_state: RunningStats | None = None  # "running" normalization's sums so far
         self.feats_done = 0
         self.frames_done = 0  # encoder frames computed
         # keys/values and convolution inputs carried between chunks, as tensors: an ONNX model
@@ -194,9 +195,9 @@ class Stream:
         first = self.feats_done * frontend.hop - self.sample_base
         last = (available - 1) * frontend.hop + frontend.win - self.sample_base
         piece = self.samples[first:last].to(self.device)
-        with torch.inference_mode():
-            feats, _ = frontend(piece[None], torch.tensor([len(piece)]))  # (1, n, F)
-        self.feats = torch.cat([self.feats, feats[0].cpu()])
+        with torch.inference_mode():  # (n, F); "running" normalization carries its sums
+            feats, self.norm_state = frontend.continue_features(piece, self.norm_state)
+        self.feats = torch.cat([self.feats, feats.cpu()])
         self.feats_done = available
         keep_from = available * frontend.hop  # the next frame starts here
         self.samples = self.samples[keep_from - self.sample_base :]
@@ -257,11 +258,12 @@ def check_streamable(config: EncoderConfig, features: FeatureConfig) -> None:
     if features.normalize in ("utterance", "per_feature"):
         raise ValueError(
             "this model normalizes features per utterance, which needs the whole "
-            "utterance: streaming needs features.normalize global or none"
+            "utterance: streaming needs features.normalize running, global or none"
         )
-    if features.center or features.preemphasis:
+    if features.center or features.preemphasis or features.framing != "stft":
         raise ValueError("streaming needs an uncentred front end without pre-emphasis "
-                         "(features.center false, features.preemphasis 0)")  # fmt: skip
+                         "(features.framing stft, features.center false, features.preemphasis "
+                         "0)")  # fmt: skip
     if config.subsampling_padding:
         raise ValueError("streaming needs encoder.subsampling_padding 0 (padded "
                          "subsampling looks one frame ahead)")  # fmt: skip

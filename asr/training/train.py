@@ -121,7 +121,10 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     features, their_features = system.frontend.config, bundle.frontend.config
     normalized = features.normalize != "none" and their_features.normalize != "none"
     differ += field_differences(
-        "features", features, their_features, {"normalize"} if normalized else set()
+        "features",
+        features,
+        their_features,
+        {"normalize", "running_prior_frames"} if normalized else {"running_prior_frames"},
     )
     if differ:
         raise ValueError(f"init_from {path}: the model does not match the config: {differ[0]}")
@@ -239,9 +242,10 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         fresh = initialize_from(system, config.init_from)
         log.info("weights from %s%s", config.init_from,
                  f"; new tokenizer: {', '.join(fresh)} start from scratch" if fresh else "")  # fmt: skip
-    # Global statistics come from this run's training data, also when fine-tuning: the encoder
-    # was trained on normalized features, and the new data's own statistics normalize it so.
-    if config.features.normalize == "global" and not resuming:
+    # Global statistics (also the prior of "running") come from this run's training data, also
+    # when fine-tuning: the encoder was trained on normalized features, and the new data's own
+    # statistics normalize it so.
+    if config.features.normalize in ("global", "running") and not resuming:
         estimate_global_stats(config, system.frontend)
 
     def frames_for_duration(seconds: float) -> int:
