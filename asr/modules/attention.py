@@ -71,17 +71,22 @@ class RelativePositionalEncoding(nn.Module):
         if exporting():  # T is a symbol: no cache, the encodings become part of the graph
             distances = torch.arange(length - 1, -length, -1, device=self.table.device)
             return sinusoids(distances, self.d_model)
-        if self.table.is_inference() and not torch.is_inference_mode_enabled():
+        # One read of the cache, used throughout: another thread (the server's live streams
+        # and workers share a model) may replace `self.table` meanwhile, never mutate it.
+        table = self.table
+        if table.is_inference() and not torch.is_inference_mode_enabled():
             # Built under inference_mode (validation, transcription): autograd may not save it.
-            self.table = self.table.clone()
-        cached = (self.table.shape[0] + 1) // 2
+            table = table.clone()
+            self.table = table
+        cached = (table.shape[0] + 1) // 2
         if cached < length:
             span = max(length, 2 * cached)
-            distances = torch.arange(span - 1, -span, -1, device=self.table.device)
-            self.table = sinusoids(distances, self.d_model)  # (2*span-1, D)
+            distances = torch.arange(span - 1, -span, -1, device=table.device)
+            table = sinusoids(distances, self.d_model)  # (2*span-1, D)
+            self.table = table
             cached = span
         start = cached - length
-        return self.table[start : start + 2 * length - 1]
+        return table[start : start + 2 * length - 1]
 
 
 def relative_shift(scores: torch.Tensor) -> torch.Tensor:
