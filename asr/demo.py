@@ -57,6 +57,8 @@ STAGES = {
     "summary": "error rates, times and paths",
 }
 DECODING_LABELS = {"greedy": "greedy CTC", "lm": "beam + LM"}
+DECODING_NAMES = {"greedy": "greedy CTC", "lm": "beam search + lexicon + 3-gram LM"}
+TUNED_FIELDS = ("decoding", "lm_weight", "word_score", "val_wer", "greedy_val_wer")
 
 
 @dataclass
@@ -175,14 +177,41 @@ class Demo:
             return
         build_word_lm(self.corpus_dir / "train.jsonl", self.model_path, self.lm_dir, LM_ORDER)
 
-    def decodings(self) -> dict[str, DecodingOptions]:
-        """The greedy decoding, then (unless lm=False) beam search with the LM and lexicon."""
+    @functools.cached_property
+    def tuned(self) -> dict[str, Any] | None:
+        """The LM weight and word score chosen on val.jsonl (`asr.scoring.tune`: 24 points, one
+        acoustic pass), in LM.tuned.json, reused while newer than the model, the LM files and
+        val.jsonl; None with lm=False."""
+        if not self.lm:
+            return None
         from asr.inference.options import DecodingOptions
+        from asr.scoring.tune import format_grid, tune_lm, tuned_path
+
+        arpa, lexicon = self.lm_files
+        val, path = self.corpus_dir / "val.jsonl", tuned_path(arpa)
+        if all(up_to_date(path, source) for source in (self.model_path, arpa, lexicon, val)):
+            print(f"reusing the LM weights chosen on val: {path}")
+        else:
+            options = DecodingOptions(lm=str(arpa), lexicon=str(lexicon))
+            result = tune_lm(self.model, val, options, label="LM weights on val")
+            print(format_grid(result))
+            result.write(path, model=str(self.model_path))
+        return json.loads(path.read_text())
+
+    @property
+    def reported(self) -> str:
+        """The decoding whose test score the demo reports: "lm" only if it beat greedy on val."""
+        return "lm" if self.tuned and self.tuned["decoding"] == "lm" else "greedy"
+
+    def decodings(self) -> dict[str, DecodingOptions]:
+        """The greedy decoding, then (unless lm=False) beam search with the LM and lexicon at
+        the weights that did best on val (scored on test even when greedy beat them on val)."""
+        from asr.inference.options import DecodingOptions
+        from asr.scoring.tune import best_options
 
         found = {"greedy": DecodingOptions()}
-        if self.lm:
-            arpa, lexicon = self.lm_files
-            found["lm"] = DecodingOptions(lm=str(arpa), lexicon=str(lexicon))  # beam 50, weight 1
+        if self.tuned:
+            found["lm"] = best_options(self.tuned)
         return found
 
     def evaluate(self) -> None:
@@ -199,9 +228,11 @@ class Demo:
         """`asr.scoring.evaluate.decode_and_score` into eval/<name>/, or the evaluation there
         when it is newer than the model, the test manifest and the LM files it used."""
         from asr.scoring.evaluate import decode_and_score, load_result
+        from asr.scoring.tune import tuned_path
 
         test, out = self.corpus_dir / "test.jsonl", self.work_dir / "eval" / name
-        sources = [self.model_path, test, *(self.lm_files if name == "lm" else ())]
+        tuned = [tuned_path(self.lm_files[0])] if name == "lm" else []
+        sources = [self.model_path, test, *(self.lm_files if name == "lm" else ()), *tuned]
         if all(up_to_date(out / "summary.json", source) for source in sources):
             print(f"reusing the {DECODING_LABELS[name]} evaluation in {out}")
             return load_result(out)
@@ -213,7 +244,7 @@ class Demo:
 
         utt = read_manifest(self.corpus_dir / "test.jsonl")[0]
         decodings = self.decodings()
-        best = decodings.get("lm", decodings["greedy"])
+        best = decodings[self.reported]
         result = self.model.transcribe([utt.audio], options=best)[0]
         print(f"file:       {utt.audio}\nreference:  {utt.text}\ntranscript: {result.text}")
         for w in result.words:
@@ -224,12 +255,15 @@ class Demo:
         """Stage 6: work_dir/summary.json, and its closing lines printed."""
         self.seconds["total"] = time.perf_counter() - self.began
         info = self.model.bundle.info
-        final = self.scores.get("lm", self.scores["greedy"])
+        final = self.scores[self.reported]
+        tuned = self.tuned
         arpa, lexicon = self.lm_files if self.lm else (None, None)
         self.summary = {
             "wer": final["wer"],
             "cer": final["cer"],
-            "decoding": "beam search + lexicon + 3-gram LM" if self.lm else "greedy CTC",
+            "decoding": DECODING_NAMES[self.reported],
+            "reported": self.reported,
+            "tuned": {k: tuned[k] for k in TUNED_FIELDS} if tuned else None,
             "scores": self.scores,
             "train_seconds": info.get("train_seconds"),
             "trained_steps": info.get("trained_steps"),
@@ -272,6 +306,15 @@ def format_demo_summary(summary: dict[str, Any]) -> str:
     ]
     for name, s in summary["scores"].items():
         lines.append(f"  {name:<7} WER {s['wer']:6.2f}%  CER {s['cer']:6.2f}%")
+    tuned = summary.get("tuned")
+    if tuned:
+        lines.append(
+            f"LM weight {tuned['lm_weight']:g}, word score {tuned['word_score']:g} chosen on val "
+            f"(val WER {100 * tuned['val_wer']:.2f}% with the LM, "
+            f"{100 * tuned['greedy_val_wer']:.2f}% greedy)"
+            + ("" if tuned["decoding"] == "lm" else ": the LM does not beat greedy on val, so "
+               "greedy is reported")
+        )  # fmt: skip
     t = summary["stage_seconds"]
     trained = summary["train_seconds"]
     lines += [

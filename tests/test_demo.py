@@ -40,11 +40,15 @@ def test_quick_demo_writes_model_lm_reports_and_summary(first_run):
 
 
 def test_quick_demo_reports_error_rates_of_both_decoders(first_run):
-    _, summary = first_run
+    work_dir, summary = first_run
     assert set(summary["scores"]) == {"greedy", "lm"}
     for scores in summary["scores"].values():
         assert scores["cer"] >= 0.0 and scores["wer"] >= 0.0
-    assert summary["wer"] == summary["scores"]["lm"]["wer"]
+    # the LM's weights were chosen on val; its test score is reported only if it won there
+    tuned = json.loads((work_dir / "lm" / "words.3gram.arpa.tuned.json").read_text())
+    assert summary["reported"] == tuned["decoding"] == summary["tuned"]["decoding"]
+    assert (tuned["decoding"] == "lm") == (tuned["val_wer"] < tuned["greedy_val_wer"])
+    assert summary["wer"] == summary["scores"][summary["reported"]]["wer"]
     # The lexicon-constrained decoder can only output words of the training transcripts.
     lines = Path(summary["lexicon"]).read_text(encoding="utf-8").splitlines()
     lexicon = {line.split("\t")[0] for line in lines}

@@ -161,8 +161,12 @@ def load_tuned(path: str | Path) -> DecodingOptions:
     found = json.loads(Path(path).read_text(encoding="utf-8"))
     if found.get("decoding") not in ("lm", "greedy"):
         raise ValueError(f"{path} is not a tuned LM file (no 'decoding': 'lm' or 'greedy')")
-    if found["decoding"] == "greedy":
-        return DecodingOptions()
+    return best_options(found) if found["decoding"] == "lm" else DecodingOptions()
+
+
+def best_options(found: dict[str, Any]) -> DecodingOptions:
+    """The beam search at the best grid point of a `<lm>.tuned.json`'s dict, whether or not it
+    beat greedy decoding (to show what the LM does at its best on another set)."""
     names = ("lm", "lexicon", "lm_weight", "word_score", "beam_size", "beam_threshold", "log_add")
     return DecodingOptions(**{name: found[name] for name in names})
 
