@@ -58,7 +58,6 @@ STAGES = {
 }
 DECODING_LABELS = {"greedy": "greedy CTC", "lm": "beam + LM"}
 DECODING_NAMES = {"greedy": "greedy CTC", "lm": "beam search + lexicon + 3-gram LM"}
-TUNED_FIELDS = ("decoding", "lm_weight", "word_score", "val_wer", "greedy_val_wer")
 
 
 @dataclass
@@ -253,6 +252,8 @@ class Demo:
 
     def write_summary(self) -> None:
         """Stage 6: work_dir/summary.json, and its closing lines printed."""
+        from asr.scoring.tune import tuned_summary
+
         self.seconds["total"] = time.perf_counter() - self.began
         info = self.model.bundle.info
         final = self.scores[self.reported]
@@ -263,7 +264,7 @@ class Demo:
             "cer": final["cer"],
             "decoding": DECODING_NAMES[self.reported],
             "reported": self.reported,
-            "tuned": {k: tuned[k] for k in TUNED_FIELDS} if tuned else None,
+            "tuned": tuned_summary(tuned) if tuned else None,
             "scores": self.scores,
             "train_seconds": info.get("train_seconds"),
             "trained_steps": info.get("trained_steps"),

@@ -314,7 +314,7 @@ def test_front_end_options_are_checked_in_one_line(overrides, culprit):
 
 
 @pytest.mark.parametrize("framing", list(FRAMINGS))
-@pytest.mark.parametrize("normalize", ["utterance", "none", "global"])
+@pytest.mark.parametrize("normalize", ["utterance", "none", "global", "running"])
 def test_padding_does_not_change_features(normalize, framing):
     features = LogMelFeatures(dataclasses.replace(FRAMINGS[framing], normalize=normalize))
     features.set_global_stats(torch.linspace(-5, 5, 80), torch.linspace(1, 3, 80))

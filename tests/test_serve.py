@@ -26,8 +26,7 @@ import pytest
 pytest.importorskip("fastapi", reason="asr serve needs the serve extra: pip install 'asr[serve]'")
 import httpx
 import openai
-import uvicorn
-from serving_helpers import KEY, MODEL, serve_process, speech_files, wait_until
+from serving_helpers import KEY, MODEL, app_server, serve_process, speech_files, wait_until
 
 import asr
 from asr.audio import AudioError
@@ -38,7 +37,7 @@ from asr.inference.engine import Stopped
 from asr.inference.formats import format_result, subtitle_cues
 from asr.inference.options import ChunkingOptions
 from asr.inference.transcribe import Result, Word
-from asr.serving.app import ServerLimits, build_app
+from asr.serving.app import ServerLimits
 from asr.serving.workers import Job, ModelWorkers
 
 ENV_KEYS = "sk-env-one, sk-env-two"
@@ -352,23 +351,6 @@ class Gate:
 
     def __exit__(self, *exc) -> None:
         self.opened.set()
-
-
-@contextlib.contextmanager
-def app_server(workers: ModelWorkers, limits: ServerLimits | None = None, **options):
-    """The application on a free loopback port, served by uvicorn on a thread of this process."""
-    sock = listen("127.0.0.1", 0)
-    app = build_app(workers, limits, **options)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started or not thread.is_alive(), "the server started")
-    assert thread.is_alive(), "the server stopped"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def wait_for_health(url: str, **state) -> dict:

@@ -164,6 +164,15 @@ def load_tuned(path: str | Path) -> DecodingOptions:
     return best_options(found) if found["decoding"] == "lm" else DecodingOptions()
 
 
+SUMMARY_FIELDS = ("decoding", "lm_weight", "word_score", "beam_threshold", "val_wer",
+                  "greedy_val_wer")  # fmt: skip
+
+
+def tuned_summary(found: dict[str, Any]) -> dict[str, Any]:
+    """What a recipe reports of a `<lm>.tuned.json`'s dict: the choice and the validation WERs."""
+    return {name: found[name] for name in SUMMARY_FIELDS}
+
+
 def best_options(found: dict[str, Any]) -> DecodingOptions:
     """The beam search at the best grid point of a `<lm>.tuned.json`'s dict, whether or not it
     beat greedy decoding (to show what the LM does at its best on another set)."""

@@ -35,7 +35,7 @@ from asr.cli import main as asr_main
 from asr.config import load_config
 from asr.corpora import an4
 from asr.recipe import build_word_lm, run_asr, run_stages, up_to_date, word_lm_paths
-from asr.scoring.tune import tuned_path
+from asr.scoring.tune import tuned_path, tuned_summary
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "an4.yaml"
@@ -132,18 +132,7 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     sources = [model, arpa, lexicon, manifests["val"]]
     lm_flags = ["--lm", str(arpa), "--lexicon", str(lexicon), "--tune-lm", str(manifests["val"])]
     evaluate_set(args, model, manifests["test"], out, [*sources, tuned], lm_flags, tuned)
-    found = json.loads(tuned.read_text())
-    results["tuned"] = {
-        k: found[k]
-        for k in (
-            "decoding",
-            "lm_weight",
-            "word_score",
-            "beam_threshold",
-            "val_wer",
-            "greedy_val_wer",
-        )
-    }
+    found = results["tuned"] = tuned_summary(json.loads(tuned.read_text()))
     results["val"]["lm"] = {"wer": 100 * found["val_wer"]}
     results["reported"] = found["decoding"]
     if found["decoding"] == "lm":

@@ -205,7 +205,7 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     not beat it on dev); model -> decoding ("greedy" or the --lm name) -> part -> WER %, and
     "tuned" -> the choice; also in exp_dir/RESULTS.md and RESULTS.json."""
     from asr.cli.options import options_to_flags
-    from asr.scoring.tune import load_tuned
+    from asr.scoring.tune import load_tuned, tuned_summary
 
     exp_dir = Path(training_config(args).exp_dir)
     arpa, lexicon = lm_paths(args)
@@ -236,18 +236,7 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         for part in parts:
             if part != first:
                 wers[part] = evaluate_part(args, model, part, out / part, [tuned], flags)
-        choice = json.loads(tuned.read_text())
-        found["tuned"] = {
-            k: choice[k]
-            for k in (
-                "decoding",
-                "lm_weight",
-                "word_score",
-                "beam_threshold",
-                "val_wer",
-                "greedy_val_wer",
-            )
-        }
+        found["tuned"] = tuned_summary(json.loads(tuned.read_text()))
     write_results(exp_dir, results, args)
     return results
 
