@@ -216,14 +216,19 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """`kind`: "char", "unigram" or "bpe". `path`: a trained tokenizer file to use as is."""
+    """`kind`: "char", "unigram" or "bpe". `path`: a trained tokenizer file to use as is.
+    `text`: what a new tokenizer learns from: "train" (the training transcripts) or "english"
+    (general English: pseudo-text in the word frequencies of pocketsphinx's 72k-word LM,
+    `pip install 'asr[english]'`), for units that fit any English corpus, not only this one."""
 
     kind: str = "char"
     vocab_size: int = 256
     path: str | None = None
+    text: str = "train"
 
     def __post_init__(self) -> None:
         check_choice(self, "tokenizer", "kind", ("char", "unigram", "bpe"))
+        check_choice(self, "tokenizer", "text", ("train", "english"))
         check_positive(self, "tokenizer", "vocab_size")
 
 

@@ -298,3 +298,33 @@ def test_tuning_works_with_the_open_decoders(kind, val, tmp_path):
     assert found.lm_beats_greedy and best.wer < found.greedy.error_rate
     tuned = found.write(tmp_path / "tuned.json")
     assert load_tuned(tuned) == found.chosen and found.chosen.lexicon == options.lexicon
+
+
+def test_the_unigram_reader_gives_the_full_readers_word_probabilities(english):
+    from asr.inference.english import read_sphinx_unigrams, sphinx_lm_path
+
+    unigrams = read_sphinx_unigrams(sphinx_lm_path())
+    full = {g[0]: p for g, p in english.logprobs.items() if len(g) == 1}
+    del full["<unk>"]  # added by read_sphinx_lm, not stored in the file
+    assert unigrams == full
+
+
+def test_an_english_tokenizer_needs_no_transcripts_and_spells_any_english_word(
+    pocketsphinx, tmp_path
+):
+    """`tokenizer.text: english`: subword units learned from general English, with no training
+    manifest at all; frequent words become single units, rare and unseen ones split into pieces
+    that spell them back exactly."""
+    from asr.config import TokenizerConfig, TrainConfig
+    from asr.training.train import prepare_tokenizer
+
+    config = TrainConfig(tokenizer=TokenizerConfig(kind="unigram", vocab_size=256, text="english"))
+    tokenizer = prepare_tokenizer(config, tmp_path)
+    assert (tmp_path / "tokenizer.json").is_file()  # reused by a resumed run
+    assert tokenizer.vocab_size == 256
+    for word in ("the", "and", "of"):
+        assert len(tokenizer.encode(word)) == 1, word
+    text = "a xylophone quietly serenaded the bewildered octopus"
+    ids = tokenizer.encode(text)
+    assert tokenizer.unknown_chars(text) == [] and tokenizer.decode(ids) == text
+    assert len(ids) < len(text.replace(" ", ""))  # pieces, not letters

@@ -13,9 +13,10 @@ so it reads records that are not there) and the text it had buffered is cut off 
 the quantized probabilities (`asr.inference.lm.interpolate([lm], [1.0])`) so that every
 context sums to 1 exactly (stored ones are off by up to 1e-4).
 
-Here: `sphinx_lm_path`, `read_sphinx_lm` (a Sphinx trie file -> `NgramLM`), `english_word_lm`
-(the ARPA file, converted once and cached under a name holding the source's hash) and
-`english_sentences` (pseudo-text in the model's word frequencies, for a token-level LM).
+Here: `sphinx_lm_path`, `read_sphinx_lm` (a Sphinx trie file -> `NgramLM`),
+`read_sphinx_unigrams` (its words and their frequencies only), `english_word_lm` (the ARPA file,
+converted once and cached under a name holding the source's hash) and `english_sentences`
+(pseudo-text in the model's word frequencies, for a token-level LM or a subword tokenizer).
 """
 
 from __future__ import annotations
@@ -67,6 +68,37 @@ def read_sphinx_lm(path: str | Path) -> NgramLM:
     """A CMU Sphinx binary trie LM (`sphinx_lm_convert` output, `*.lm.bin`) -> `NgramLM`, log10
     probabilities and backoffs as stored (quantized above unigrams). <unk>, absent from Sphinx
     models, is added as never predicted."""
+    data, counts, bins, unigrams, at = _read_header(path)
+    levels, at = _read_levels(data, at, counts, bins, unigrams["next"].astype(np.int64))
+    words = _read_words(data, at, counts)
+    lm = NgramLM(len(counts))
+    probs = (unigrams["prob"][:-1].astype(np.float64) * LOG10_PER_UNIT).tolist()
+    backoffs = (unigrams["bo"][:-1].astype(np.float64) * LOG10_PER_UNIT).tolist()
+    for word, prob, backoff in zip(words, probs, backoffs):
+        lm.logprobs[(word,)], lm.backoffs[(word,)] = prob, backoff
+    for n, (grams, prob, backoff) in enumerate(levels, start=2):
+        keys = [tuple(words[i] for i in gram) for gram in grams.tolist()]
+        lm.logprobs.update(zip(keys, prob.tolist()))
+        if n < len(counts):
+            lm.backoffs.update(zip(keys, backoff.tolist()))
+    lm.logprobs.setdefault((UNK,), NEVER_LOG10)
+    return lm
+
+
+def read_sphinx_unigrams(path: str | Path) -> dict[str, float]:
+    """The words of a Sphinx trie LM and their unigram log10 probabilities, without decoding
+    the higher orders (a fraction of a second, where `read_sphinx_lm` takes ~20 s)."""
+    data, counts, _, unigrams, at = _read_header(path)
+    for n in range(2, len(counts) + 1):
+        at += _level_size(counts, n)
+    words = _read_words(data, at, counts)
+    probs = (unigrams["prob"][:-1].astype(np.float64) * LOG10_PER_UNIT).tolist()
+    return dict(zip(words, probs))
+
+
+def _read_header(path: str | Path) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The file's bytes, the n-gram counts per order, the quantization bins (log10), the
+    unigram records and the offset where order 2 starts."""
     path = Path(path)
     data = path.read_bytes()
     if not data.startswith(TRIE_HEADER):
@@ -79,22 +111,27 @@ def read_sphinx_lm(path: str | Path) -> NgramLM:
     bins = bins.reshape(-1, 2**QUANT_BITS).astype(np.float64) * LOG10_PER_UNIT
     at += bins.size * 4
     unigrams = np.frombuffer(data, _UNIGRAM, counts[0] + 1, at)
-    at += unigrams.nbytes
-    levels, at = _read_levels(data, at, counts, bins, unigrams["next"].astype(np.int64))
+    return data, counts, bins, unigrams, at + unigrams.nbytes
+
+
+def _read_words(data: bytes, at: int, counts: np.ndarray) -> list[str]:
+    """The vocabulary stored after the last order: a length, then NUL-separated words."""
     size = int(np.frombuffer(data, "<i4", 1, at)[0])
-    words = data[at + 4 : at + 4 + size].decode("utf-8").split("\0")[: counts[0]]
-    lm = NgramLM(order)
-    probs = (unigrams["prob"][:-1].astype(np.float64) * LOG10_PER_UNIT).tolist()
-    backoffs = (unigrams["bo"][:-1].astype(np.float64) * LOG10_PER_UNIT).tolist()
-    for word, prob, backoff in zip(words, probs, backoffs):
-        lm.logprobs[(word,)], lm.backoffs[(word,)] = prob, backoff
-    for n, (grams, prob, backoff) in enumerate(levels, start=2):
-        keys = [tuple(words[i] for i in gram) for gram in grams.tolist()]
-        lm.logprobs.update(zip(keys, prob.tolist()))
-        if n < order:
-            lm.backoffs.update(zip(keys, backoff.tolist()))
-    lm.logprobs.setdefault((UNK,), NEVER_LOG10)
-    return lm
+    return data[at + 4 : at + 4 + size].decode("utf-8").split("\0")[: counts[0]]
+
+
+def _level_bits(counts: np.ndarray, n: int) -> int:
+    """Bits of one record of order n: its word, and below the top order its quantized backoff
+    and probability and the index of its first child."""
+    word_bits = int(counts[0]).bit_length()
+    if n == len(counts):
+        return word_bits + QUANT_BITS
+    return word_bits + 2 * QUANT_BITS + int(counts[n]).bit_length()
+
+
+def _level_size(counts: np.ndarray, n: int) -> int:
+    """Bytes of order n's bit-packed records, as lm_trie.c allocates them."""
+    return ((1 + int(counts[n - 1])) * _level_bits(counts, n) + 7) // 8 + 8
 
 
 def _read_levels(
@@ -114,8 +151,7 @@ def _read_levels(
     for n in range(2, order + 1):
         top = n == order
         next_bits = 0 if top else int(counts[n]).bit_length()
-        bits = word_bits + (QUANT_BITS if top else 2 * QUANT_BITS + next_bits)
-        size = ((1 + int(counts[n - 1])) * bits + 7) // 8 + 8  # as lm_trie.c allocates
+        bits, size = _level_bits(counts, n), _level_size(counts, n)
         memory = np.frombuffer(data, np.uint8, size, at)
         at += size
         records = int(first_child[-1])
@@ -143,21 +179,29 @@ def _bits(memory: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
 
 
 def english_sentences(
-    lm: NgramLM, words: int, keep: Iterable[str] | None = None, seed: int = 0, length: int = 12
+    lm: NgramLM | dict[str, float],
+    words: int,
+    keep: Iterable[str] | None = None,
+    seed: int = 0,
+    length: int = 12,
 ) -> list[list[str]]:
-    """Pseudo-text in `lm`'s unigram frequencies: about `words` running words (each word of the
-    vocabulary at least once), shuffled into sentences of `length` words. Text for a token-level
-    LM that should spell English words: their letters in the proportions of real text.
+    """Pseudo-text in `lm`'s unigram frequencies (an `NgramLM`, or words -> log10 probability
+    as `read_sphinx_unigrams` gives): about `words` running words (each word of the vocabulary
+    at least once), shuffled into sentences of `length` words. Text for a token-level LM or a
+    subword tokenizer that should spell English words: their letters in the proportions of real
+    text.
 
     `keep`: only these words (those the acoustic model can spell), renormalized.
     """
-    vocab = [g[0] for g, p in lm.logprobs.items() if len(g) == 1 and g[0] not in (BOS, EOS, UNK)]
+    if isinstance(lm, NgramLM):
+        lm = {g[0]: p for g, p in lm.logprobs.items() if len(g) == 1}
+    vocab = [w for w in lm if w not in (BOS, EOS, UNK)]
     if keep is not None:
         allowed = set(keep)
         vocab = [w for w in vocab if w in allowed]
     if not vocab:
         raise ValueError("no English word left to make sentences of")
-    probs = np.array([10 ** lm.logprobs[(w,)] for w in vocab])
+    probs = np.array([10 ** lm[w] for w in vocab])
     copies = np.maximum(1, np.rint(probs / probs.sum() * words)).astype(int)
     running = [w for w, c in zip(vocab, copies.tolist()) for _ in range(c)]
     random.Random(seed).shuffle(running)

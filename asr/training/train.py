@@ -39,6 +39,9 @@ from asr.training.system import AsrSystem
 log = logging.getLogger(__name__)
 
 GLOBAL_STATS_UTTERANCES = 500
+# Running words of English pseudo-text a `tokenizer.text: english` tokenizer learns from (every
+# word of the 72k vocabulary at least once, the rest in proportion to frequency).
+ENGLISH_TOKENIZER_WORDS = 300_000
 
 
 def prepare_tokenizer(config: TrainConfig, exp_dir: Path) -> Tokenizer:
@@ -51,6 +54,12 @@ def prepare_tokenizer(config: TrainConfig, exp_dir: Path) -> Tokenizer:
         tokenizer = load_tokenizer(saved)
     elif config.init_from:
         tokenizer = open_bundle(config.init_from).tokenizer
+    elif config.tokenizer.text == "english":
+        from asr.inference.english import english_sentences, read_sphinx_unigrams, sphinx_lm_path
+
+        words = read_sphinx_unigrams(sphinx_lm_path())
+        texts = [" ".join(s) for s in english_sentences(words, ENGLISH_TOKENIZER_WORDS)]
+        tokenizer = train_tokenizer(texts, config.tokenizer)
     else:
         if not config.data.train_manifest:
             raise ValueError("set data.train_manifest or tokenizer.path to get a tokenizer")
