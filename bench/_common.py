@@ -131,3 +131,44 @@ def write_json(path: str | Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+# --- live latency: when a word is on screen against when it was spoken ----------------------
+
+
+def word_ends(reference: list[Any], words: list[str]) -> dict[int, float]:
+    """{index in `words`: end time} for the words a reference transcription (`Word`s with
+    `word` and `end`, e.g. the model's offline word times) has too, matched in order (difflib's
+    longest matching blocks); the words the two do not share are left out."""
+    import difflib
+
+    matcher = difflib.SequenceMatcher(None, [w.word for w in reference], words, autojunk=False)
+    ends: dict[int, float] = {}
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            ends[block.b + k] = reference[block.a + k].end
+    return ends
+
+
+def first_shown(partials: list[tuple[float, str]], words: list[str]) -> list[float | None]:
+    """Per final word, the time of the first partial text (time, text; in time order) whose
+    word at that place is already the final word, complete (a partial's last word may still
+    grow: "th" before "the"); None for a word no partial shows."""
+    shown: list[float | None] = [None] * len(words)
+    for at, text in partials:
+        for k, word in enumerate(text.split()[: len(words)]):
+            if shown[k] is None and word == words[k]:
+                shown[k] = at
+    return shown
+
+
+def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float | None]:
+    """median and p90 of `values` times `scale` (seconds -> ms), rounded; None when empty."""
+    import numpy as np
+
+    if not values:
+        return {"median": None, "p90": None}
+    return {
+        "median": round(float(np.median(values)) * scale, 1),
+        "p90": round(float(np.percentile(values, 90)) * scale, 1),
+    }
