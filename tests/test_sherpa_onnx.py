@@ -7,6 +7,13 @@ trained with that front end gets from sherpa-onnx, on real recordings, the text 
 gives (one utterance at a time and in a padded batch), and the exported graph turns sherpa-onnx's
 features into ours for each log guard; tokens.txt and the metadata are what sherpa-onnx reads;
 bundles with a front end it cannot compute are refused, and stft framing is warned about.
+
+Streaming (`--streaming`, sherpa-onnx's online NeMo CTC recognizer): it computes the same
+features and runs the windows the export's metadata asks for (a probe graph again); a causal
+model (global or no normalization) exported for it gets, fed in pieces, the text of our
+chunk-masked forward at the same chunk and left context, one stream at a time and stacked in a
+batch; the graph, run in PyTorch over sherpa-onnx's windows, is that forward; the layout and
+metadata are what it reads; models that cannot stream are refused in one line.
 """
 
 from __future__ import annotations
@@ -330,3 +337,258 @@ def test_sherpa_computes_the_features_sherpa_features_and_kaldi_framing_say(prob
         for features in (want.numpy(), ours[0].numpy()):
             expected = features[t, (t + shift) % F]
             assert np.abs(got - expected).max() <= 0.6 / SCALE, np.abs(got - expected).max()
+
+
+# --- `asr export --format sherpa-onnx --streaming`: sherpa-onnx's online NeMo CTC recognizer ---
+
+CHUNK_MS, LEFT_SECONDS = 320.0, 1.28  # 8 encoder frames a chunk, 4 chunks of left context
+
+
+def streaming_bundle(path: Path, normalize: str) -> Path:
+    """A causal xs model with random weights, sherpa-onnx's front end and `normalize` (global:
+    statistics of the fixture recordings), its head calibrated as `bundle_path`'s."""
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
+    encoder = dataclasses.replace(EncoderConfig.preset("xs"), causal_conv=True)
+    model = CtcModel(encoder, tokenizer.vocab_size).eval()
+    frontend = LogMelFeatures(dataclasses.replace(SHERPA_EXACT, normalize=normalize))
+    if normalize == "global":
+        feats = torch.cat([sherpa_features(load_audio(p)) for p in FIXTURE_AUDIO])  # (T, F)
+        frontend.set_global_stats(feats.mean(0), feats.std(0))
+    wave = load_audio(FIXTURE_AUDIO[0])[None]  # (1, N)
+    with torch.no_grad():
+        x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])), chunk=8)
+        model.head.weight.div_(x[0].std(0)).mul_(5.0)
+        model.head.bias.copy_(-model.head.weight @ x[0].mean(0))
+        model.head.bias[tokenizer.space_id] += 5.0
+    save_bundle(path, model, frontend, tokenizer)
+    return path
+
+
+@pytest.fixture(scope="module")
+def online(tmp_path_factory) -> Path:
+    """A global-normalized causal model exported for sherpa-onnx's online recognizer by the CLI,
+    fp32 and int8: DIR/model.onnx, model.int8.onnx, tokens.txt."""
+    folder = tmp_path_factory.mktemp("online")
+    bundle = streaming_bundle(folder / "model.pt", "global")
+    output = folder / "deploy" / "model.onnx"
+    argv = ["export", "--model", str(bundle), "--format", "sherpa-onnx", "--streaming",
+            "--chunk-ms", str(CHUNK_MS), "--left-seconds", str(LEFT_SECONDS), "--quantize", "int8"]  # fmt: skip
+    assert main([*argv, "--output", str(output)]) == 0
+    return output
+
+
+def metadata(model: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+
+
+def online_recognizer(model: Path):
+    return sherpa_onnx.OnlineRecognizer.from_nemo_ctc(
+        model=str(model), tokens=str(model.parent / "tokens.txt")
+    )
+
+
+def with_tail(wave: torch.Tensor, meta: dict[str, str]) -> torch.Tensor:
+    """`wave` and the silence that makes sherpa-onnx run the windows of all its frames (it runs
+    only full windows): window_size + chunk_shift frames."""
+    frames = int(meta["window_size"]) + int(meta["chunk_shift"])
+    return torch.cat([wave, torch.zeros(frames * 160)])
+
+
+def online_texts(model: Path, waves: list[torch.Tensor], batch: bool = False) -> list[str]:
+    """sherpa-onnx's online transcripts of 16 kHz `waves` (each with `with_tail`), fed in pieces
+    of varied sizes and decoded whenever a window is ready; `batch`: all streams at once."""
+    rec, meta = online_recognizer(model), metadata(model)
+    streams = [rec.create_stream() for _ in waves]
+    waves = [with_tail(wave, meta).numpy() for wave in waves]
+    pieces = [0, 1000, 3300, 160, 2500]
+    for wave, stream in zip(waves, streams):
+        for i, start in enumerate(range(0, len(wave), 4000)):  # 4000 samples, split unevenly
+            cut = start + pieces[i % len(pieces)]
+            stream.accept_waveform(16000, wave[start:cut])
+            stream.accept_waveform(16000, wave[cut : start + 4000])
+            while not batch and rec.is_ready(stream):
+                rec.decode_stream(stream)
+        stream.input_finished()
+    while any(rec.is_ready(stream) for stream in streams):
+        rec.decode_streams([stream for stream in streams if rec.is_ready(stream)])
+    return [" ".join(rec.get_result(stream).split()) for stream in streams]
+
+
+def chunked_text(bundle, wave: torch.Tensor, meta: dict[str, str]) -> str:
+    """Our model's greedy text at sherpa-onnx's chunk and left context: `CtcModel.forward` with
+    the chunk mask, on our front end's features of the frames sherpa-onnx decodes."""
+    wave = with_tail(wave, meta)
+    feats, lengths = bundle.frontend(wave[None], torch.tensor([len(wave)]))  # (1, T, F)
+    window, shift = int(meta["window_size"]), int(meta["chunk_shift"])
+    windows = (int(lengths) - window - 1) // shift + 1  # it runs a window when one more is ready
+    used = shift * windows + window - shift
+    chunk = int(meta["chunk_frames"])
+    left_chunks = int(meta["left_context_frames"]) // chunk
+    with torch.inference_mode():
+        log_probs, out_lengths = bundle.model(
+            feats[:, :used], torch.tensor([used]), chunk=chunk, left_chunks=left_chunks
+        )
+    assert int(out_lengths) == windows * chunk
+    return " ".join(bundle.tokenizer.decode(greedy_decode(log_probs, out_lengths)[0]).split())
+
+
+def test_sherpa_online_transcribes_real_recordings_as_our_chunked_model_does(online):
+    bundle = load_bundle(online.parent.parent / "model.pt")
+    meta = metadata(online)
+    waves = [load_audio(path) for path in recordings()]
+    want = [chunked_text(bundle, wave, meta) for wave in waves]
+    assert all(len(text.split()) >= 3 for text in want), want  # varied text, not blanks
+    # the chunk mask matters: with full context the text differs (the test tells them apart)
+    assert [reference_text(bundle, with_tail(wave, meta)) for wave in waves] != want
+    assert online_texts(online, waves) == want
+    assert online_texts(online, waves, batch=True) == want  # streams stacked in one batch
+
+
+def test_the_online_int8_model_transcribes_close_to_the_fp32_one(online):
+    waves = [load_audio(path) for path in FIXTURE_AUDIO]
+    fp32 = " ".join(online_texts(online, waves))
+    int8 = " ".join(online_texts(int8_path(online), waves))
+    assert count_char_errors(fp32, int8, normalizer=None).error_rate < 0.3, (fp32, int8)
+
+
+def test_the_online_layout_and_metadata_are_what_sherpa_reads(online):
+    bundle = load_bundle(online.parent.parent / "model.pt")
+    meta, graph = metadata(online), onnx.load(str(online)).graph
+    c = bundle.model.config
+    chunk = round(CHUNK_MS / 40)
+    assert meta["chunk_frames"] == str(chunk) and meta["left_context_frames"] == str(4 * chunk)
+    assert meta["window_size"] == str(4 * chunk + 3) and meta["chunk_shift"] == str(4 * chunk)
+    assert meta["vocab_size"] == str(bundle.tokenizer.vocab_size - 1)  # sherpa-onnx adds 1
+    dims = [meta[f"cache_last_{name}_dim{i}"] for name in ("channel", "time") for i in (1, 2, 3)]
+    head = c.d_model // c.num_heads
+    assert dims == [str(v) for v in (c.num_layers * 2 * c.num_heads, 4 * chunk, head,
+                                      c.num_layers, c.conv_kernel_size - 1, c.d_model)]  # fmt: skip
+    assert [i.name for i in graph.input] == ["audio_signal", "length", "cache_last_channel",
+                                             "cache_last_time", "cache_last_channel_len"]  # fmt: skip
+    assert len(graph.output) == 5 and graph.output[0].name == "logprobs"
+
+
+@pytest.mark.parametrize("normalize", ["none", "global"])
+def test_the_online_graph_over_sherpa_windows_is_the_chunked_model(tmp_path, normalize):
+    """In PyTorch, without export: sherpa-onnx's windows of sherpa_features through the graph,
+    states carried in sherpa-onnx's layout, give our chunk-masked forward's log-probs."""
+    from asr.export.sherpa_online import SherpaOnlineGraph
+
+    bundle = load_bundle(streaming_bundle(tmp_path / "m.pt", normalize))
+    graph = SherpaOnlineGraph(bundle.model, bundle.frontend, chunk=4, slots=8).eval()
+    wave = load_audio(FIXTURE_AUDIO[1])
+    sherpa = sherpa_features(wave).T[None]  # (1, F, T)
+    windows = (sherpa.shape[2] - graph.window - 1) // graph.shift + 1
+    states, got = graph.initial_states(), []
+    with torch.inference_mode():
+        for k in range(windows):
+            window = sherpa[:, :, k * graph.shift :][:, :, : graph.window]
+            log_probs, _, *states = graph(window, torch.tensor([graph.window]), *states)
+            got.append(log_probs[0])
+        used = graph.shift * windows + graph.window - graph.shift
+        feats, _ = bundle.frontend(wave[None], torch.tensor([len(wave)]))
+        want, _ = bundle.model(feats[:, :used], torch.tensor([used]), chunk=4, left_chunks=2)
+    assert windows > 2 * 3 and torch.cat(got).shape == want[0].shape  # the cache slides
+    assert (torch.cat(got) - want[0]).abs().max() < 2e-3
+
+
+@pytest.mark.parametrize(
+    "change, culprit",
+    [({"causal_conv": False}, "encoder.causal_conv"), ({"normalize": "utterance"},
+     "features.normalize='utterance'"), ({"preemphasis": 0.0}, "features.preemphasis=0.0")],
+)  # fmt: skip
+def test_a_model_sherpa_cannot_stream_is_refused_in_one_line(tmp_path, capsys, change, culprit):
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("ab")
+    encoder = EncoderConfig.preset("xs")
+    encoder = dataclasses.replace(encoder, causal_conv=change.get("causal_conv", True))
+    features = dataclasses.replace(SHERPA_EXACT, normalize=change.get("normalize", "none"),
+                                   preemphasis=change.get("preemphasis", 0.97))  # fmt: skip
+    path = tmp_path / "m.pt"
+    save_bundle(path, CtcModel(encoder, tokenizer.vocab_size), LogMelFeatures(features), tokenizer)
+    output = tmp_path / "deploy" / "model.onnx"
+    argv = ["export", "--model", str(path), "--format", "sherpa-onnx", "--streaming"]
+    assert main([*argv, "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and culprit in err and str(path) in err, err
+    assert not output.parent.exists()
+
+
+def online_probe_model(path: Path, band: int, window: int = 11, shift: int = 8) -> None:
+    """A graph in the online NeMo CTC layout whose output frame j of a window is a token
+    spelling the feature sherpa-onnx gave it at the window's frame j (j < shift), band `band`,
+    to 1/1024 (ids as `probe_model`'s); its caches pass through."""
+
+    def const(name, value):
+        return oh.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(value, name))
+
+    scalar = lambda v, t=np.int64: np.array(v, dtype=t)  # noqa: E731
+    nodes = [
+        const("start", np.array([0])), const("end", np.array([shift])), const("axis", np.array([2])),
+        const("band", scalar(band)), const("zero", scalar(0)), const("one", scalar(1)),
+        const("two", scalar(2)), const("S", scalar(shift)), const("H", scalar(H)),
+        const("depth", scalar(2 * H + 1)), const("low", scalar(LOW, np.float32)),
+        const("scale", scalar(SCALE, np.float32)), const("lo", scalar(0, np.float32)),
+        const("hi", scalar(H - 1, np.float32)), const("onoff", np.array([0.0, 1.0], np.float32)),
+        oh.make_node("Slice", ["audio_signal", "start", "end", "axis"], ["first"]),  # (1, F, S)
+        oh.make_node("Gather", ["first", "band"], ["v"], axis=1),  # (1, S)
+        oh.make_node("Sub", ["v", "low"], ["v1"]), oh.make_node("Mul", ["v1", "scale"], ["v2"]),
+        oh.make_node("Round", ["v2"], ["v3"]), oh.make_node("Clip", ["v3", "lo", "hi"], ["v4"]),
+        oh.make_node("Cast", ["v4"], ["q"], to=TensorProto.INT64),
+        oh.make_node("Range", ["zero", "S", "one"], ["t"]),
+        oh.make_node("Mod", ["t", "two"], ["odd"]), oh.make_node("Mul", ["odd", "H"], ["half"]),
+        oh.make_node("Add", ["q", "half"], ["q1"]), oh.make_node("Add", ["q1", "one"], ["ids"]),
+        oh.make_node("OneHot", ["ids", "depth", "onoff"], ["logprobs"], axis=-1),
+        oh.make_node("Identity", ["length"], ["logprobs_len"]),
+        oh.make_node("Identity", ["channel"], ["channel_next"]),
+        oh.make_node("Identity", ["time"], ["time_next"]),
+        oh.make_node("Identity", ["channel_len"], ["channel_len_next"]),
+    ]  # fmt: skip
+    value = oh.make_tensor_value_info
+    graph = oh.make_graph(
+        nodes,
+        "online_probe",
+        [value("audio_signal", TensorProto.FLOAT, [1, 80, window]),
+         value("length", TensorProto.INT64, [1]), value("channel", TensorProto.FLOAT, [1, 1, 1, 1]),
+         value("time", TensorProto.FLOAT, [1, 1, 1, 1]), value("channel_len", TensorProto.INT64, [1])],
+        [value("logprobs", TensorProto.FLOAT, [1, shift, 2 * H + 1]),
+         value("logprobs_len", TensorProto.INT64, [1]),
+         value("channel_next", TensorProto.FLOAT, [1, 1, 1, 1]),
+         value("time_next", TensorProto.FLOAT, [1, 1, 1, 1]),
+         value("channel_len_next", TensorProto.INT64, [1])],
+    )  # fmt: skip
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {"vocab_size": str(2 * H), "subsampling_factor": "1", "window_size": str(window),
+            "chunk_shift": str(shift), **{f"cache_last_{name}_dim{i}": "1" for name in
+            ("channel", "time") for i in (1, 2, 3)}}  # fmt: skip
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    tokens = ["<blk> 0"] + [f"q{(i - 1) % H} {i}" for i in range(1, 2 * H + 1)]
+    (path.parent / "tokens.txt").write_text("\n".join(tokens) + "\n")
+
+
+@pytest.mark.parametrize("band", [0, 37, 79])
+def test_sherpa_online_feeds_the_features_sherpa_features_says_window_by_window(tmp_path, band):
+    """Its online recognizer computes the offline NeMo recognizer's features (not Kaldi's
+    defaults), and runs window k on frames [8k, 8k + 11) while more than 11 are ready."""
+    online_probe_model(tmp_path / "probe.onnx", band)
+    rec = online_recognizer(tmp_path / "probe.onnx")
+    whole = load_audio(FIXTURE_AUDIO[1])
+    wave = whole[(len(whole) - 16123) // 2 :][:16123]  # from the middle: speech
+    stream = rec.create_stream()
+    for start in range(0, len(wave), 999):
+        stream.accept_waveform(16000, wave[start : start + 999].numpy())
+        while rec.is_ready(stream):
+            rec.decode_stream(stream)
+    stream.input_finished()
+    while rec.is_ready(stream):
+        rec.decode_stream(stream)
+    got = np.array([int(token[1:]) for token in rec.tokens(stream)]) / SCALE + LOW
+    want = sherpa_features(wave)[:, band].numpy()  # (T,)
+    T = len(want)
+    assert len(got) == 8 * ((T - 11 - 1) // 8 + 1)  # full windows only, one frame beyond
+    assert np.abs(got - want[: len(got)]).max() <= 0.6 / SCALE

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from asr.cli.options import add_renamed_argument
+from asr.cli.options import add_renamed_argument, add_streaming_arguments
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -47,9 +47,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"model.pt`)"
             )
         export = export_onnx if args.format == "onnx" else export_sherpa
-        if args.streaming and args.format != "onnx":
-            raise ValueError("--streaming applies to --format onnx only")
         streaming = {"streaming": True} if args.streaming else {}
+        if args.format == "sherpa-onnx" and args.streaming:  # the online recognizer's model
+            from asr.export.sherpa_online import export_sherpa_online
+
+            export = export_sherpa_online
+            streaming = {"chunk_ms": args.chunk_ms, "left_seconds": args.left_seconds}
         try:
             path = export(args.model, args.output, quantize=args.quantize, **streaming)
         except RuntimeError as err:  # the check of the export (ONNX Runtime vs PyTorch) failed
@@ -57,12 +60,16 @@ def cmd_export(args: argparse.Namespace) -> int:
                 raise
             raise ValueError(f"{err} (nothing was written to {args.output})") from None
         name = "ONNX" if args.format == "onnx" else "sherpa-onnx"
+        if args.format == "sherpa-onnx" and args.streaming:
+            name = "sherpa-onnx streaming"
         print(f"{name} model ({args.quantize}) written to {path}")
-        if args.streaming:
+        if args.streaming and args.format == "onnx":
             print(f"its streaming graph written to {streaming_path(path)}")
         return 0
     if args.streaming:
-        raise ValueError("--streaming applies to --format onnx only")
+        raise ValueError(
+            "--streaming applies to --format onnx only (or sherpa-onnx, for its online recognizer)"
+        )
     if args.quantize != "none":
         raise ValueError("--quantize applies to --format onnx and sherpa-onnx only")
     if args.model:
@@ -136,7 +143,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="training checkpoints -> model.pt bundle, or a bundle -> ONNX",
         description="asr export --checkpoint C1.ckpt [C2.ckpt ...] --output model.pt | "
         "asr export --model model.pt --format onnx --output model.onnx [--quantize int8] "
-        "[--streaming]",
+        "[--streaming] | asr export --model model.pt --format sherpa-onnx --output "
+        "DIR/model.onnx [--streaming [--chunk-ms MS] [--left-seconds S]] [--quantize int8]",
     )
     p.add_argument("--checkpoint", nargs="+", help="training checkpoints; several: their average")
     p.add_argument("--model",
@@ -149,9 +157,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="onnx only: int8 weights for MatMul/Gemm (dynamic quantization)")  # fmt: skip
     p.add_argument("--streaming", action="store_true",
-                   help="onnx only: also write the chunk graph for live transcription, "
-                   "NAME.streaming.onnx beside the output (models trained with "
-                   "encoder.causal_conv)")  # fmt: skip
+                   help="onnx: also write the chunk graph for live transcription, "
+                   "NAME.streaming.onnx beside the output; sherpa-onnx: write the model for "
+                   "its online (streaming) NeMo CTC recognizer instead of the offline one "
+                   "(models trained with encoder.causal_conv)")  # fmt: skip
+    add_streaming_arguments(p, "sherpa-onnx --streaming: the chunk and left context, fixed in "
+                            "the exported model")  # fmt: skip
     p.add_argument("--output", required=True, metavar="FILE",
                    help="the file to write: a model.pt bundle, or an .onnx model")  # fmt: skip
     p.set_defaults(func=cmd_export)

@@ -54,7 +54,8 @@ NeMo's own models do in sherpa-onnx). So train a model for sherpa-onnx with
     features.log_guard=clamp features.log_offset=1.1920928955078125e-07
 
 (the defaults otherwise): sherpa-onnx then transcribes as `asr transcribe` does. Streaming
-(sherpa-onnx's online NeMo CTC with cache inputs) is not exported here.
+(sherpa-onnx's online NeMo CTC recognizer, same front end, with cache inputs): `asr export
+--format sherpa-onnx --streaming`, `asr.export.sherpa_online`.
 """
 
 from __future__ import annotations
@@ -158,6 +159,25 @@ def sherpa_features(wave: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     return torch.log((power @ mel).clamp(min=LOG_FLOOR)).float()
 
 
+def our_features(
+    frontend: LogMelFeatures, audio_signal: torch.Tensor, length: torch.Tensor
+) -> torch.Tensor:
+    """sherpa-onnx's features audio_signal (B, F, T) with length (B,) -> (B, T, F) what
+    `frontend` makes of the same audio: its log guard, then its normalization."""
+    T = audio_signal.shape[2]
+    config = frontend.config
+    feats = audio_signal.transpose(1, 2)  # (B, T, F): log(max(power, LOG_FLOOR))
+    if config.log_guard == "clamp":  # log(max(power, offset)): log is monotonic
+        if config.log_offset > LOG_FLOOR:
+            feats = feats.clamp(min=math.log(config.log_offset))
+    else:  # log(power + offset)
+        feats = torch.log(torch.exp(feats) + config.log_offset)
+    pad_mask = make_pad_mask(length, T)  # (B, T)
+    # The front end's own normalization (the one place it is written), on these frames.
+    feats = frontend._normalize(feats, pad_mask, length)
+    return feats.masked_fill(pad_mask[:, :, None], 0.0)
+
+
 class SherpaGraph(nn.Module):
     """What is exported: sherpa-onnx's features -> our features -> `CtcModel` -> log-probs in
     sherpa-onnx's length.
@@ -177,18 +197,7 @@ class SherpaGraph(nn.Module):
 
     def features(self, audio_signal: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """(B, F, T) sherpa-onnx features -> (B, T, F) what our front end makes of them."""
-        T = audio_signal.shape[2]
-        config = self.frontend.config
-        feats = audio_signal.transpose(1, 2)  # (B, T, F): log(max(power, LOG_FLOOR))
-        if config.log_guard == "clamp":  # log(max(power, offset)): log is monotonic
-            if config.log_offset > LOG_FLOOR:
-                feats = feats.clamp(min=math.log(config.log_offset))
-        else:  # log(power + offset)
-            feats = torch.log(torch.exp(feats) + config.log_offset)
-        pad_mask = make_pad_mask(length, T)  # (B, T)
-        # The front end's own normalization (the one place it is written), on these frames.
-        feats = self.frontend._normalize(feats, pad_mask, length)
-        return feats.masked_fill(pad_mask[:, :, None], 0.0)
+        return our_features(self.frontend, audio_signal, length)
 
     def forward(self, audio_signal: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         length = length.long()

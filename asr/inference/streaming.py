@@ -93,10 +93,7 @@ class Stream:
         self.id = id
         self.rate = frontend.config.sample_rate
         self.frame_seconds = frontend.hop * model.config.subsampling_factor / self.rate
-        self.chunk = max(1, round(chunk_ms / 1000 / self.frame_seconds))
-        self.left_chunks = (
-            -1 if left_seconds is None else round(left_seconds / (self.chunk * self.frame_seconds))
-        )
+        self.chunk, self.left_chunks = chunk_frames(self.frame_seconds, chunk_ms, left_seconds)
         # encoder frames of left context the attention keeps (None: all, the cache then grows)
         self.max_cache = None if self.left_chunks < 0 else self.left_chunks * self.chunk
         self.geometry = model.geometry
@@ -247,14 +244,20 @@ def grow_cache(state: StreamState, slots: int) -> StreamState:
     return state._replace(att_cache=torch.cat([empty, att_cache], dim=4))
 
 
+def chunk_frames(
+    frame_seconds: float, chunk_ms: float, left_seconds: float | None
+) -> tuple[int, int]:
+    """(chunk, left_chunks): the encoder frames (of `frame_seconds` each) of a chunk of about
+    `chunk_ms`, and the chunks of left context in about `left_seconds` (None: -1, all)."""
+    chunk = max(1, round(chunk_ms / 1000 / frame_seconds))
+    left_chunks = -1 if left_seconds is None else round(left_seconds / (chunk * frame_seconds))
+    return chunk, left_chunks
+
+
 def check_streamable(config: EncoderConfig, features: FeatureConfig) -> None:
     """ValueError (one line) unless a model of `config` with the front end of `features` can
     stream: causal convolutions, features computable from the past alone, no style tokens."""
-    if not config.causal_conv:
-        raise ValueError(
-            "this model cannot stream: it was trained without encoder.causal_conv (its "
-            "convolutions look ahead); train one with causal_conv and dynamic_chunk_training"
-        )
+    check_streamable_encoder(config)
     if features.normalize in ("utterance", "per_feature"):
         raise ValueError(
             "this model normalizes features per utterance, which needs the whole "
@@ -264,6 +267,16 @@ def check_streamable(config: EncoderConfig, features: FeatureConfig) -> None:
         raise ValueError("streaming needs an uncentred front end without pre-emphasis "
                          "(features.framing stft, features.center false, features.preemphasis "
                          "0)")  # fmt: skip
+
+
+def check_streamable_encoder(config: EncoderConfig) -> None:
+    """ValueError (one line) unless an encoder of `config` can stream, whatever its features:
+    causal convolutions, unpadded subsampling, no style tokens."""
+    if not config.causal_conv:
+        raise ValueError(
+            "this model cannot stream: it was trained without encoder.causal_conv (its "
+            "convolutions look ahead); train one with causal_conv and dynamic_chunk_training"
+        )
     if config.subsampling_padding:
         raise ValueError("streaming needs encoder.subsampling_padding 0 (padded "
                          "subsampling looks one frame ahead)")  # fmt: skip

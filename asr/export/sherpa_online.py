@@ -1,0 +1,283 @@
+"""Export a streaming model for sherpa-onnx's online NeMo CTC recognizer
+(`asr export --format sherpa-onnx --streaming`).
+
+sherpa-onnx's `OnlineRecognizer.from_nemo_ctc` runs a cache-aware streaming model one window of
+feature frames at a time, carrying three state tensors between windows. Written by
+`asr export --model model.pt --format sherpa-onnx --streaming --output DIR/model.onnx
+[--chunk-ms 640] [--left-seconds 10] [--quantize int8]`:
+
+    DIR/model.onnx   audio_signal (B, F, W) float32, length (B,) int64, cache_last_channel
+                     (B, 2 N H, L, Dh), cache_last_time (B, N, K-1, D), cache_last_channel_len
+                     (B,) int64 -> logprobs (B, C, V), logprobs_len (B,) and the three caches
+                     after the window (same shapes); metadata window_size W, chunk_shift S,
+                     cache_last_channel_dim1..3, cache_last_time_dim1..3, vocab_size V - 1
+                     (sherpa-onnx adds the blank), subsampling_factor
+    DIR/model.int8.onnx, DIR/tokens.txt   as for the offline export (`asr.export.sherpa`)
+
+What sherpa-onnx does with it (sherpa-onnx/csrc/online-recognizer-ctc-impl.h and
+online-nemo-ctc-model.cc): the same front end as its offline NeMo CTC recognizer (checked by
+tests/test_sherpa_onnx.py with a probe graph: Kaldi framing, the Slaney mel scale, no DC removal,
+`asr.export.sherpa`'s docstring), then, whenever more than W frames past the last window's
+start are ready, the W frames from there, moving on by S; states start as zeros and go from one
+window's outputs to the next window's inputs untouched (several streams: stacked on dim 0);
+greedy CTC over the windows' log-probs, collapsed across windows. It never runs a window it
+cannot fill, so the last up to W + S frames of a stream are not decoded: feed ~0.7 s of silence
+before `input_finished()`.
+
+Our side: one window is `CtcModel.forward_chunk` on C encoder frames, W = stride (C - 1) + span
+feature frames (4C + 3 at 4x: the subsampling's 3 frames of overlap with the window before),
+S = stride C; the state is `StreamState` in sherpa-onnx's layout, batch first: each block's
+attention keys and values ((N, 2, B, H, L, Dh) -> (B, 2 N H, L, Dh)), causal-convolution inputs
+((N, B, K-1, D) -> (B, N, K-1, D)) and the count of filled cache slots. L = left_chunks C slots
+of left context. So sherpa-onnx's text is that of `CtcModel.forward(feats, lengths, chunk=C,
+left_chunks=...)` on the frames it decoded (tests/test_sherpa_onnx.py, real recordings). The
+graph maps sherpa-onnx's features onto ours first (`asr.export.sherpa.our_features`): the model
+must stream (`check_streamable_encoder`), normalize causally frame by frame (features.normalize
+global or none: running normalization's sums are not carried yet) and have a front end
+sherpa-onnx computes (`check_front_end`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from asr.audio import LogMelFeatures
+from asr.checkpoint import ModelBundle, atomic_write
+from asr.export.onnx import (
+    CHECK_TOLERANCE,
+    INT8_MIN_AGREEMENT,
+    OPSET,
+    QUANTIZATIONS,
+    _compare,
+    _quantize_int8,
+    _set_metadata,
+)
+from asr.export.sherpa import check_front_end, int8_path, our_features, tokens_text
+from asr.extras import require
+from asr.inference.onnx import import_onnxruntime, session_options
+from asr.inference.streaming import (
+    DEFAULT_CHUNK_MS,
+    DEFAULT_LEFT_SECONDS,
+    check_streamable_encoder,
+    chunk_frames,
+)
+from asr.interop.sources import open_bundle
+from asr.model import CtcModel
+from asr.modules.conformer import StreamState
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ("audio_signal", "length", "cache_last_channel", "cache_last_time",
+               "cache_last_channel_len")  # fmt: skip
+OUTPUT_NAMES = ("logprobs", "logprobs_len", "cache_last_channel_next", "cache_last_time_next",
+                "cache_last_channel_len_next")  # fmt: skip
+STREAMING_NORMALIZATIONS = ("global", "none")  # frame by frame: nothing to carry
+
+
+class SherpaOnlineGraph(nn.Module):
+    """What is exported: one window of sherpa-onnx's features and its states -> our
+    `CtcModel.forward_chunk` -> log-probs (B, C, V) and the next states (module docstring)."""
+
+    def __init__(self, model: CtcModel, frontend: LogMelFeatures, chunk: int, slots: int) -> None:
+        super().__init__()
+        self.model, self.frontend = model, frontend
+        self.chunk, self.slots = chunk, slots
+        geometry = model.geometry
+        self.window = geometry.stride * (chunk - 1) + geometry.span  # W
+        self.shift = geometry.stride * chunk  # S
+
+    def forward(
+        self,
+        audio_signal: torch.Tensor,
+        length: torch.Tensor,
+        cache_last_channel: torch.Tensor,
+        cache_last_time: torch.Tensor,
+        cache_last_channel_len: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        length = length.long()
+        feats = our_features(self.frontend, audio_signal, length)  # (B, W, F)
+        log_probs, state = self.model.forward_chunk(
+            feats, to_state(cache_last_channel, cache_last_time, cache_last_channel_len)
+        )
+        out_lengths = self.model.output_lengths(length)  # (B,): C, as sherpa-onnx ignores it
+        return (log_probs, out_lengths, *from_state(state))
+
+    def initial_states(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The states before the first window, in sherpa-onnx's layout (zeros, as it makes them)."""
+        return from_state(self.model.initial_state(batch, self.slots))
+
+    def metadata(self, quantization: str) -> dict[str, str]:
+        """What sherpa-onnx reads from the graph (online-nemo-ctc-model.cc), and ours."""
+        channel, time, _ = self.initial_states()
+        meta = {
+            "model_type": "EncDecCTCModelBPE",
+            "window_size": str(self.window),
+            "chunk_shift": str(self.shift),
+            "subsampling_factor": str(self.model.config.subsampling_factor),
+            "vocab_size": str(self.model.vocab_size - 1),  # NeMo's count: without the blank
+            "normalize_type": "",  # the graph normalizes
+            "quantization": quantization,
+            "chunk_frames": str(self.chunk),
+            "left_context_frames": str(self.slots),
+            "comment": "exported by asr (asr export --format sherpa-onnx --streaming)",
+        }
+        for name, cache in (("cache_last_channel", channel), ("cache_last_time", time)):
+            for dim in (1, 2, 3):
+                meta[f"{name}_dim{dim}"] = str(cache.shape[dim])
+        return meta
+
+
+def from_state(state: StreamState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`StreamState` -> sherpa-onnx's states, batch first: cache_last_channel (B, 2 N H, L, Dh),
+    cache_last_time (B, N, K-1, D), cache_last_channel_len (B,)."""
+    N, two, B, H, L, Dh = state.att_cache.shape
+    channel = state.att_cache.permute(2, 0, 1, 3, 4, 5).reshape(B, N * two * H, L, Dh)
+    return channel, state.cnn_cache.transpose(0, 1), state.cache_len
+
+
+def to_state(channel: torch.Tensor, time: torch.Tensor, cache_len: torch.Tensor) -> StreamState:
+    """sherpa-onnx's states -> `StreamState` (the inverse of `from_state`)."""
+    B, _, L, Dh = channel.shape
+    N = time.shape[1]
+    att_cache = channel.reshape(B, N, 2, -1, L, Dh).permute(1, 2, 0, 3, 4, 5)  # (N, 2, B, H, L, Dh)
+    return StreamState(att_cache, time.transpose(0, 1), cache_len.long())
+
+
+def check_online(bundle: ModelBundle, name: str) -> None:
+    """ValueError (one line, naming `name`) unless the bundle can stream in sherpa-onnx."""
+    try:
+        check_streamable_encoder(bundle.model.config)
+    except ValueError as err:
+        raise ValueError(f"{name}: no sherpa-onnx streaming model: {err}") from None
+    normalize = bundle.frontend.config.normalize
+    if normalize not in STREAMING_NORMALIZATIONS:
+        raise ValueError(
+            f"{name}: no sherpa-onnx streaming model: features.normalize={normalize!r}; "
+            f"sherpa-onnx's streaming graph normalizes each frame on its own: features.normalize "
+            f"{' or '.join(STREAMING_NORMALIZATIONS)}"
+        )
+    check_front_end(bundle.frontend.config, name)
+
+
+def export_sherpa_online(
+    model: str | Path,
+    output: str | Path,
+    quantize: str = "none",
+    chunk_ms: float = DEFAULT_CHUNK_MS,
+    left_seconds: float = DEFAULT_LEFT_SECONDS,
+) -> Path:
+    """Export the bundle at `model` (a file or a shipped name) for sherpa-onnx's online NeMo CTC
+    recognizer (module docstring): the graph at `output` (an .onnx file) for chunks of about
+    `chunk_ms` with about `left_seconds` of left context, tokens.txt beside it, and with
+    `quantize` "int8" the int8 graph beside it too. Each graph is checked with ONNX Runtime
+    against PyTorch over a stream of windows before anything is written. Returns `output`."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise ValueError(f"--output {output}: name the model file, ending in .onnx")
+    if chunk_ms <= 0 or left_seconds < 0:
+        raise ValueError(f"need --chunk-ms > 0 and --left-seconds >= 0, got {chunk_ms} and "
+                         f"{left_seconds}")  # fmt: skip
+    onnx = require("onnx", "onnx", "ONNX export")
+    require("onnxscript", "onnx", "ONNX export")
+    import_onnxruntime()
+    bundle = open_bundle(model)
+    check_online(bundle, str(model))
+    frame_seconds = bundle.frame_seconds
+    chunk, left_chunks = chunk_frames(frame_seconds, chunk_ms, left_seconds)
+    if left_chunks < 1:
+        raise ValueError(f"--left-seconds {left_seconds} keeps no chunk of "
+                         f"{chunk * frame_seconds:.2f} s: give at least half a chunk")  # fmt: skip
+    graph = SherpaOnlineGraph(bundle.model, bundle.frontend, chunk, left_chunks * chunk).eval()
+    files = {output.parent / "tokens.txt": tokens_text(bundle.tokenizer).encode("utf-8")}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        _export(graph, fp32)
+        _write_metadata(onnx, fp32, graph.metadata("none"))
+        _check(fp32, graph, tolerance=CHECK_TOLERANCE)
+        files[output] = fp32.read_bytes()
+        if quantize == "int8":
+            int8 = Path(tmp) / "model.int8.onnx"
+            _quantize_int8(fp32, int8)
+            _write_metadata(onnx, int8, graph.metadata("int8"))
+            _check(int8, graph, min_agreement=INT8_MIN_AGREEMENT)
+            files[int8_path(output)] = int8.read_bytes()
+    for path, data in files.items():
+        atomic_write(path, lambda tmp_path, data=data: tmp_path.write_bytes(data))
+    log.info("sherpa-onnx streaming model (windows of %d frames every %d, %d slots of left "
+             "context) written: %s", graph.window, graph.shift, graph.slots,
+             ", ".join(str(path) for path in files))  # fmt: skip
+    return output
+
+
+def example_window(graph: SherpaOnlineGraph, batch: int, generator: torch.Generator):
+    """Random log-mel windows (B, F, W) in sherpa-onnx's range."""
+    n_mels = graph.frontend.config.n_mels
+    return torch.randn(batch, n_mels, graph.window, generator=generator) * 2.0 - 8.0
+
+
+def _export(graph: SherpaOnlineGraph, path: Path) -> None:
+    from torch.export import Dim
+
+    generator = torch.Generator().manual_seed(0)
+    feats = example_window(graph, 2, generator)
+    channel, time, _ = graph.initial_states(2)
+    inputs = (feats, torch.full((2,), graph.window), torch.randn(channel.shape, generator=generator),
+              torch.randn(time.shape, generator=generator), torch.tensor([3, graph.slots]))  # fmt: skip
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    batch = Dim("batch", min=1, max=4096)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+        program = torch.onnx.export(
+            graph,
+            inputs,
+            dynamo=True,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=tuple({0: batch} for _ in INPUT_NAMES),
+            opset_version=OPSET,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(str(path))
+
+
+def _write_metadata(onnx, path: Path, metadata: dict[str, str]) -> None:
+    graph = onnx.load(str(path))
+    _set_metadata(graph, metadata)
+    onnx.save(graph, str(path))
+
+
+def _check(
+    path: Path,
+    graph: SherpaOnlineGraph,
+    tolerance: float | None = None,
+    min_agreement: float | None = None,
+) -> None:
+    """ONNX Runtime on `path` vs PyTorch's `graph` over a stream of windows, each carrying the
+    states of the one before, until the cache has slid: log-probs within `tolerance`, or the
+    same argmax on `min_agreement` of the frames (`asr.export.onnx._compare`)."""
+    ort = import_onnxruntime()
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(1)
+    length = torch.tensor([graph.window])
+    want_states = graph.initial_states(1)
+    got_states = [t.numpy() for t in want_states]
+    pairs = []
+    for _ in range(graph.slots // graph.chunk + 2):
+        window = example_window(graph, 1, generator)
+        with torch.inference_mode():
+            want, _, *want_states = graph(window, length, *want_states)
+        got, _, *got_states = session.run(
+            list(OUTPUT_NAMES),
+            dict(zip(INPUT_NAMES, [window.numpy(), length.numpy(), *got_states])),
+        )
+        pairs.append((torch.from_numpy(got)[0], want[0]))
+    _compare(pairs, tolerance, min_agreement, "sherpa-onnx streaming graph ")
