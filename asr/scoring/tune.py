@@ -8,7 +8,7 @@ and at every point of an `LmGrid` (LM weight x word score x beam threshold), sco
 `asr evaluate` does (word errors summed over the set, `asr.scoring.metrics`), and picks the point
 of lowest WER; ties go to the smaller LM weight, then the word score nearer 0, then the smaller
 beam threshold (cheaper). The LM is used only if that point beats greedy decoding; otherwise
-`TuneResult.options` is greedy decoding and the result says so.
+`TuneResult.chosen` is greedy decoding and the result says so.
 
 Cost: the front end and the acoustic model run once over the validation set
 (`Transcriber.transcribe_many`: each batch's log-probs go to every decoder) and the decoders of
