@@ -10,9 +10,10 @@ bundles with a front end it cannot compute are refused, and stft framing is warn
 
 Streaming (`--streaming`, sherpa-onnx's online NeMo CTC recognizer): it computes the same
 features and runs the windows the export's metadata asks for (a probe graph again); a causal
-model (global or no normalization) exported for it gets, fed in pieces, the text of our
+model (global or running normalization) exported for it gets, fed in pieces, the text of our
 chunk-masked forward at the same chunk and left context, one stream at a time and stacked in a
-batch; the graph, run in PyTorch over sherpa-onnx's windows, is that forward; the layout and
+batch (running: its statistics carried in cache_last_time's extra slot); the graph, run in
+PyTorch over sherpa-onnx's windows, is that forward (none, global, running); the layout and
 metadata are what it reads; models that cannot stream are refused in one line.
 """
 
@@ -345,14 +346,14 @@ CHUNK_MS, LEFT_SECONDS = 320.0, 1.28  # 8 encoder frames a chunk, 4 chunks of le
 
 
 def streaming_bundle(path: Path, normalize: str) -> Path:
-    """A causal xs model with random weights, sherpa-onnx's front end and `normalize` (global:
-    statistics of the fixture recordings), its head calibrated as `bundle_path`'s."""
+    """A causal xs model with random weights, sherpa-onnx's front end and `normalize` (global,
+    running: statistics of the fixture recordings), its head calibrated as `bundle_path`'s."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
     encoder = dataclasses.replace(EncoderConfig.preset("xs"), causal_conv=True)
     model = CtcModel(encoder, tokenizer.vocab_size).eval()
     frontend = LogMelFeatures(dataclasses.replace(SHERPA_EXACT, normalize=normalize))
-    if normalize == "global":
+    if normalize in ("global", "running"):
         feats = torch.cat([sherpa_features(load_audio(p)) for p in FIXTURE_AUDIO])  # (T, F)
         frontend.set_global_stats(feats.mean(0), feats.std(0))
     wave = load_audio(FIXTURE_AUDIO[0])[None]  # (1, N)
@@ -365,17 +366,22 @@ def streaming_bundle(path: Path, normalize: str) -> Path:
     return path
 
 
+def export_online(folder: Path, normalize: str, *flags: str) -> Path:
+    """A causal model (`streaming_bundle`) exported for sherpa-onnx's online recognizer by the
+    CLI: folder/deploy/model.onnx and tokens.txt, the bundle at folder/model.pt."""
+    bundle = streaming_bundle(folder / "model.pt", normalize)
+    output = folder / "deploy" / "model.onnx"
+    argv = ["export", "--model", str(bundle), "--format", "sherpa-onnx", "--streaming",
+            "--chunk-ms", str(CHUNK_MS), "--left-seconds", str(LEFT_SECONDS), *flags]  # fmt: skip
+    assert main([*argv, "--output", str(output)]) == 0
+    return output
+
+
 @pytest.fixture(scope="module")
 def online(tmp_path_factory) -> Path:
     """A global-normalized causal model exported for sherpa-onnx's online recognizer by the CLI,
     fp32 and int8: DIR/model.onnx, model.int8.onnx, tokens.txt."""
-    folder = tmp_path_factory.mktemp("online")
-    bundle = streaming_bundle(folder / "model.pt", "global")
-    output = folder / "deploy" / "model.onnx"
-    argv = ["export", "--model", str(bundle), "--format", "sherpa-onnx", "--streaming",
-            "--chunk-ms", str(CHUNK_MS), "--left-seconds", str(LEFT_SECONDS), "--quantize", "int8"]  # fmt: skip
-    assert main([*argv, "--output", str(output)]) == 0
-    return output
+    return export_online(tmp_path_factory.mktemp("online"), "global", "--quantize", "int8")
 
 
 def metadata(model: Path) -> dict[str, str]:
@@ -445,6 +451,26 @@ def test_sherpa_online_transcribes_real_recordings_as_our_chunked_model_does(onl
     assert online_texts(online, waves, batch=True) == want  # streams stacked in one batch
 
 
+def test_sherpa_online_carries_running_normalization_as_our_chunked_model_does(tmp_path):
+    """features.normalize running: the statistics travel in cache_last_time's extra slot, and
+    sherpa-onnx's text is our chunk-masked forward's on causally normalized features."""
+    model = export_online(tmp_path, "running")
+    bundle = load_bundle(tmp_path / "model.pt")
+    meta = metadata(model)
+    c = bundle.model.config
+    assert meta["cache_last_time_dim1"] == str(c.num_layers + 1)  # (K-1) D >= 2 F + 1 values
+    waves = [load_audio(path) for path in recordings()]
+    want = [chunked_text(bundle, wave, meta) for wave in waves]
+    assert all(len(text.split()) >= 3 for text in want), want
+    # the running statistics matter: with the training set's alone the text differs
+    frozen = dataclasses.replace(bundle.frontend.config, normalize="global")
+    frozen_bundle = dataclasses.replace(bundle, frontend=LogMelFeatures(frozen))
+    frozen_bundle.frontend.load_state_dict(bundle.frontend.state_dict())
+    assert [chunked_text(frozen_bundle, wave, meta) for wave in waves] != want
+    assert online_texts(model, waves) == want
+    assert online_texts(model, waves, batch=True) == want
+
+
 def test_the_online_int8_model_transcribes_close_to_the_fp32_one(online):
     waves = [load_audio(path) for path in FIXTURE_AUDIO]
     fp32 = " ".join(online_texts(online, waves))
@@ -469,7 +495,7 @@ def test_the_online_layout_and_metadata_are_what_sherpa_reads(online):
     assert len(graph.output) == 5 and graph.output[0].name == "logprobs"
 
 
-@pytest.mark.parametrize("normalize", ["none", "global"])
+@pytest.mark.parametrize("normalize", ["none", "global", "running"])
 def test_the_online_graph_over_sherpa_windows_is_the_chunked_model(tmp_path, normalize):
     """In PyTorch, without export: sherpa-onnx's windows of sherpa_features through the graph,
     states carried in sherpa-onnx's layout, give our chunk-masked forward's log-probs."""

@@ -9,7 +9,8 @@ feature frames at a time, carrying three state tensors between windows. Written 
     DIR/model.onnx   audio_signal (B, F, W) float32, length (B,) int64, cache_last_channel
                      (B, 2 N H, L, Dh), cache_last_time (B, N, K-1, D), cache_last_channel_len
                      (B,) int64 -> logprobs (B, C, V), logprobs_len (B,) and the three caches
-                     after the window (same shapes); metadata window_size W, chunk_shift S,
+                     after the window (same shapes; cache_last_time (B, N + E, K-1, D) with
+                     features.normalize running, below); metadata window_size W, chunk_shift S,
                      cache_last_channel_dim1..3, cache_last_time_dim1..3, vocab_size V - 1
                      (sherpa-onnx adds the blank), subsampling_factor
     DIR/model.int8.onnx, DIR/tokens.txt   as for the offline export (`asr.export.sherpa`)
@@ -32,14 +33,27 @@ attention keys and values ((N, 2, B, H, L, Dh) -> (B, 2 N H, L, Dh)), causal-con
 of left context. So sherpa-onnx's text is that of `CtcModel.forward(feats, lengths, chunk=C,
 left_chunks=...)` on the frames it decoded (tests/test_sherpa_onnx.py, real recordings). The
 graph maps sherpa-onnx's features onto ours first (`asr.export.sherpa.our_features`): the model
-must stream (`check_streamable_encoder`), normalize causally frame by frame (features.normalize
-global or none: running normalization's sums are not carried yet) and have a front end
-sherpa-onnx computes (`check_front_end`).
+must stream (`check_streamable_encoder`), normalize causally (features.normalize global, none or
+running) and have a front end sherpa-onnx computes (`check_front_end`).
+
+Running normalization (`asr.audio.running_normalize`: frame t by the mean and std of frames
+0..t and `running_prior_frames` frames of the training set's statistics) needs what was heard
+before the window. It travels in E extra slots of cache_last_time, (B, N + E, K-1, D), E the
+fewest that hold 2F + 1 values: the frame count, then per band the sum and the sum of squares of
+the raw log-mels' deviations from the training mean (small numbers: float32 keeps them; the count
+is exact up to 2^24 frames, 46 hours). All zeros is "nothing heard yet", as sherpa-onnx starts
+it; the prior is constants in the graph. A window's W frames are normalized from the statistics
+after the window before, but only its first S frames are counted into the statistics it hands on:
+the last W - S are the next window's first, so frame t counts once and is normalized as in
+`running_normalize` over the whole stream. sherpa-onnx runs only full windows; a shorter one
+would count its padding.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -70,6 +84,7 @@ from asr.inference.streaming import (
 from asr.interop.sources import open_bundle
 from asr.model import CtcModel
 from asr.modules.conformer import StreamState
+from asr.modules.masks import make_pad_mask
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +92,7 @@ INPUT_NAMES = ("audio_signal", "length", "cache_last_channel", "cache_last_time"
                "cache_last_channel_len")  # fmt: skip
 OUTPUT_NAMES = ("logprobs", "logprobs_len", "cache_last_channel_next", "cache_last_time_next",
                 "cache_last_channel_len_next")  # fmt: skip
-STREAMING_NORMALIZATIONS = ("global", "none")  # frame by frame: nothing to carry
+STREAMING_NORMALIZATIONS = ("global", "none", "running")  # causal
 
 
 class SherpaOnlineGraph(nn.Module):
@@ -91,6 +106,18 @@ class SherpaOnlineGraph(nn.Module):
         geometry = model.geometry
         self.window = geometry.stride * (chunk - 1) + geometry.span  # W
         self.shift = geometry.stride * chunk  # S
+        self.running = frontend.config.normalize == "running"
+        # The running statistics' slots in cache_last_time: 2F + 1 values in slots of (K-1) D.
+        c = model.config
+        self.slot_size = (c.conv_kernel_size - 1) * c.d_model
+        self.stats_slots = math.ceil(self.stats_size / self.slot_size) if self.running else 0
+        # The log guard without the normalization: the raw log-mels the statistics are of.
+        raw = dataclasses.replace(frontend.config, normalize="none")
+        self.raw_frontend = LogMelFeatures(raw) if self.running else frontend
+
+    @property
+    def stats_size(self) -> int:
+        return 2 * self.frontend.config.n_mels + 1  # frames, F sums, F sums of squares
 
     def forward(
         self,
@@ -101,16 +128,45 @@ class SherpaOnlineGraph(nn.Module):
         cache_last_channel_len: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         length = length.long()
-        feats = our_features(self.frontend, audio_signal, length)  # (B, W, F)
+        N = self.model.config.num_layers
+        cnn_cache, stats = cache_last_time[:, :N], cache_last_time[:, N:]  # (B, N|E, K-1, D)
+        if self.running:
+            raw = our_features(self.raw_frontend, audio_signal, length)  # (B, W, F)
+            feats, stats = self.running_features(raw, stats)
+            feats = feats.masked_fill(make_pad_mask(length, feats.shape[1])[:, :, None], 0.0)
+        else:
+            feats = our_features(self.frontend, audio_signal, length)  # (B, W, F)
         log_probs, state = self.model.forward_chunk(
-            feats, to_state(cache_last_channel, cache_last_time, cache_last_channel_len)
+            feats, to_state(cache_last_channel, cnn_cache, cache_last_channel_len)
         )
         out_lengths = self.model.output_lengths(length)  # (B,): C, as sherpa-onnx ignores it
-        return (log_probs, out_lengths, *from_state(state))
+        channel, time, cache_len = from_state(state)
+        return log_probs, out_lengths, channel, torch.cat([time, stats], dim=1), cache_len
+
+    def running_features(
+        self, raw: torch.Tensor, stats: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw log-mels of one window (B, W, F) and the statistics after the window before, in
+        their slots (B, E, K-1, D) -> the window normalized (`running_normalize` continued) and
+        the statistics after its first S frames, in the same slots (module docstring)."""
+        B, _, F = raw.shape
+        flat = stats.flatten(1).double()  # (B, E (K-1) D)
+        count, dev, dev_sq = flat[:, :1], flat[:, 1 : F + 1], flat[:, F + 1 : 2 * F + 1]
+        m = self.frontend.global_mean.double()  # (F,): sums of deviations from it are stored
+        state = (count[:, 0], dev + count * m, dev_sq + 2 * m * dev + count * m * m)
+        heard, state = self.frontend.running_normalize(raw[:, : self.shift], state)
+        ahead, _ = self.frontend.running_normalize(raw[:, self.shift :], state)  # next window's
+        count, total, squares = state[0][:, None], state[1], state[2]  # (B, 1), (B, F), (B, F)
+        dev, dev_sq = total - count * m, squares - 2 * m * total + count * m * m
+        pad = flat.new_zeros(B, flat.shape[1] - self.stats_size)
+        stats = torch.cat([count, dev, dev_sq, pad], dim=1).to(stats.dtype).reshape(stats.shape)
+        return torch.cat([heard, ahead], dim=1), stats
 
     def initial_states(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The states before the first window, in sherpa-onnx's layout (zeros, as it makes them)."""
-        return from_state(self.model.initial_state(batch, self.slots))
+        channel, time, cache_len = from_state(self.model.initial_state(batch, self.slots))
+        stats = time.new_zeros(batch, self.stats_slots, *time.shape[2:])  # (B, E, K-1, D)
+        return channel, torch.cat([time, stats], dim=1), cache_len
 
     def metadata(self, quantization: str) -> dict[str, str]:
         """What sherpa-onnx reads from the graph (online-nemo-ctc-model.cc), and ours."""
@@ -159,8 +215,8 @@ def check_online(bundle: ModelBundle, name: str) -> None:
     if normalize not in STREAMING_NORMALIZATIONS:
         raise ValueError(
             f"{name}: no sherpa-onnx streaming model: features.normalize={normalize!r}; "
-            f"sherpa-onnx's streaming graph normalizes each frame on its own: features.normalize "
-            f"{' or '.join(STREAMING_NORMALIZATIONS)}"
+            f"sherpa-onnx's streaming graph normalizes causally: features.normalize "
+            f"{', '.join(STREAMING_NORMALIZATIONS)}"
         )
     check_front_end(bundle.frontend.config, name)
 
