@@ -327,30 +327,56 @@ class LogMelFeatures(nn.Module):
             else:
                 power = self._stft_power(waves.float(), wave_lengths, T)  # (B, F, T)
         assert power.shape[-1] == T, (power.shape, T)
-        if self.config.log_guard == "clamp":
-            feats = torch.log(power.clamp(min=self.config.log_offset)).transpose(1, 2)  # (B, T, F)
-        else:
-            feats = torch.log(power + self.config.log_offset).transpose(1, 2)  # (B, T, F)
+        feats = self._log(power)  # (B, T, F)
         pad_mask = make_pad_mask(feat_lengths, T)  # (B, T)
         if not normalize:
             return feats.masked_fill(pad_mask[:, :, None], 0.0), feat_lengths
         feats = self._normalize(feats, pad_mask, feat_lengths)
         return feats.masked_fill(pad_mask[:, :, None], 0.0), feat_lengths
 
+    def frame_start(self, t: int) -> int:
+        """The first sample of frame t's window (uncentred framings; negative: mirrored)."""
+        return t * self.hop + (
+            self.hop // 2 - self.win // 2 if self.config.framing == "kaldi" else 0
+        )
+
+    def frames_within(self, num_samples: int) -> int:
+        """Frames whose windows lie within the first `num_samples` samples: what a stream can
+        compute before its end (Kaldi's framing mirrors the end into its last frames)."""
+        if self.config.framing != "kaldi":
+            return self.num_frames(num_samples)
+        within = (num_samples - self.frame_start(0) - self.win) // self.hop + 1
+        return max(0, min(within, self.num_frames(num_samples)))
+
     def continue_features(
-        self, wave: Tensor, state: RunningStats | None
-    ) -> tuple[Tensor, RunningStats | None]:
-        """The frames of one piece of a stream, wave (N,) -> (feats (T, F), state): with
-        `normalize="running"` normalized from `state` (None at the stream's start) on, so pieces
-        give what the whole gives; otherwise each frame on its own (global, none) and state
-        None. Per-utterance normalization needs the whole utterance: ValueError."""
+        self, wave: Tensor, state: RunningStats | None, first: int = 0, last: int | None = None,
+        base: int = 0,
+    ) -> tuple[Tensor, RunningStats | None]:  # fmt: skip
+        """Frames first..last-1 of a stream whose samples from `base` on are wave (N,), base + N
+        samples in all so far -> (feats (last - first, F), state). `last` None: every frame of
+        base + N samples, the end mirrored (Kaldi's framing) as the stream's end. The samples
+        of frames first..last-1 must be in `wave`; with Kaldi's framing, frame 0's mirrored
+        start reads samples 0.. (keep them while frame 0 is to come). With
+        `normalize="running"` normalized from `state` (None at the stream's start) on, so
+        pieces give what the whole gives; otherwise each frame on its own (global, none) and
+        state None. Per-utterance normalization needs the whole utterance: ValueError."""
         if self.config.normalize in ("utterance", "per_feature"):
             raise ValueError(f"features.normalize {self.config.normalize} needs the whole "
                              "utterance: a stream needs running, global or none")  # fmt: skip
-        lengths = torch.tensor([wave.shape[0]], device=wave.device)
+        received = base + wave.shape[0]
+        last = self.num_frames(received) if last is None else last
+        if self.config.framing == "kaldi":
+            lengths = torch.tensor([received], device=wave.device)
+            with torch.autocast(device_type=wave.device.type, enabled=False):
+                raw = self._log(self._kaldi_power(wave[None].float(), lengths, last - first,
+                                                  first, base))  # fmt: skip
+        else:
+            piece = wave[
+                self.frame_start(first) - base : self.frame_start(last - 1) + self.win - base
+            ]
+            raw, _ = self(piece[None], torch.tensor([piece.shape[0]]), normalize=False)
         if self.config.normalize != "running":
-            return self(wave[None], lengths)[0][0], None
-        raw, _ = self(wave[None], lengths, normalize=False)
+            return self._normalize(raw, None, None)[0], None
         feats, state = self.running_normalize(raw, state)
         return feats[0], state
 
@@ -369,17 +395,22 @@ class LogMelFeatures(nn.Module):
         padded = nn.functional.pad(waves, (self.pad_left, self.pad_right))
         return self.mel(padded)[..., :T]  # centred: drop the frame past the end
 
-    def _kaldi_power(self, waves: Tensor, wave_lengths: Tensor, T: int) -> Tensor:
-        """Kaldi's frames (snip_edges=false): waves (B, N) -> mel power (B, F, T).
+    def _kaldi_power(
+        self, waves: Tensor, wave_lengths: Tensor, T: int, first: int = 0, base: int = 0
+    ) -> Tensor:
+        """Kaldi's frames (snip_edges=false) first..first+T-1 of items whose samples from `base`
+        on are waves (B, N), `wave_lengths` samples long (from 0) -> mel power (B, F, T).
 
         Each item is mirrored about its own ends (repeatedly, as Kaldi does, for items shorter
-        than half a window), so its frames never read its batch's padding."""
+        than half a window), so its frames never read its batch's padding. A stream passes the
+        samples it holds (from `base`) and the frames they complete (`continue_features`)."""
         hop, win, a = self.hop, self.win, self.config.preemphasis
-        start = hop // 2 - win // 2  # frame 0's first sample (negative: mirrored)
+        start = self.frame_start(first)  # (negative: mirrored)
         positions = torch.arange(start, start + (T - 1) * hop + win, device=waves.device)  # (S,)
         n = wave_lengths.clamp(min=1)[:, None]  # (B, 1)
         index = positions[None, :] % (2 * n)  # (B, S): the mirror images repeat every 2n
-        index = torch.where(index < n, index, 2 * n - 1 - index)
+        index = torch.where(index < n, index, 2 * n - 1 - index) - base
+        assert int(index.min()) >= 0, "a stream dropped samples its next frames read"
         frames = waves.gather(1, index).unfold(1, win, hop)  # (B, T, win)
         if a:  # Kaldi's: within each frame, its first sample against itself
             first, rest = frames[..., :1] * (1 - a), frames[..., 1:] - a * frames[..., :-1]
@@ -387,6 +418,12 @@ class LogMelFeatures(nn.Module):
         window = self.mel.spectrogram.window  # (win,)
         power = torch.fft.rfft(frames * window, n=self.config.n_fft).abs() ** 2  # (B, T, n_fft/2+1)
         return (power @ self.mel.mel_scale.fb).transpose(1, 2)  # (B, F, T)
+
+    def _log(self, power: Tensor) -> Tensor:
+        """Mel power (B, F, T) -> log-mel (B, T, F), guarded by `log_guard`."""
+        if self.config.log_guard == "clamp":
+            return torch.log(power.clamp(min=self.config.log_offset)).transpose(1, 2)
+        return torch.log(power + self.config.log_offset).transpose(1, 2)
 
     def _preemphasis(self, waves: Tensor, wave_lengths: Tensor) -> Tensor:
         """x[0], x[n] - a x[n-1]; samples past each item's length stay 0: (B, N)."""

@@ -44,15 +44,17 @@ def streaming_config(**overrides) -> EncoderConfig:
     )  # fmt: skip
 
 
-def calibrated_causal_bundle(path, wave, chunk=None, space_bias=0.0, normalize="global"):
+def calibrated_causal_bundle(
+    path, wave, chunk=None, space_bias=0.0, normalize="global", **features
+):
     """A causal model with random weights whose head is calibrated on `wave` (1, N) at 16 kHz
     (encoded with attention chunks of `chunk` frames), so that its greedy output varies;
     `space_bias` favours the word boundary; features normalized `normalize` ("global" or
-    "running", with the same statistics). Saved at `path`."""
+    "running", with the same statistics), other `features` fields as given. Saved at `path`."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
     model = CtcModel(streaming_config(), tokenizer.vocab_size).eval()
-    frontend = LogMelFeatures(FeatureConfig(normalize=normalize))
+    frontend = LogMelFeatures(FeatureConfig(normalize=normalize, **features))
     with torch.no_grad():
         frontend.set_global_stats(torch.full((80,), -6.0), torch.full((80,), 3.0))
         x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])), chunk=chunk)
@@ -130,6 +132,86 @@ def test_stream_equals_offline_with_the_chunk_mask(bundle_path, chunk_ms, left_s
     )
     assert result.text == " ".join(greedy.split())
     assert all(0 <= w.start < w.end <= 5.3 + 1e-6 for w in result.words)
+
+
+KALDI_FEATURES = {
+    "framing": "kaldi",
+    "preemphasis": 0.97,
+    "mel_scale": "slaney",
+    "log_guard": "clamp",
+}  # fmt: skip  (sherpa-onnx's front end)
+
+
+def features_in_pieces(frontend: LogMelFeatures, wave: torch.Tensor, sizes: list[int]):
+    """The features of `wave` fed in pieces of `sizes` (cycled) as `Stream` computes them: after
+    each piece the frames whose windows it completes, from the samples still held; the rest
+    (the end mirrored) at the end. Also the most samples held at once."""
+    held, base, done, state, out, most = wave[:0], 0, 0, None, [], 0
+    for piece in pieces_of(wave.numpy(), sizes):
+        held = torch.cat([held, torch.from_numpy(piece)])
+        most = max(most, len(held))
+        available = frontend.frames_within(base + len(held))
+        if available > done:
+            feats, state = frontend.continue_features(held, state, done, available, base)
+            out.append(feats)
+            done, keep_from = available, max(0, frontend.frame_start(available))
+            held, base = held[keep_from - base :], keep_from
+    out.append(frontend.continue_features(held, state, done, None, base)[0])
+    return torch.cat(out), most
+
+
+@pytest.mark.parametrize("normalize", ["running", "global", "none"])
+@pytest.mark.parametrize(
+    ("sizes", "seconds"),
+    [([1], 0.05), ([1600, 1, 5328, 7, 160], 2.3), ([16000], 1.0155), ([399, 401], 1.2),
+     ([5328], 0.013), ([1, 2, 3, 277], 0.6)],
+)  # fmt: skip
+def test_kaldi_framed_features_in_pieces_equal_the_features_of_the_whole(normalize, sizes, seconds):
+    frontend = LogMelFeatures(FeatureConfig(normalize=normalize, **KALDI_FEATURES))
+    frontend.set_global_stats(torch.full((80,), -6.0), torch.full((80,), 3.0))
+    wave = torch.from_numpy(noise(seconds, 7))
+    want, lengths = frontend(wave[None], torch.tensor([len(wave)]))
+    got, most = features_in_pieces(frontend, wave, sizes)
+    assert got.shape == want[0].shape == (lengths[0], 80)
+    torch.testing.assert_close(got, want[0], rtol=0, atol=1e-4)
+    # only the samples of the frames to come are held, not the stream's past
+    assert most <= max(sizes) + frontend.win + frontend.hop
+
+
+def test_kaldi_framed_stream_starts_mirrored_and_ends_only_at_finish():
+    """Before the end, no frame reads past the samples received; the mirrored end comes only
+    with `last` None (the stream's end), and it differs from what later audio gives."""
+    frontend = LogMelFeatures(FeatureConfig(normalize="none", **KALDI_FEATURES))
+    wave = torch.from_numpy(noise(0.5, 8))
+    n = 4000
+    assert frontend.frames_within(n) < frontend.num_frames(n)
+    early = frontend.continue_features(wave[:n], None, 0, frontend.frames_within(n))[0]
+    ended = frontend.continue_features(wave[:n], None)[0]
+    whole = frontend(wave[None], torch.tensor([len(wave)]), normalize=False)[0][0]
+    torch.testing.assert_close(early, whole[: len(early)], rtol=0, atol=1e-4)
+    tail = slice(len(early), len(ended))
+    assert not torch.allclose(ended[tail], whole[tail], atol=1e-2)
+
+
+@pytest.mark.parametrize(("chunk_ms", "piece_ms"), [(160, 37), (640, 333), (320, 0.0625)])
+def test_a_kaldi_framed_model_streams_as_its_chunk_masked_forward(tmp_path, chunk_ms, piece_ms):
+    wave = noise(2.7, 4)
+    path = calibrated_causal_bundle(tmp_path / "kaldi.pt", torch.from_numpy(wave)[None],
+                                    normalize="running", **KALDI_FEATURES)  # fmt: skip
+    transcriber = asr.load_model(path)
+    stream = transcriber.stream(chunk_ms, None)
+    piece = max(1, round(piece_ms / 1000 * RATE))
+    partials = [stream.accept(wave[i : i + piece]) for i in range(0, len(wave), piece)]
+    result = stream.finish()
+    got = torch.cat(stream.log_probs)
+    want = offline(transcriber.bundle, wave, stream.chunk, stream.left_chunks)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    assert partials[-1].encoded > 0  # chunks ran before the end
+    greedy = transcriber.bundle.tokenizer.decode(
+        [int(i) for i in torch.unique_consecutive(want.argmax(-1)) if i != 0]
+    )
+    assert result.text == " ".join(greedy.split()) != ""
 
 
 def test_stream_memory_is_bounded_with_left_context(bundle_path):

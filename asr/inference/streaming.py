@@ -8,7 +8,9 @@ before it and the last inputs of each causal convolution carried over
 text; `finish` runs what is left (a shorter last chunk), decodes (greedy, or the beam search and
 LM of the `DecodingOptions` given) and times the words by forced alignment, as offline. Audio
 at another sample rate goes through one `StreamingResampler`: pieces of any size give what the
-whole file gives.
+whole file gives. With `features.framing: kaldi` (sherpa-onnx's) a frame is computed once its
+window lies within the audio received (frame 0's start mirrored), and the last frames, whose
+windows mirror the utterance's end, at `finish`: the features equal the offline front end's.
 
 The log-probs equal those of `CtcModel.forward(feats, lengths, chunk, left_chunks)` on the
 whole utterance (tests/test_streaming.py), which is what a model trained with
@@ -182,21 +184,23 @@ class Stream:
         self._features()
 
     def _features(self, final: bool = False) -> None:
-        """Log-mel frames of every window the received audio completes, once they complete the
-        next chunk (or at the end): the front end runs once a chunk, however small the pieces."""
+        """Log-mel frames of every window the received audio completes (at the end: every frame,
+        the end mirrored with Kaldi's framing), once they complete the next chunk (or at the
+        end): the front end runs once a chunk, however small the pieces."""
         frontend = self.frontend
-        available = frontend.num_frames(self.received)
+        n = self.received  # before the end, only the frames whose windows lie within it
+        available = frontend.num_frames(n) if final else frontend.frames_within(n)
         needed = self.stride * (self.frames_done + self.chunk - 1) + self.span
         if available <= self.feats_done or (available < needed and not final):
             return
-        first = self.feats_done * frontend.hop - self.sample_base
-        last = (available - 1) * frontend.hop + frontend.win - self.sample_base
-        piece = self.samples[first:last].to(self.device)
         with torch.inference_mode():  # (n, F); "running" normalization carries its sums
-            feats, self.norm_state = frontend.continue_features(piece, self.norm_state)
+            feats, self.norm_state = frontend.continue_features(
+                self.samples.to(self.device), self.norm_state, self.feats_done, available,
+                self.sample_base,
+            )  # fmt: skip
         self.feats = torch.cat([self.feats, feats.cpu()])
         self.feats_done = available
-        keep_from = available * frontend.hop  # the next frame starts here
+        keep_from = max(0, frontend.frame_start(available))  # the next frame starts here
         self.samples = self.samples[keep_from - self.sample_base :]
         self.sample_base = keep_from
 
@@ -263,10 +267,9 @@ def check_streamable(config: EncoderConfig, features: FeatureConfig) -> None:
             "this model normalizes features per utterance, which needs the whole "
             "utterance: streaming needs features.normalize running, global or none"
         )
-    if features.center or features.preemphasis or features.framing != "stft":
-        raise ValueError("streaming needs an uncentred front end without pre-emphasis "
-                         "(features.framing stft, features.center false, features.preemphasis "
-                         "0)")  # fmt: skip
+    if features.framing == "stft" and (features.center or features.preemphasis):
+        raise ValueError("streaming with features.framing stft needs features.center false and "
+                         "features.preemphasis 0 (or features.framing kaldi)")  # fmt: skip
 
 
 def check_streamable_encoder(config: EncoderConfig) -> None:
