@@ -222,3 +222,18 @@ def test_init_from_may_change_the_normalization_but_not_the_features(pretrained)
         system = train_module.AsrSystem(config, bundle.tokenizer)
         with pytest.raises(ValueError, match=r"init_from .*: " + re.escape(message)):
             train_module.initialize_from(system, pretrained)
+
+
+def test_init_from_gives_its_tokenizer_only_when_it_is_of_the_kind_asked_for(corpus, tmp_path):
+    """A character bundle fine-tuned with `tokenizer.kind: unigram` gets a new SentencePiece
+    tokenizer of its training transcripts, not the bundle's letters silently; with the kind the
+    bundle has, the bundle's own tokenizer is kept."""
+    bundle = load_bundle("demo-synthetic-char").tokenizer
+    (tmp_path / "a").mkdir()
+    same = load_config(TINY, overrides(corpus, tmp_path / "a", "init_from=demo-synthetic-char"))
+    assert train_module.prepare_tokenizer(same, tmp_path / "a").to_dict() == bundle.to_dict()
+    (tmp_path / "b").mkdir()
+    other = load_config(TINY, overrides(corpus, tmp_path / "b", "init_from=demo-synthetic-char",
+                                        "tokenizer.kind=unigram", "tokenizer.vocab_size=20"))  # fmt: skip
+    tokenizer = train_module.prepare_tokenizer(other, tmp_path / "b")
+    assert tokenizer.kind == "unigram" and tokenizer.vocab_size == 20

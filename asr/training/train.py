@@ -45,15 +45,15 @@ ENGLISH_TOKENIZER_WORDS = 300_000
 
 
 def prepare_tokenizer(config: TrainConfig, exp_dir: Path) -> Tokenizer:
-    """The experiment's tokenizer: given, reused from an earlier run, the `init_from` bundle's,
-    or trained now."""
+    """The experiment's tokenizer: given, reused from an earlier run, the `init_from` bundle's
+    (when it is of the configured kind and no other text is asked for), or trained now."""
     saved = exp_dir / "tokenizer.json"
     if config.tokenizer.path:
         tokenizer = load_tokenizer(config.tokenizer.path)
     elif saved.is_file():
         tokenizer = load_tokenizer(saved)
-    elif config.init_from:
-        tokenizer = open_bundle(config.init_from).tokenizer
+    elif (inherited := _bundle_tokenizer(config)) is not None:
+        tokenizer = inherited
     elif config.tokenizer.text == "english":
         from asr.inference.english import english_sentences, read_sphinx_unigrams, sphinx_lm_path
 
@@ -67,6 +67,16 @@ def prepare_tokenizer(config: TrainConfig, exp_dir: Path) -> Tokenizer:
         tokenizer = train_tokenizer(texts, config.tokenizer)
     tokenizer.save(saved)
     return tokenizer
+
+
+def _bundle_tokenizer(config: TrainConfig) -> Tokenizer | None:
+    """The `init_from` bundle's tokenizer, when it is of `tokenizer.kind` and learned from the
+    text asked for (a bundle's own transcripts count as "train"); None otherwise: a new one is
+    trained and the bundle's head keeps only the rows of the pieces both tokenizers have."""
+    if not config.init_from or config.tokenizer.text != "train":
+        return None
+    tokenizer = open_bundle(config.init_from).tokenizer
+    return tokenizer if tokenizer.kind == config.tokenizer.kind else None
 
 
 def estimate_global_stats(config: TrainConfig, frontend: LogMelFeatures) -> None:
