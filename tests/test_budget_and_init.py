@@ -166,6 +166,28 @@ def test_a_shipped_bundle_loads_by_name_and_an_unknown_name_is_named():
         load_bundle("no-such-model")
 
 
+def test_the_shipped_streaming_bundle_goes_live_and_fine_tunes_into_a_live_model():
+    """demo-synthetic-char-streaming: causal, dynamic chunks, running normalization, so its
+    Stream opens; the AN4 config with the streaming overrides starts from all of its weights."""
+    bundle = load_bundle("demo-synthetic-char-streaming")
+    encoder = bundle.model.config
+    assert encoder.causal_conv and encoder.dynamic_chunk_training
+    assert bundle.frontend.config.normalize == "running"
+    from asr.inference.transcribe import load_model
+
+    stream = load_model("demo-synthetic-char-streaming").stream(chunk_ms=640, left_seconds=10)
+    stream.accept(torch.zeros(16000))
+    assert stream.finish().text == ""
+    config = load_config(REPO / "configs/an4.yaml", [
+        "init_from=demo-synthetic-char-streaming", "encoder.causal_conv=true",
+        "encoder.dynamic_chunk_training=true", "features.normalize=running"])  # fmt: skip
+    system = train_module.AsrSystem(config, bundle.tokenizer)
+    assert train_module.initialize_from(system, config.init_from) == []
+    source = bundle.model.state_dict()
+    for key, value in system.model.state_dict().items():
+        torch.testing.assert_close(value, source[key], rtol=0, atol=0, msg=key)
+
+
 def test_the_an4_config_fine_tunes_the_shipped_model():
     config = load_config(REPO / "configs/an4.yaml")
     tokens = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")  # real transcripts have apostrophes
