@@ -248,8 +248,8 @@ def test_init_from_may_change_the_normalization_but_not_the_features(pretrained)
 
 def test_init_from_gives_its_tokenizer_only_when_it_is_of_the_kind_asked_for(corpus, tmp_path):
     """A character bundle fine-tuned with `tokenizer.kind: unigram` gets a new SentencePiece
-    tokenizer of its training transcripts, not the bundle's letters silently; with the kind the
-    bundle has, the bundle's own tokenizer is kept."""
+    tokenizer of its training transcripts, not the bundle's letters silently; with the default
+    kind, the bundle's own tokenizer is kept (for a NeMo BPE bundle too: tests/test_nemo.py)."""
     bundle = load_bundle("demo-synthetic-char").tokenizer
     (tmp_path / "a").mkdir()
     same = load_config(TINY, overrides(corpus, tmp_path / "a", "init_from=demo-synthetic-char"))

@@ -46,7 +46,7 @@ ENGLISH_TOKENIZER_WORDS = 300_000
 
 def prepare_tokenizer(config: TrainConfig, exp_dir: Path) -> Tokenizer:
     """The experiment's tokenizer: given, reused from an earlier run, the `init_from` bundle's
-    (when it is of the configured kind and no other text is asked for), or trained now."""
+    (unless the config asks for other units: `_bundle_tokenizer`), or trained now."""
     saved = exp_dir / "tokenizer.json"
     if config.tokenizer.path:
         tokenizer = load_tokenizer(config.tokenizer.path)
@@ -70,13 +70,16 @@ def prepare_tokenizer(config: TrainConfig, exp_dir: Path) -> Tokenizer:
 
 
 def _bundle_tokenizer(config: TrainConfig) -> Tokenizer | None:
-    """The `init_from` bundle's tokenizer, when it is of `tokenizer.kind` and learned from the
-    text asked for (a bundle's own transcripts count as "train"); None otherwise: a new one is
-    trained and the bundle's head keeps only the rows of the pieces both tokenizers have."""
+    """The `init_from` bundle's tokenizer, unless the config asks for another: subword units
+    (`tokenizer.kind` unigram or bpe, not the default "char") of another kind than the
+    bundle's, or units learned from English text. Then None: a new tokenizer is trained and the
+    bundle's head keeps only the rows of the pieces both tokenizers have. (The default kind
+    asks for nothing: a NeMo model's BPE tokenizer is kept under a config that names none.)"""
     if not config.init_from or config.tokenizer.text != "train":
         return None
     tokenizer = open_bundle(config.init_from).tokenizer
-    return tokenizer if tokenizer.kind == config.tokenizer.kind else None
+    wanted = config.tokenizer.kind
+    return tokenizer if wanted == "char" or tokenizer.kind == wanted else None
 
 
 def estimate_global_stats(config: TrainConfig, frontend: LogMelFeatures) -> None:
