@@ -64,6 +64,7 @@ import logging
 import math
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -231,36 +232,67 @@ def export_sherpa(model: str | Path, output: str | Path, quantize: str = "none")
     and with `quantize` "int8" the int8 graph beside it too (model.onnx -> model.int8.onnx).
     Each graph is checked with ONNX Runtime against PyTorch before anything is written.
     Returns `output`."""
+    output = check_output(output, quantize)
+    bundle = open_bundle(model)
+    check_front_end(bundle.frontend.config, str(model))
+    if bundle.model.config.style_tokens:
+        raise ValueError(f"{model}: models with global style tokens cannot be exported to ONNX yet")
+    graph = SherpaGraph(bundle.model, bundle.frontend).eval()
+    files = write_checked(
+        output,
+        bundle.tokenizer,
+        quantize,
+        lambda path: _export(graph, path),
+        lambda quantization: _metadata(bundle, quantization),
+        lambda path, **bound: _check(path, graph, **bound),
+    )
+    log.info("sherpa-onnx model written: %s", ", ".join(str(path) for path in files))
+    return output
+
+
+def check_output(output: str | Path, quantize: str) -> Path:
+    """`output` as a Path, refused in one line unless an .onnx file and a known `quantize`;
+    the ONNX extras are checked too, before any work."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
     output = Path(output)
     if output.suffix.lower() != ".onnx":
         raise ValueError(f"--output {output}: name the model file, ending in .onnx")
-    onnx = require("onnx", "onnx", "ONNX export")
+    require("onnx", "onnx", "ONNX export")
     require("onnxscript", "onnx", "ONNX export")
     import_onnxruntime()
-    bundle = open_bundle(model)
-    check_front_end(bundle.frontend.config, str(model))
-    if bundle.model.config.style_tokens:
-        raise ValueError(f"{model}: models with global style tokens cannot be exported to ONNX yet")
-    files = {output.parent / "tokens.txt": tokens_text(bundle.tokenizer).encode("utf-8")}
-    graph = SherpaGraph(bundle.model, bundle.frontend).eval()
+    return output
+
+
+def write_checked(
+    output: Path,
+    tokenizer: Tokenizer,
+    quantize: str,
+    export: Callable[[Path], None],
+    metadata: Callable[[str], dict[str, str]],
+    check: Callable[..., None],
+) -> list[Path]:
+    """The fp32 graph `export(path)` writes, with `metadata("none")`, checked by
+    `check(path, tolerance=CHECK_TOLERANCE)`; with `quantize` "int8" also its int8 graph, with
+    `metadata("int8")`, checked by `check(path, min_agreement=INT8_MIN_AGREEMENT)`. Only when
+    every check passed are `output`, `int8_path(output)` and tokens.txt beside them written
+    (each atomically). Returns the files written."""
+    files = {output.parent / "tokens.txt": tokens_text(tokenizer).encode("utf-8")}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
-        _export(graph, fp32)
-        _write_metadata(onnx, fp32, bundle)
-        _check(fp32, graph, tolerance=CHECK_TOLERANCE)
+        export(fp32)
+        _write_metadata(fp32, metadata("none"))
+        check(fp32, tolerance=CHECK_TOLERANCE)
         files[output] = fp32.read_bytes()
         if quantize == "int8":
             int8 = Path(tmp) / "model.int8.onnx"
             _quantize_int8(fp32, int8)
-            _write_metadata(onnx, int8, bundle, quantization="int8")
-            _check(int8, graph, min_agreement=INT8_MIN_AGREEMENT)
+            _write_metadata(int8, metadata("int8"))
+            check(int8, min_agreement=INT8_MIN_AGREEMENT)
             files[int8_path(output)] = int8.read_bytes()
     for path, data in files.items():
         atomic_write(path, lambda tmp_path, data=data: tmp_path.write_bytes(data))
-    log.info("sherpa-onnx model written: %s", ", ".join(str(path) for path in files))
-    return output
+    return list(files)
 
 
 def int8_path(output: str | Path) -> Path:
@@ -300,24 +332,29 @@ def _export(graph: SherpaGraph, path: Path) -> None:
     program.save(str(path))
 
 
-def _write_metadata(onnx, path: Path, bundle: ModelBundle, quantization: str = "none") -> None:
+def _metadata(bundle: ModelBundle, quantization: str) -> dict[str, str]:
+    """What sherpa-onnx's offline NeMo CTC recognizer reads, and our front end's config."""
     import json
 
+    return {
+        "model_type": "EncDecCTCModelBPE",  # what sherpa-onnx's NeMo CTC models say
+        "vocab_size": str(bundle.model.vocab_size),
+        "subsampling_factor": str(bundle.model.config.subsampling_factor),
+        "normalize_type": "",  # the graph normalizes
+        "is_giga_am": "0",
+        "blank_id": str(BLANK_ID),
+        "quantization": quantization,
+        "comment": "exported by asr (asr export --format sherpa-onnx)",
+        "asr_features_config": json.dumps(to_dict(bundle.frontend.config)),
+    }
+
+
+def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """The ONNX file at `path` with `metadata` in its metadata_props."""
+    import onnx
+
     graph = onnx.load(str(path))
-    _set_metadata(
-        graph,
-        {
-            "model_type": "EncDecCTCModelBPE",  # what sherpa-onnx's NeMo CTC models say
-            "vocab_size": str(bundle.model.vocab_size),
-            "subsampling_factor": str(bundle.model.config.subsampling_factor),
-            "normalize_type": "",  # the graph normalizes
-            "is_giga_am": "0",
-            "blank_id": str(BLANK_ID),
-            "quantization": quantization,
-            "comment": "exported by asr (asr export --format sherpa-onnx)",
-            "asr_features_config": json.dumps(to_dict(bundle.frontend.config)),
-        },
-    )
+    _set_metadata(graph, metadata)
     onnx.save(graph, str(path))
 
 

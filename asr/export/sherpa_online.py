@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -62,18 +61,12 @@ import torch
 from torch import nn
 
 from asr.audio import LogMelFeatures
-from asr.checkpoint import ModelBundle, atomic_write
+from asr.checkpoint import ModelBundle
 from asr.export.onnx import (
-    CHECK_TOLERANCE,
-    INT8_MIN_AGREEMENT,
     OPSET,
-    QUANTIZATIONS,
     _compare,
-    _quantize_int8,
-    _set_metadata,
 )
-from asr.export.sherpa import check_front_end, int8_path, our_features, tokens_text
-from asr.extras import require
+from asr.export.sherpa import check_front_end, check_output, our_features, write_checked
 from asr.inference.onnx import import_onnxruntime, session_options
 from asr.inference.streaming import (
     DEFAULT_CHUNK_MS,
@@ -233,17 +226,10 @@ def export_sherpa_online(
     `chunk_ms` with about `left_seconds` of left context, tokens.txt beside it, and with
     `quantize` "int8" the int8 graph beside it too. Each graph is checked with ONNX Runtime
     against PyTorch over a stream of windows before anything is written. Returns `output`."""
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {list(QUANTIZATIONS)}, got {quantize!r}")
-    output = Path(output)
-    if output.suffix.lower() != ".onnx":
-        raise ValueError(f"--output {output}: name the model file, ending in .onnx")
+    output = check_output(output, quantize)
     if chunk_ms <= 0 or left_seconds < 0:
         raise ValueError(f"need --chunk-ms > 0 and --left-seconds >= 0, got {chunk_ms} and "
                          f"{left_seconds}")  # fmt: skip
-    onnx = require("onnx", "onnx", "ONNX export")
-    require("onnxscript", "onnx", "ONNX export")
-    import_onnxruntime()
     bundle = open_bundle(model)
     check_online(bundle, str(model))
     frame_seconds = bundle.frame_seconds
@@ -252,21 +238,14 @@ def export_sherpa_online(
         raise ValueError(f"--left-seconds {left_seconds} keeps no chunk of "
                          f"{chunk * frame_seconds:.2f} s: give at least half a chunk")  # fmt: skip
     graph = SherpaOnlineGraph(bundle.model, bundle.frontend, chunk, left_chunks * chunk).eval()
-    files = {output.parent / "tokens.txt": tokens_text(bundle.tokenizer).encode("utf-8")}
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "model.onnx"
-        _export(graph, fp32)
-        _write_metadata(onnx, fp32, graph.metadata("none"))
-        _check(fp32, graph, tolerance=CHECK_TOLERANCE)
-        files[output] = fp32.read_bytes()
-        if quantize == "int8":
-            int8 = Path(tmp) / "model.int8.onnx"
-            _quantize_int8(fp32, int8)
-            _write_metadata(onnx, int8, graph.metadata("int8"))
-            _check(int8, graph, min_agreement=INT8_MIN_AGREEMENT)
-            files[int8_path(output)] = int8.read_bytes()
-    for path, data in files.items():
-        atomic_write(path, lambda tmp_path, data=data: tmp_path.write_bytes(data))
+    files = write_checked(
+        output,
+        bundle.tokenizer,
+        quantize,
+        lambda path: _export(graph, path),
+        graph.metadata,
+        lambda path, **bound: _check(path, graph, **bound),
+    )
     log.info("sherpa-onnx streaming model (windows of %d frames every %d, %d slots of left "
              "context) written: %s", graph.window, graph.shift, graph.slots,
              ", ".join(str(path) for path in files))  # fmt: skip
@@ -303,12 +282,6 @@ def _export(graph: SherpaOnlineGraph, path: Path) -> None:
             verbose=False,
         )
     program.save(str(path))
-
-
-def _write_metadata(onnx, path: Path, metadata: dict[str, str]) -> None:
-    graph = onnx.load(str(path))
-    _set_metadata(graph, metadata)
-    onnx.save(graph, str(path))
 
 
 def _check(
