@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -172,3 +175,42 @@ def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float |
         "median": round(float(np.median(values)) * scale, 1),
         "p90": round(float(np.percentile(values, 90)) * scale, 1),
     }
+
+
+# --- a real `asr serve` in a subprocess ---------------------------------------------------
+
+
+class ServeProcess:
+    """`asr serve --model MODEL --port 0 ARGS...` in a subprocess on a free loopback port, its
+    output in `log`; `url` is the http:// address the server printed once it listens."""
+
+    def __init__(self, model: str, args: list[str], log: Path, timeout: float = 300) -> None:
+        self.log = log
+        command = [sys.executable, "-c", "import sys; from asr.cli import main; sys.exit(main())",
+                   "serve", "--model", model, "--port", "0", *args]  # fmt: skip
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        self.url = self._wait_for_url(timeout)
+
+    def _wait_for_url(self, timeout: float) -> str:
+        began = time.monotonic()
+        while time.monotonic() - began < timeout and self.process.poll() is None:
+            found = re.search(r"^asr serve: (http://\S+)", self.log.read_text(), re.MULTILINE)
+            if found:
+                return found[1]
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit(f"asr serve did not start:\n{self.log.read_text()}")
+
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory so far (VmHWM, Linux)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -47,8 +47,6 @@ import argparse
 import asyncio
 import base64
 import json
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +56,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import first_shown, machine, percentiles, word_ends, write_json
+from _common import ServeProcess, first_shown, machine, percentiles, word_ends, write_json
 
 import asr
 from asr.audio import load_audio
@@ -107,37 +105,15 @@ def prepare(args: argparse.Namespace, paths: list[str]) -> list[Recording]:
     return recordings
 
 
-class Server:
-    """`asr serve --model MODEL --chunk-ms C` in a subprocess on a free loopback port."""
-
-    def __init__(self, folder: Path, args: argparse.Namespace, chunk_ms: float) -> None:
-        self.log = folder / f"server-{chunk_ms:g}ms.log"
-        command = [sys.executable, "-c", "import sys; from asr.cli import main; sys.exit(main())",
-                   "serve", "--model", args.model, "--port", "0", "--threads", str(args.threads),
-                   "--chunk-ms", str(chunk_ms), "--left-seconds", str(args.left_seconds),
-                   "--max-live-streams", str(max(args.streams) + 1),
-                   "--live-idle-seconds", "120"]  # fmt: skip
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        self.url = self._wait_for_url().replace("http://", "ws://") + "/v1/realtime"
-
-    def _wait_for_url(self, timeout: float = 300) -> str:
-        began = time.monotonic()
-        while time.monotonic() - began < timeout and self.process.poll() is None:
-            found = re.search(r"^asr serve: (http://\S+)", self.log.read_text(), re.MULTILINE)
-            if found:
-                return found[1]
-            time.sleep(0.1)
-        self.stop()
-        raise SystemExit(f"asr serve did not start:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def start_server(
+    folder: Path, args: argparse.Namespace, chunk_ms: float
+) -> tuple[ServeProcess, str]:
+    """`asr serve --model MODEL --chunk-ms C` on a free loopback port; (server, its ws:// URL)."""
+    server = ServeProcess(args.model, [
+        "--threads", str(args.threads), "--chunk-ms", str(chunk_ms),
+        "--left-seconds", str(args.left_seconds), "--max-live-streams", str(max(args.streams) + 1),
+        "--live-idle-seconds", "120"], folder / f"server-{chunk_ms:g}ms.log")  # fmt: skip
+    return server, server.url.replace("http://", "ws://") + "/v1/realtime"
 
 
 class Sent:
@@ -302,15 +278,15 @@ def programs_for(recordings: list[Recording], n: int, items: int) -> list[list[R
 def measure(args: argparse.Namespace, recordings: list[Recording], folder: Path) -> list[dict]:
     rows = []
     for chunk_ms in args.chunks_ms:
-        server = Server(folder, args, chunk_ms)
+        server, url = start_server(folder, args, chunk_ms)
         try:
-            warm = asyncio.run(run_streams(server.url, [recordings[:1]], args, chunk_ms))
+            warm = asyncio.run(run_streams(url, [recordings[:1]], args, chunk_ms))
             if isinstance(warm[0], BaseException):
                 raise SystemExit(f"the warm-up session failed: {warm[0]}\n"
                                  f"{server.log.read_text()[-3000:]}")  # fmt: skip
             for n in args.streams:
                 programs = programs_for(recordings, n, args.items or len(recordings))
-                row = summarize(asyncio.run(run_streams(server.url, programs, args, chunk_ms)),
+                row = summarize(asyncio.run(run_streams(url, programs, args, chunk_ms)),
                                 chunk_ms, n)  # fmt: skip
                 rows.append(row)
                 print(_line(row), flush=True)

@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_json
+from _common import ServeProcess, machine, write_json
 
 MODEL = "demo-synthetic-char"
 
@@ -56,38 +54,10 @@ def make_audio(path: Path, seconds: float = 10.0) -> float:
     return len(wave) / 16000
 
 
-class Server:
-    """`asr serve` in a subprocess on a free loopback port."""
-
-    def __init__(self, folder: Path, workers: int, queue_size: int, threads: int) -> None:
-        self.log = folder / f"server-w{workers}-q{queue_size}.log"
-        command = [sys.executable, "-c", "import sys; from asr.cli import main; sys.exit(main())",
-                   "serve", "--model", MODEL, "--port", "0", "--workers", str(workers),
-                   "--queue-size", str(queue_size), "--threads", str(threads)]  # fmt: skip
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        self.url = self._wait_for_url()
-
-    def _wait_for_url(self, timeout: float = 120) -> str:
-        began = time.monotonic()
-        while time.monotonic() - began < timeout and self.process.poll() is None:
-            found = re.search(r"^asr serve: (http://\S+)", self.log.read_text(), re.MULTILINE)
-            if found:
-                return found[1]
-            time.sleep(0.1)
-        raise SystemExit(f"asr serve did not start:\n{self.log.read_text()}")
-
-    def peak_rss_mb(self) -> float:
-        """The server's peak resident memory so far (VmHWM, Linux)."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+def start_server(folder: Path, workers: int, queue_size: int, threads: int) -> ServeProcess:
+    """`asr serve` with `workers` workers and a queue of `queue_size` on a free loopback port."""
+    return ServeProcess(MODEL, ["--workers", str(workers), "--queue-size", str(queue_size),
+                                "--threads", str(threads)], folder / f"server-w{workers}-q{queue_size}.log")  # fmt: skip
 
 
 async def client(http: httpx.AsyncClient, audio: bytes, requests: int, out: list) -> None:
@@ -187,7 +157,7 @@ def main() -> None:
         report["audio_s"] = audio_seconds
         phases = {"below_queue_limit": args.clients, "above_queue_limit": args.small_queue}
         for name, queue_size in phases.items():
-            server = Server(folder, args.workers, queue_size, args.threads)
+            server = start_server(folder, args.workers, queue_size, args.threads)
             try:
                 idle_mb = server.peak_rss_mb()
                 phase = asyncio.run(run_phase(server.url, audio, args.clients, args.requests,

@@ -68,23 +68,30 @@ def recordings() -> list[Path]:
     return FIXTURE_AUDIO + (sorted(LIBRISPEECH.rglob("*.flac")) if LIBRISPEECH.is_dir() else [])
 
 
-@pytest.fixture(scope="module")
-def bundle_path(tmp_path_factory) -> Path:
-    """An xs model with random weights and sherpa-onnx's exact front end, its head calibrated on
-    a real recording so that its greedy output is varied text with words."""
+def calibrated_bundle(path: Path, frontend: LogMelFeatures, causal: bool = False) -> Path:
+    """An xs model with random weights and `frontend` (causal convolutions if `causal`), its
+    head calibrated on a real recording (through chunks of 8 frames if causal) so that its greedy
+    output is varied text with words; saved as a bundle at `path`."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
-    model = CtcModel(EncoderConfig.preset("xs"), tokenizer.vocab_size).eval()
-    frontend = LogMelFeatures(SHERPA_EXACT)
+    encoder = dataclasses.replace(EncoderConfig.preset("xs"), causal_conv=causal)
+    model = CtcModel(encoder, tokenizer.vocab_size).eval()
     wave = load_audio(FIXTURE_AUDIO[0])[None]  # (1, N)
     with torch.no_grad():
-        x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])))  # (1, T', D)
+        feats = frontend(wave, torch.tensor([wave.shape[1]]))
+        x, _ = model.encoder(*feats, chunk=8 if causal else None)  # (1, T', D)
         model.head.weight.div_(x[0].std(0)).mul_(5.0)
         model.head.bias.copy_(-model.head.weight @ x[0].mean(0))
         model.head.bias[tokenizer.space_id] += 5.0
-    path = tmp_path_factory.mktemp("sherpa") / "model.pt"
     save_bundle(path, model, frontend, tokenizer)
     return path
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory) -> Path:
+    """An offline model with sherpa-onnx's exact front end (`calibrated_bundle`)."""
+    path = tmp_path_factory.mktemp("sherpa") / "model.pt"
+    return calibrated_bundle(path, LogMelFeatures(SHERPA_EXACT))
 
 
 @pytest.fixture(scope="module")
@@ -346,24 +353,13 @@ CHUNK_MS, LEFT_SECONDS = 320.0, 1.28  # 8 encoder frames a chunk, 4 chunks of le
 
 
 def streaming_bundle(path: Path, normalize: str) -> Path:
-    """A causal xs model with random weights, sherpa-onnx's front end and `normalize` (global,
-    running: statistics of the fixture recordings), its head calibrated as `bundle_path`'s."""
-    torch.manual_seed(0)
-    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
-    encoder = dataclasses.replace(EncoderConfig.preset("xs"), causal_conv=True)
-    model = CtcModel(encoder, tokenizer.vocab_size).eval()
+    """A causal model (`calibrated_bundle`) with sherpa-onnx's front end and `normalize`
+    (global, running: statistics of the fixture recordings)."""
     frontend = LogMelFeatures(dataclasses.replace(SHERPA_EXACT, normalize=normalize))
     if normalize in ("global", "running"):
         feats = torch.cat([sherpa_features(load_audio(p)) for p in FIXTURE_AUDIO])  # (T, F)
         frontend.set_global_stats(feats.mean(0), feats.std(0))
-    wave = load_audio(FIXTURE_AUDIO[0])[None]  # (1, N)
-    with torch.no_grad():
-        x, _ = model.encoder(*frontend(wave, torch.tensor([wave.shape[1]])), chunk=8)
-        model.head.weight.div_(x[0].std(0)).mul_(5.0)
-        model.head.bias.copy_(-model.head.weight @ x[0].mean(0))
-        model.head.bias[tokenizer.space_id] += 5.0
-    save_bundle(path, model, frontend, tokenizer)
-    return path
+    return calibrated_bundle(path, frontend, causal=True)
 
 
 def export_online(folder: Path, normalize: str, *flags: str) -> Path:
