@@ -224,7 +224,13 @@ def test_init_from_can_add_style_tokens_that_start_silent_and_then_learn(corpus,
         train_module.initialize_from(train_module.AsrSystem(other, bundle.tokenizer), pretrained)
 
 
-def test_init_from_may_change_the_normalization_but_not_the_features(pretrained):
+# sherpa-onnx's front end (asr.export.sherpa): other framing, pre-emphasis, mel scale, log guard
+SHERPA_FRONT_END = ["features.framing=kaldi", "features.preemphasis=0.97",
+                    "features.mel_scale=slaney", "features.log_guard=clamp",
+                    "features.log_offset=1.1920928955078125e-07"]  # fmt: skip
+
+
+def test_init_from_may_change_the_normalization_but_not_the_features(pretrained, caplog):
     bundle = load_bundle(pretrained)
     assert bundle.frontend.config.normalize == "utterance"
     # global or per-utterance statistics: features of the same scale, the weights carry over
@@ -234,16 +240,33 @@ def test_init_from_may_change_the_normalization_but_not_the_features(pretrained)
         assert train_module.initialize_from(system, pretrained) == []
         for key, value in bundle.model.state_dict().items():
             assert torch.equal(system.model.state_dict()[key], value), key
-    # un-normalized log-mels, or other features, are refused with the field named
+    # sherpa-onnx's variant of the log-mel front end: same bands and frame rate, normalized to
+    # the same scale, so the weights carry over, with a warning naming each field that differs
+    config = load_config(TINY, SHERPA_FRONT_END)
+    system = train_module.AsrSystem(config, bundle.tokenizer)
+    with caplog.at_level("WARNING", logger="asr.training.train"):
+        assert train_module.initialize_from(system, pretrained) == []
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for change in SHERPA_FRONT_END:
+        assert change.split("=")[0] in warned, warned
+    assert torch.equal(system.model.head.weight, bundle.model.head.weight)
+    # un-normalized log-mels (whatever else changes), or other bands or frame rates, are refused
+    # with the field named
     refused = {
         "features.normalize=none": "features.normalize: 'utterance' in the bundle, 'none' here",
         "features.hop_ms=20.0": "features.hop_ms: 10.0 in the bundle, 20.0 here",
+        "features.n_mels=64": "features.n_mels: 80 in the bundle, 64 here",
     }
     for change, message in refused.items():
         config = load_config(TINY, [change])
         system = train_module.AsrSystem(config, bundle.tokenizer)
         with pytest.raises(ValueError, match=r"init_from .*: " + re.escape(message)):
             train_module.initialize_from(system, pretrained)
+    system = train_module.AsrSystem(
+        load_config(TINY, [*SHERPA_FRONT_END, "features.normalize=none"]), bundle.tokenizer
+    )
+    with pytest.raises(ValueError, match=r"init_from .*: features\.normalize: "):
+        train_module.initialize_from(system, pretrained)
 
 
 def test_init_from_gives_its_tokenizer_only_when_it_is_of_the_kind_asked_for(corpus, tmp_path):

@@ -99,6 +99,10 @@ def estimate_global_stats(config: TrainConfig, frontend: LogMelFeatures) -> None
 # Parameters indexed by token: (name, dimension of the token index). With another tokenizer
 # the rows of the pieces both vocabularies share are copied; the others keep their fresh init.
 VOCAB_PARAMETERS = (("head.weight", 0), ("head.bias", 0), ("condition.weight", 1))
+# Front-end fields that change the log-mel values a little but not their bands, frame rate or,
+# once normalized, their scale (sherpa-onnx's front end against ours): a normalized bundle may be
+# fine-tuned under another choice of them, with a warning naming each.
+FRONT_END_VARIANTS = {"framing", "preemphasis", "mel_scale", "log_guard", "log_offset", "window"}
 # Encoder fields of the global-style-token layer, which fine-tuning may add to a bundle.
 STYLE_FIELDS = ("style_tokens", "num_style_tokens", "style_token_heads")
 
@@ -115,9 +119,10 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     """Copy a bundle's model weights into `system` before training; returns the pieces of the
     system's tokenizer that the bundle's tokenizer lacks (their CTC head rows start fresh).
 
-    The encoder configuration (but dropout and the streaming fields) and the front end (but the
-    choice between global and per-utterance normalization) must match the bundle's: a
-    difference is a ValueError naming the field, never a silently partial load.
+    The encoder configuration (but dropout and the streaming fields) and the front end must match
+    the bundle's: a difference is a ValueError naming the field, never a silently partial load.
+    Between two normalized front ends the normalization and `FRONT_END_VARIANTS` (framing,
+    pre-emphasis, mel scale, log guard: e.g. sherpa-onnx's front end) may differ, with a warning.
     With another tokenizer the encoder is copied whole and the head (and self-conditioning
     projection) row by row for the pieces both tokenizers have (the blank, and e.g. the letters
     of two character sets).
@@ -142,14 +147,14 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     # have another scale.
     features, their_features = system.frontend.config, bundle.frontend.config
     normalized = features.normalize != "none" and their_features.normalize != "none"
-    differ += field_differences(
-        "features",
-        features,
-        their_features,
-        {"normalize", "running_prior_frames"} if normalized else {"running_prior_frames"},
-    )
+    skip = {"running_prior_frames"} | ({"normalize", *FRONT_END_VARIANTS} if normalized else set())
+    differ += field_differences("features", features, their_features, skip)
     if differ:
         raise ValueError(f"init_from {path}: the model does not match the config: {differ[0]}")
+    variants = field_differences("features", features, their_features, skip - FRONT_END_VARIANTS)
+    if variants:
+        log.warning("init_from %s: the front end differs from the bundle's (%s); fine-tuning "
+                    "adapts the model to it", path, "; ".join(variants))  # fmt: skip
     state = bundle.model.state_dict()
     if adding_style:
         fresh = {
