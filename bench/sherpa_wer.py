@@ -122,11 +122,14 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
 
-    utterances = read_manifest(args.manifest)
+    try:  # a missing or unreadable model or manifest: one line, not a traceback
+        transcriber = asr.load_model(str(args.model))
+        utterances = read_manifest(args.manifest)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"bench/sherpa_wer.py: {err}") from None
     refs = [u.text for u in utterances]
     waves = [load_audio(u.audio).numpy() for u in utterances]
     audio_s = sum(len(w) for w in waves) / 16000
-    transcriber = asr.load_model(str(args.model))
     rows: dict[str, dict] = {}
 
     transcriber.transcribe([utterances[0].audio])  # warm-up (first-call set-up), untimed
