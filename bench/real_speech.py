@@ -100,6 +100,9 @@ def main() -> int:
     parser.add_argument("--train-data", type=Path, default=SHARED / "librispeech-3h")
     parser.add_argument("--test-data", type=Path, default=SHARED / "librispeech-mini")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--score", type=Path, metavar="MODEL",
+                        help="no training: score this trained model.pt (e.g. one `asr train` made "
+                             "on the split) as run --name")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,11 +121,18 @@ def main() -> int:
         f"trainer.max_time={budget}",
         *args.overrides,
     ]
-    config = load_config(args.config, overrides)
-    began = time.perf_counter()
-    model_path = train(config)
-    wall = time.perf_counter() - began
-    info = load_bundle(model_path).info
+    if args.score is not None:
+        if not args.score.is_file():
+            sys.exit(f"real_speech: model not found: {args.score}")
+        model_path = args.score
+        info = load_bundle(model_path).info
+        wall = float(info["train_seconds"])
+    else:
+        config = load_config(args.config, overrides)
+        began = time.perf_counter()
+        model_path = train(config)
+        wall = time.perf_counter() - began
+        info = load_bundle(model_path).info
     arpa, lexicon = build_lm(split["train"], model_path, run_dir / "lm")
     model = load_model(model_path)
     lm_options = DecodingOptions(lm=str(arpa), lexicon=str(lexicon))
@@ -132,8 +142,9 @@ def main() -> int:
                           ("lm_tuned", tuned.chosen)):  # fmt: skip
         result = decode_and_score(model, split["test"], run_dir / "eval" / name, options)
         scores[name] = {"wer": round(100 * result.wer, 2), "cer": round(100 * result.cer, 2)}
+    scored = ["--score", str(args.score)] if args.score is not None else []
     command = " ".join(["python bench/real_speech.py", "--config", str(args.config), "--minutes",
-                        f"{args.minutes:g}", "--name", args.name, *args.overrides])  # fmt: skip
+                        f"{args.minutes:g}", "--name", args.name, *scored, *args.overrides])  # fmt: skip
     result = {
         "name": args.name,
         "command": command,

@@ -193,7 +193,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def build_trainer(
-    config: TrainConfig, exp_dir: Path
+    config: TrainConfig, exp_dir: Path, extra_callbacks: Sequence[L.Callback] = ()
 ) -> tuple[L.Trainer, ModelCheckpoint, ModelCheckpoint]:
     t = config.trainer
     ckpt_dir = exp_dir / "checkpoints"
@@ -223,6 +223,7 @@ def build_trainer(
     # the elapsed training time is logged at each validation and kept in checkpoints.
     timer = Timer(duration=t.max_time, interval="step")
     callbacks: list[Any] = [best, recent, LearningRateMonitor(logging_interval="step"), timer]
+    callbacks += extra_callbacks  # e.g. bench/step_drift.py's per-step probe
     if t.progress_bar:
         callbacks.append(StepProgressBar())
     val_every = t.val_every_n_steps
@@ -255,8 +256,9 @@ def build_trainer(
     return trainer, best, recent
 
 
-def train(config: TrainConfig, resume: bool = True) -> Path:
-    """Train and export; returns the path of `model.pt`."""
+def train(config: TrainConfig, resume: bool = True, callbacks: Sequence[L.Callback] = ()) -> Path:
+    """Train and export; returns the path of `model.pt`. `callbacks`: Lightning callbacks added
+    to the trainer's own (checkpoints, learning-rate monitor, wall-clock budget)."""
     exp_dir = Path(config.exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, exp_dir / "config.yaml")
@@ -280,7 +282,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         return int(system.model.output_lengths(torch.tensor(system.frontend.num_frames(samples))))
 
     datamodule = AsrDataModule(config, tokenizer, frames_for_duration)
-    trainer, best, recent = build_trainer(config, exp_dir)
+    trainer, best, recent = build_trainer(config, exp_dir, callbacks)
     started = time.time()
     trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if resuming else None)
     seconds = time.time() - started
