@@ -88,6 +88,27 @@ def test_beam_search_finds_the_most_probable_labelling():
     assert greedy_was_wrong >= 1  # the cases really tell beam search from greedy
 
 
+def test_token_beam_of_one_is_greedy_and_of_the_whole_vocabulary_changes_nothing():
+    """`beam_size_token` k tries the k most likely tokens per frame: 1 follows the best path
+    (greedy), the vocabulary size tries them all (the default), on posteriors where the full
+    search finds a labelling greedy decoding misses."""
+    gen = torch.Generator().manual_seed(1)
+    tok, differ = CharTokenizer("ab"), 0  # V = 4
+    options = DecodingOptions(beam_size=500, beam_threshold=1000)
+    full = BeamSearchDecoder(tok, options)
+    every = BeamSearchDecoder(tok, dataclasses.replace(options, beam_size_token=tok.vocab_size))
+    one = BeamSearchDecoder(tok, dataclasses.replace(options, beam_size_token=1))
+    for _ in range(8):
+        log_probs = (1.5 * torch.randn(1, 5, 4, generator=gen)).log_softmax(-1)
+        lengths = torch.tensor([5])
+        assert every(log_probs, lengths) == full(log_probs, lengths)
+        assert one(log_probs, lengths) == greedy_decode(log_probs, lengths)
+        differ += full(log_probs, lengths) != one(log_probs, lengths)
+    assert differ >= 1  # the token beam really narrowed the search
+    with pytest.raises(ValueError, match="beam_size_token"):
+        DecodingOptions(beam_size=4, beam_size_token=0)
+
+
 def test_beam_search_on_sentencepiece_matches_greedy_on_peaky_posteriors():
     sp = train_tokenizer(
         ["the cat sat on the mat", "a cap for the cat", "hello world the end"] * 5,

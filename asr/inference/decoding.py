@@ -95,6 +95,7 @@ class BeamSearchDecoder:
                     lm_dict=None if lm_dict is None else str(lm_dict),
                     lm=options.lm if lm_of is None else lm_of.loaded_lm,
                     beam_size=options.beam_size,
+                    beam_size_token=options.beam_size_token,
                     beam_threshold=options.beam_threshold,
                     lm_weight=options.lm_weight,
                     word_score=options.word_score,

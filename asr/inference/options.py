@@ -50,6 +50,13 @@ class DecodingOptions:
     # Lexicon-free, flashlight has no word score: it is its score per frame of the word
     # separator "|" (a CTC model emits it in about one frame per word boundary).
     word_score: float = field(default=0.0, metadata={"help": "added to the score per word"})
+    # flashlight's default (every token at every frame) keeps characters exact; with hundreds of
+    # subword units it makes LM decoding hundreds of times the work of greedy decoding.
+    beam_size_token: int | None = field(
+        default=None,
+        metadata={"help": "tokens tried per frame, the most likely first (default: all); e.g. "
+                  "32 for a vocabulary of hundreds of subword units"},
+    )  # fmt: skip
     # flashlight's own default (natural-log score units), kept: not tuned here.
     beam_threshold: float = field(
         default=50.0, metadata={"help": "prune hypotheses this far below the best"}
@@ -63,6 +70,8 @@ class DecodingOptions:
             object.__setattr__(self, "beam_size", beam)
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.beam_size_token is not None and self.beam_size_token < 1:
+            raise ValueError(f"beam_size_token must be >= 1, got {self.beam_size_token}")
         files = {"lm": self.lm, "lexicon": None if self.lexicon == LEXICON_FREE else self.lexicon}
         for name, value in files.items():
             if value is not None and not Path(value).is_file():

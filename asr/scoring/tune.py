@@ -132,7 +132,8 @@ class TuneResult:
             "decoding": "lm" if self.lm_beats_greedy else "greedy",
             "lm_beats_greedy": self.lm_beats_greedy,
             "lm_weight": best.lm_weight, "word_score": best.word_score,
-            "beam_size": self.options.beam_size, "beam_threshold": best.beam_threshold,
+            "beam_size": self.options.beam_size, "beam_size_token": self.options.beam_size_token,
+            "beam_threshold": best.beam_threshold,
             "log_add": self.options.log_add,
             "val_wer": best.wer, "greedy_val_wer": self.greedy.error_rate,
             "grid": [p.to_dict() for p in self.points],
@@ -177,7 +178,9 @@ def best_options(found: dict[str, Any]) -> DecodingOptions:
     """The beam search at the best grid point of a `<lm>.tuned.json`'s dict, whether or not it
     beat greedy decoding (to show what the LM does at its best on another set)."""
     names = ("lm", "lexicon", "lm_weight", "word_score", "beam_size", "beam_threshold", "log_add")
-    return DecodingOptions(**{name: found[name] for name in names})
+    # beam_size_token: absent from files written before it existed (all tokens, as then)
+    return DecodingOptions(**{name: found[name] for name in names},
+                           beam_size_token=found.get("beam_size_token"))  # fmt: skip
 
 
 def tune_lm(
