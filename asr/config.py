@@ -57,11 +57,14 @@ class EncoderConfig:
     # head's softmax back into the stream, so later blocks refine an explicit guess.
     self_conditioning: bool = False
     # Streaming (asr/modules/conformer.py): a convolution module that never looks ahead, and
-    # training with a chunk size drawn per batch (1..max_chunk_frames frames after subsampling,
-    # or full context half the time), so one model decodes offline and at any chunk size.
+    # training with a chunk size drawn per batch (min_chunk_frames..max_chunk_frames frames
+    # after subsampling, or full context with probability full_context_prob), so one model
+    # decodes offline and at any chunk size. WeNet's rule is 1..25 and 0.5.
     causal_conv: bool = False
     dynamic_chunk_training: bool = False
     max_chunk_frames: int = 25
+    min_chunk_frames: int = 1
+    full_context_prob: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inter_ctc_layers", tuple(self.inter_ctc_layers))
@@ -99,7 +102,16 @@ class EncoderConfig:
             )
         if self.self_conditioning and not layers:
             raise ValueError("encoder.self_conditioning needs encoder.inter_ctc_layers")
-        check_positive(self, "encoder", "max_chunk_frames")
+        check_positive(self, "encoder", "max_chunk_frames", "min_chunk_frames")
+        if self.min_chunk_frames > self.max_chunk_frames:
+            raise ValueError(
+                f"encoder.min_chunk_frames={self.min_chunk_frames} is larger than "
+                f"encoder.max_chunk_frames={self.max_chunk_frames}"
+            )
+        if not 0.0 <= self.full_context_prob <= 1.0:
+            raise ValueError(
+                f"encoder.full_context_prob must be in [0, 1], got {self.full_context_prob}"
+            )
         if self.dynamic_chunk_training and not self.causal_conv:
             raise ValueError(
                 "encoder.dynamic_chunk_training needs encoder.causal_conv: true (a centred "

@@ -239,6 +239,17 @@ def test_dynamic_chunk_training_draws_chunks_and_learns():
     draws = [model.encoder.draw_chunk(100) for _ in range(400)]
     full = sum(d is None for d in draws)
     assert 140 < full < 260 and {d for d in draws if d} <= set(range(1, 26))
+    # Narrower draws: chunks of 8..25 frames only, full context a quarter of the time.
+    narrow = CtcModel(streaming_config(min_chunk_frames=8, full_context_prob=0.25), 5).train()
+    draws = [narrow.encoder.draw_chunk(100) for _ in range(400)]
+    full = sum(d is None for d in draws)
+    assert 60 < full < 140 and {d for d in draws if d} == set(range(8, 26))
+    always = CtcModel(streaming_config(full_context_prob=1.0), 5).train()
+    assert all(always.encoder.draw_chunk(100) is None for _ in range(50))
+    with pytest.raises(ValueError, match="min_chunk_frames"):
+        streaming_config(min_chunk_frames=30)
+    with pytest.raises(ValueError, match="full_context_prob"):
+        streaming_config(full_context_prob=1.5)
     with pytest.raises(ValueError, match="causal_conv"):
         EncoderConfig.preset("xs", dynamic_chunk_training=True)
     feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 90])

@@ -9,7 +9,7 @@ Streaming (WeNet's U2, Zhang et al. 2020): with `chunk` frames the encoder limit
 attention to its own chunk and `left_chunks` chunks before it (`masks.chunk_mask`), and a model
 built with `causal_conv` has no convolution that looks ahead, so no output depends on audio
 after the end of its chunk. `dynamic_chunk_training` draws the chunk size per batch in training
-(full context half the time), so one model decodes at any chunk size. `forward_chunk` runs one
+(full context half the time by default), so one model decodes at any chunk size. `forward_chunk` runs one
 chunk with the cached keys/values and convolution inputs of the chunks before it, carried as
 fixed-structure tensors (`StreamState`: what the exported ONNX chunk graph takes and returns);
 it gives what `forward(..., chunk=C, left_chunks=L)` gives for the same frames
@@ -213,11 +213,13 @@ class ConformerEncoder(nn.Module):
         return (x if self.xscale is None else x * self.xscale), out_lengths
 
     def draw_chunk(self, length: int) -> int | None:
-        """A chunk size for one training batch of `length` frames (WeNet's rule): full context
-        (None) half the time, else uniform in 1..`max_chunk_frames`. Uses torch's generator."""
-        if length < 2 or torch.rand(()).item() < 0.5:
+        """A chunk size for one training batch of `length` frames: full context (None) with
+        probability `full_context_prob`, else uniform in `min_chunk_frames`..`max_chunk_frames`
+        (WeNet's rule with the defaults 0.5 and 1..25). Uses torch's generator."""
+        c = self.config
+        if length < 2 or torch.rand(()).item() < c.full_context_prob:
             return None
-        return int(torch.randint(1, self.config.max_chunk_frames + 1, ()).item())
+        return int(torch.randint(c.min_chunk_frames, c.max_chunk_frames + 1, ()).item())
 
     def forward_blocks(
         self,

@@ -136,7 +136,8 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     # Fields that change no weight and no computation at inference may differ: dropout, and how
     # training draws chunks. A causal convolution has the same weights as a centred one, so an
     # offline model can be fine-tuned into a streaming one (causal_conv + dynamic chunks).
-    free = {"causal_conv", "dynamic_chunk_training", "max_chunk_frames"}
+    free = {"causal_conv", "dynamic_chunk_training", "max_chunk_frames", "min_chunk_frames",
+            "full_context_prob"}
     adding_style = mine.style_tokens and not theirs.style_tokens
     if adding_style:
         free |= set(STYLE_FIELDS)
