@@ -287,7 +287,7 @@ def test_tuning_works_with_the_open_decoders(kind, val, tmp_path):
         arpa, lexicon = tmp_path / "mixed.arpa", tmp_path / "mixed.txt"
         write_word_lm(texts, tokenizer, arpa, lexicon, 3, train_ngram(SENTENCES), 0.5)
         options = DecodingOptions(lm=str(arpa), lexicon=str(lexicon), beam_size=8)
-    grid = LmGrid(lm_weights=(0.5, 2.0), word_scores=(-1.0, 1.0))
+    grid = LmGrid(lm_weights=(0.5, 2.0), word_scores=(-1.0, 1.0), extend=0)
     found = tune_lm(model, val, options, grid)
     best = found.best
     alone = decode_and_score(model, val, tmp_path / "best", dataclasses.replace(

@@ -1,7 +1,8 @@
 """Tests for asr/scoring/tune.py and `asr evaluate --tune-lm`: the search picks the point that
 decoding each point alone finds best, its one acoustic pass gives the same transcripts as one
 pass per point, the choice is written and read back, an LM that loses falls back to greedy, and
-an empty validation set is refused.
+an empty validation set is refused; where the best point lies on the grid's edge the search
+steps past it.
 
 The model is the shipped demo-synthetic-char (it hears eSpeak NG speech); the LM knows the
 validation sentences, so beam search with it clearly beats greedy decoding (WER 38% greedy).
@@ -28,11 +29,20 @@ from asr.inference.options import ChunkingOptions, DecodingOptions
 from asr.inference.transcribe import load_model
 from asr.scoring.evaluate import decode_and_score
 from asr.scoring.metrics import ErrorCounts
-from asr.scoring.tune import GridPoint, LmGrid, best_point, load_tuned, tune_lm, tuned_path
+from asr.scoring.tune import (
+    GridPoint,
+    LmGrid,
+    best_point,
+    beyond,
+    extension,
+    load_tuned,
+    tune_lm,
+    tuned_path,
+)
 
 # Known from the demo model on these sentences: the WERs of these points all differ, and the
 # strongest weight with the largest word score is best (the LM has seen the sentences).
-GRID = LmGrid(lm_weights=(0.0, 2.0), word_scores=(-1.0, 2.0))
+GRID = LmGrid(lm_weights=(0.0, 2.0), word_scores=(-1.0, 2.0), extend=0)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,7 +134,8 @@ def test_the_choice_is_written_next_to_the_lm_used_for_the_test_set_and_read_bac
     weights, scores = ",".join(map(str, GRID.lm_weights)), ",".join(map(str, GRID.word_scores))
     status = main(["evaluate", "--model", MODEL, "--manifest", str(val), "--lm", lms["good"],
                    "--tune-lm", str(val), "--tune-lm-weights", weights,
-                   f"--tune-word-scores={scores}", "--resamples", "1"])  # fmt: skip
+                   f"--tune-word-scores={scores}", "--tune-lm-extend", "0",
+                   "--resamples", "1"])  # fmt: skip
     out, err = capsys.readouterr()
     assert status == 0 and "tuned on the test set" in err  # --tune-lm is --manifest here
     written = json.loads(tuned_path(lms["good"]).read_text())
@@ -170,7 +181,8 @@ def test_the_choice_goes_where_asked_and_its_flags_give_the_same_options_back(
     before = beside_lm.stat().st_mtime_ns if beside_lm.exists() else None
     status = main(["evaluate", "--model", MODEL, "--manifest", str(val), "--lm", lms["good"],
                    "--tune-lm", str(val), "--tune-lm-weights", "1,2", "--tune-word-scores",
-                   "2", "--tune-lm-output", str(chosen), "--resamples", "1"])  # fmt: skip
+                   "2", "--tune-lm-output", str(chosen), "--tune-lm-extend", "0",
+                   "--resamples", "1"])  # fmt: skip
     assert status == 0 and chosen.is_file()
     assert (beside_lm.stat().st_mtime_ns if beside_lm.exists() else None) == before
     options = load_tuned(chosen)
@@ -194,6 +206,46 @@ def test_ties_go_to_the_smaller_lm_weight_then_the_word_score_nearer_zero():
         LmGrid(word_scores=())
 
 
+def test_a_best_point_on_the_edge_sends_the_search_past_it_and_never_below_weight_zero():
+    def points(errors: dict[tuple[float, float], int]) -> list[GridPoint]:
+        return [GridPoint(w, s, 50.0, ErrorCounts(substitutions=e, ref_words=99))
+                for (w, s), e in errors.items()]  # fmt: skip
+
+    inside = {(w, s): 5 for w in (0.0, 1.0, 2.0) for s in (-1.0, 0.0, 1.0)}
+    assert extension(points({**inside, (1.0, 0.0): 1})) == []
+    # Best at the largest weight and the lowest word score: one step past both edges.
+    ring = extension(points({**inside, (2.0, -1.0): 1}))
+    assert ring == [(w, s, 50.0) for w in (0.0, 1.0, 2.0, 3.0) for s in (-2.0, -1.0, 0.0, 1.0)
+                    if w == 3.0 or s == -2.0]  # fmt: skip
+    # Best at weight 0 and the largest score: no negative weight, a larger score only.
+    assert extension(points({**inside, (0.0, 1.0): 1})) == [(w, 2.0, 50.0) for w in (0.0, 1.0, 2.0)]
+    assert beyond([0.5, 1.0], 0.5, floor=0.0) == 0.0 and beyond([1.0], 1.0) is None
+
+
+def test_the_search_past_the_edge_decodes_each_new_point_as_decoding_it_alone_does(
+    model, val, lms, tmp_path
+):
+    options = DecodingOptions(lm=lms["good"])
+    once = tune_lm(model, val, options, dataclasses.replace(GRID, extend=1))
+    # GRID's best, (2, 2), is its corner: one step past it is weight 4 and word score 5.
+    new = [(p.lm_weight, p.word_score) for p in once.points[len(GRID.points(options)):]]
+    assert new == [(w, s) for w in (0.0, 2.0, 4.0) for s in (-1.0, 2.0, 5.0)
+                   if w == 4.0 or s == 5.0]  # fmt: skip
+    for point in once.points[-2:]:
+        alone = decode_and_score(model, val, tmp_path / f"{point.lm_weight}-{point.word_score}",
+                                 dataclasses.replace(options, lm_weight=point.lm_weight,
+                                                     word_score=point.word_score),
+                                 report=False, num_resamples=1)  # fmt: skip
+        assert alone.words == point.errors
+    assert once.best == best_point(list(once.points)) and once.greedy.ref_words > 0
+    twice = tune_lm(model, val, options, dataclasses.replace(GRID, extend=2))
+    assert twice.points[: len(once.points)] == once.points
+    if extension(list(once.points)):  # the best still on an edge: a second step was taken
+        assert len(twice.points) > len(once.points)
+    else:
+        assert twice.points == once.points
+
+
 def test_an_empty_validation_set_or_one_without_texts_is_refused(model, lms, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -214,6 +266,8 @@ def test_an_empty_validation_set_or_one_without_texts_is_refused(model, lms, tmp
         (["--tune-lm", "EMPTY"], "validation set EMPTY has no utterances"),
         (["--tune-lm", "EMPTY", "--no-lm"], "--tune-lm needs --model, --manifest and the --lm"),
         (["--tune-lm", "EMPTY", "--tune-lm-weights", "1,x"], "expected numbers separated"),
+        (["--tune-lm", "EMPTY", "--tune-lm-extend", "-1"], "extend must be >= 0, got -1"),
+        (["--tune-lm", "EMPTY", "--tune-lm-weights=-1,1"], "lm_weights must be >= 0"),
     ],
 )
 def test_evaluate_tune_lm_refuses_bad_input_in_one_line(val, lms, tmp_path, capsys, args, message):

@@ -96,6 +96,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         metavar="T,T,...",
         help="the beam thresholds searched (default: --beam-threshold only)",
     )
+    tune.add_argument("--tune-lm-extend", type=int, metavar="N",
+                      help="where the best point lies on the grid's outer edge, step past that "
+                      "edge up to N times (default 2; 0: the grid as given)")  # fmt: skip
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -153,7 +156,8 @@ def tune_lm_weights(
     defaults = LmGrid()
     grid = LmGrid(args.tune_lm_weights or defaults.lm_weights,
                   args.tune_word_scores or defaults.word_scores,
-                  args.tune_beam_thresholds)  # fmt: skip
+                  args.tune_beam_thresholds,
+                  defaults.extend if args.tune_lm_extend is None else args.tune_lm_extend)  # fmt: skip
     result = tune_lm(model, args.tune_lm, options, grid, chunking=chunking,
                      normalizer=normalizer, label="tuning")  # fmt: skip
     print(format_grid(result))

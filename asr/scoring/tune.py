@@ -7,13 +7,18 @@ chosen on held-out data, never on the test set. `tune_lm` decodes a validation c
 and at every point of an `LmGrid` (LM weight x word score x beam threshold), scores each the way
 `asr evaluate` does (word errors summed over the set, `asr.scoring.metrics`), and picks the point
 of lowest WER; ties go to the smaller LM weight, then the word score nearer 0, then the smaller
-beam threshold (cheaper). The LM is used only if that point beats greedy decoding; otherwise
-`TuneResult.chosen` is greedy decoding and the result says so.
+beam threshold (cheaper). Where that point lies on an outer edge of the grid (the largest LM
+weight, the smallest or largest word score, the smallest LM weight above 0), the optimum may lie
+beyond it: the search then steps past that edge by the grid's own last step, adding the new row
+or column, up to `LmGrid.extend` times (two by default; 0 searches the grid as given). The LM is
+used only if the chosen point beats greedy decoding; otherwise `TuneResult.chosen` is greedy
+decoding and the result says so.
 
 Cost: the front end and the acoustic model run once over the validation set
 (`Transcriber.transcribe_many`: each batch's log-probs go to every decoder) and the decoders of
 the grid share one loaded LM (`make_decoders`), so a search costs one acoustic pass plus one
-beam search per utterance and grid point. `TuneResult.write` saves the choice, the grid's WERs,
+beam search per utterance and grid point, and each step beyond an edge one more acoustic pass
+and one beam search per utterance and new point (a 6 x 4 grid grows by at most 11 points a step). `TuneResult.write` saves the choice, the grid's WERs,
 the validation set's sha256 and the seconds taken next to the LM, as `<lm>.tuned.json`.
 """
 
@@ -42,17 +47,23 @@ TUNED_SUFFIX = ".tuned.json"
 @dataclass(frozen=True)
 class LmGrid:
     """The points searched: every LM weight x word score x beam threshold. No beam thresholds:
-    the one of the `DecodingOptions` tuned (it matters only where it prunes the best path)."""
+    the one of the `DecodingOptions` tuned (it matters only where it prunes the best path).
+    `extend`: how many times the search may step past an edge where the best point lies."""
 
     lm_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
     word_scores: tuple[float, ...] = (-1.0, 0.0, 1.0, 2.0)
     beam_thresholds: tuple[float, ...] | None = None
+    extend: int = 2
 
     def __post_init__(self) -> None:
         for name in ("lm_weights", "word_scores", "beam_thresholds"):
             values = getattr(self, name)
             if values is not None and not values:
                 raise ValueError(f"the LM grid's {name} is empty")
+        if any(w < 0 for w in self.lm_weights):
+            raise ValueError(f"the LM grid's lm_weights must be >= 0, got {list(self.lm_weights)}")
+        if self.extend < 0:
+            raise ValueError(f"the LM grid's extend must be >= 0, got {self.extend}")
 
     def points(self, options: DecodingOptions) -> list[DecodingOptions]:
         """`options` at each point of the grid, beam thresholds outermost."""
@@ -82,6 +93,39 @@ class GridPoint:
         return {"lm_weight": self.lm_weight, "word_score": self.word_score,
                 "beam_threshold": self.beam_threshold, "wer": self.wer,
                 "errors": self.errors.errors, "ref_words": self.errors.ref_words}  # fmt: skip
+
+
+def beyond(values: tuple[float, ...] | list[float], best: float, floor: float | None = None
+           ) -> float | None:  # fmt: skip
+    """The value one step past the edge of `values` where `best` lies (the step: the distance
+    between that edge and its neighbour), or None: `best` inside, fewer than two values, or the
+    step would cross `floor`."""
+    ordered = sorted(set(values))
+    if len(ordered) < 2:
+        return None
+    if best == ordered[-1]:
+        return ordered[-1] + (ordered[-1] - ordered[-2])
+    if best == ordered[0]:
+        value = ordered[0] - (ordered[1] - ordered[0])
+        return value if floor is None or value >= floor else None
+    return None
+
+
+def extension(points: list[GridPoint]) -> list[tuple[float, float, float]]:
+    """The (lm_weight, word_score, beam_threshold) points that step past the searched grid's
+    edges where its best point lies (an LM weight stays >= 0); empty when it lies inside."""
+    best = best_point(points)
+    weights = sorted({p.lm_weight for p in points})
+    scores = sorted({p.word_score for p in points})
+    weight, score = beyond(weights, best.lm_weight, floor=0.0), beyond(scores, best.word_score)
+    if weight is None and score is None:
+        return []
+    weights += [weight] if weight is not None else []
+    scores += [score] if score is not None else []
+    searched = {(p.lm_weight, p.word_score, p.beam_threshold) for p in points}
+    thresholds = dict.fromkeys(p.beam_threshold for p in points)
+    return [(w, s, t) for t in thresholds for w in sorted(weights) for s in sorted(scores)
+            if (w, s, t) not in searched]  # fmt: skip
 
 
 def best_point(points: list[GridPoint]) -> GridPoint:
@@ -206,23 +250,19 @@ def tune_lm(
     corpus = _validation_corpus(validation, split)
     grid, chunking = grid or LmGrid(), chunking or ChunkingOptions()
     candidates = [DecodingOptions(), *grid.points(options)]  # greedy first
-    errors = [ErrorCounts()] * len(candidates)
-    with progress(len(corpus), label or "", "utterances", show=label is not None) as advance:
-        for start in range(0, len(corpus), SLICE):
-            positions = range(start, min(start + SLICE, len(corpus)))
-            texts = _transcribe(transcriber, corpus, positions, chunking, candidates)
-            for j, hyps in enumerate(texts):
-                errors[j] += sum(
-                    (count_word_errors(corpus.texts[i], hyp, normalizer)
-                     for i, hyp in zip(positions, hyps, strict=True)),
-                    ErrorCounts(),
-                )  # fmt: skip
-            advance(len(positions))
-    points = tuple(
-        GridPoint(o.lm_weight, o.word_score, o.beam_threshold, e)
-        for o, e in zip(candidates[1:], errors[1:], strict=True)
-    )
-    return TuneResult(options, points, errors[0], str(validation),
+    greedy, *errors = _errors(transcriber, corpus, chunking, candidates, normalizer, label)
+    points = [GridPoint(o.lm_weight, o.word_score, o.beam_threshold, e)
+              for o, e in zip(candidates[1:], errors, strict=True)]  # fmt: skip
+    for step in range(grid.extend):
+        new = extension(points)
+        if not new:
+            break
+        candidates = [dataclasses.replace(options, lm_weight=w, word_score=s, beam_threshold=t)
+                      for w, s, t in new]  # fmt: skip
+        more = _errors(transcriber, corpus, chunking, candidates, normalizer,
+                       label and f"{label}, past the grid's edge ({step + 1})")  # fmt: skip
+        points += [GridPoint(w, s, t, e) for (w, s, t), e in zip(new, more, strict=True)]
+    return TuneResult(options, tuple(points), greedy, str(validation),
                       _fingerprint(validation, corpus), len(corpus), sum(corpus.durations),
                       round(time.perf_counter() - began, 3), normalizer)  # fmt: skip
 
@@ -251,6 +291,30 @@ def format_grid(result: TuneResult) -> str:
     else:
         lines.append("chosen: greedy decoding (the LM does not beat greedy on the validation set)")
     return "\n".join(lines)
+
+
+def _errors(
+    transcriber: Transcriber,
+    corpus: Corpus,
+    chunking: ChunkingOptions,
+    candidates: list[DecodingOptions],
+    normalizer: TextNormalizer,
+    label: str | None,
+) -> list[ErrorCounts]:
+    """The word errors of each candidate decoding over the corpus, in one acoustic pass."""
+    errors = [ErrorCounts()] * len(candidates)
+    with progress(len(corpus), label or "", "utterances", show=label is not None) as advance:
+        for start in range(0, len(corpus), SLICE):
+            positions = range(start, min(start + SLICE, len(corpus)))
+            texts = _transcribe(transcriber, corpus, positions, chunking, candidates)
+            for j, hyps in enumerate(texts):
+                errors[j] += sum(
+                    (count_word_errors(corpus.texts[i], hyp, normalizer)
+                     for i, hyp in zip(positions, hyps, strict=True)),
+                    ErrorCounts(),
+                )  # fmt: skip
+            advance(len(positions))
+    return errors
 
 
 def _validation_corpus(validation: str | Path, split: str | None) -> Corpus:
