@@ -10,6 +10,7 @@ import torch
 from asr import ConformerEncoder, CtcModel, EncoderConfig
 from asr.model import ctc_loss, ctc_objective
 from asr.modules.masks import make_pad_mask
+from asr.training.train import CHUNK_DRAW_FIELDS
 
 TINY = EncoderConfig(
     feat_dim=20, d_model=32, num_layers=2, num_heads=4, ff_mult=2, conv_kernel_size=5,
@@ -70,9 +71,6 @@ FIELD_CHANGES = {
 }  # fmt: skip
 
 
-CHUNK_DRAWS = ("max_chunk_frames", "min_chunk_frames", "full_context_prob")
-
-
 def fingerprint(config: EncoderConfig) -> tuple:
     """Parameter names and shapes, plus the train-mode outputs (final and intermediate
     log-probs) of a CtcModel under a fixed seed."""
@@ -94,8 +92,8 @@ def test_every_encoder_config_field_changes_the_model_or_its_output() -> None:
             TINY,
             style_tokens=name.startswith(("num_style", "style_token_")),
             inter_ctc_layers=(1,) if name == "self_conditioning" else (),
-            causal_conv=name in ("dynamic_chunk_training", *CHUNK_DRAWS),
-            dynamic_chunk_training=name in CHUNK_DRAWS,
+            causal_conv=name in ("dynamic_chunk_training", *CHUNK_DRAW_FIELDS),
+            dynamic_chunk_training=name in CHUNK_DRAW_FIELDS,
         )
         changed = dataclasses.replace(base, **{name: value})
         (shapes_a, outs_a), (shapes_b, outs_b) = fingerprint(base), fingerprint(changed)

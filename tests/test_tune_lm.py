@@ -228,7 +228,8 @@ def test_the_search_past_the_edge_decodes_each_new_point_as_decoding_it_alone_do
     options = DecodingOptions(lm=lms["good"])
     once = tune_lm(model, val, options, dataclasses.replace(GRID, extend=1))
     # GRID's best, (2, 2), is its corner: one step past it is weight 4 and word score 5.
-    new = [(p.lm_weight, p.word_score) for p in once.points[len(GRID.points(options)):]]
+    searched = len(GRID.points(options))
+    new = [(p.lm_weight, p.word_score) for p in once.points[searched:]]
     assert new == [(w, s) for w in (0.0, 2.0, 4.0) for s in (-1.0, 2.0, 5.0)
                    if w == 4.0 or s == 5.0]  # fmt: skip
     for point in once.points[-2:]:

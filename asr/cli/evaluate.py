@@ -154,10 +154,10 @@ def tune_lm_weights(
         print("asr: warning: --tune-lm is --manifest: tuned on the test set, its WER is "
               "optimistic", file=sys.stderr, flush=True)  # fmt: skip
     defaults = LmGrid()
+    extend = defaults.extend if args.tune_lm_extend is None else args.tune_lm_extend
     grid = LmGrid(args.tune_lm_weights or defaults.lm_weights,
                   args.tune_word_scores or defaults.word_scores,
-                  args.tune_beam_thresholds,
-                  defaults.extend if args.tune_lm_extend is None else args.tune_lm_extend)  # fmt: skip
+                  args.tune_beam_thresholds, extend)  # fmt: skip
     result = tune_lm(model, args.tune_lm, options, grid, chunking=chunking,
                      normalizer=normalizer, label="tuning")  # fmt: skip
     print(format_grid(result))

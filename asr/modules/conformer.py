@@ -9,11 +9,11 @@ Streaming (WeNet's U2, Zhang et al. 2020): with `chunk` frames the encoder limit
 attention to its own chunk and `left_chunks` chunks before it (`masks.chunk_mask`), and a model
 built with `causal_conv` has no convolution that looks ahead, so no output depends on audio
 after the end of its chunk. `dynamic_chunk_training` draws the chunk size per batch in training
-(full context half the time by default), so one model decodes at any chunk size. `forward_chunk` runs one
-chunk with the cached keys/values and convolution inputs of the chunks before it, carried as
-fixed-structure tensors (`StreamState`: what the exported ONNX chunk graph takes and returns);
-it gives what `forward(..., chunk=C, left_chunks=L)` gives for the same frames
-(tests/test_streaming.py).
+(full context half the time by default), so one model decodes at any chunk size.
+`forward_chunk` runs one chunk with the cached keys/values and convolution inputs of the chunks
+before it, carried as fixed-structure tensors (`StreamState`: what the exported ONNX chunk graph
+takes and returns); it gives what `forward(..., chunk=C, left_chunks=L)` gives for the same
+frames (tests/test_streaming.py).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ Cost: the front end and the acoustic model run once over the validation set
 (`Transcriber.transcribe_many`: each batch's log-probs go to every decoder) and the decoders of
 the grid share one loaded LM (`make_decoders`), so a search costs one acoustic pass plus one
 beam search per utterance and grid point, and each step beyond an edge one more acoustic pass
-and one beam search per utterance and new point (a 6 x 4 grid grows by at most 11 points a step). `TuneResult.write` saves the choice, the grid's WERs,
-the validation set's sha256 and the seconds taken next to the LM, as `<lm>.tuned.json`.
+and one beam search per utterance and new point (a 6 x 4 grid grows by at most 11 points a
+step). `TuneResult.write` saves the choice, the grid's WERs, the validation set's sha256 and the
+seconds taken next to the LM, as `<lm>.tuned.json`.
 """
 
 from __future__ import annotations

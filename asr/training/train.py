@@ -105,6 +105,8 @@ VOCAB_PARAMETERS = (("head.weight", 0), ("head.bias", 0), ("condition.weight", 1
 FRONT_END_VARIANTS = {"framing", "preemphasis", "mel_scale", "log_guard", "log_offset", "window"}
 # Encoder fields of the global-style-token layer, which fine-tuning may add to a bundle.
 STYLE_FIELDS = ("style_tokens", "num_style_tokens", "style_token_heads")
+# How dynamic chunk training draws a batch's chunk: no weight, nothing at inference.
+CHUNK_DRAW_FIELDS = ("max_chunk_frames", "min_chunk_frames", "full_context_prob")
 
 
 def field_differences(section: str, mine: Any, theirs: Any, skip: set[str]) -> list[str]:
@@ -136,8 +138,7 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     # Fields that change no weight and no computation at inference may differ: dropout, and how
     # training draws chunks. A causal convolution has the same weights as a centred one, so an
     # offline model can be fine-tuned into a streaming one (causal_conv + dynamic chunks).
-    free = {"causal_conv", "dynamic_chunk_training", "max_chunk_frames", "min_chunk_frames",
-            "full_context_prob"}
+    free = {"causal_conv", "dynamic_chunk_training", *CHUNK_DRAW_FIELDS}
     adding_style = mine.style_tokens and not theirs.style_tokens
     if adding_style:
         free |= set(STYLE_FIELDS)
