@@ -332,6 +332,14 @@ def check_bench_script(path: Path, args: list[str], monkeypatch: pytest.MonkeyPa
     return problems
 
 
+def check_pytest_options(args: list[str]) -> list[str]:
+    """Options handed on to pytest must be ones pytest's own help lists."""
+    shown = subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=REPO,
+                           capture_output=True, text=True).stdout  # fmt: skip
+    known = set(re.findall(r"(?<![\w-])(-{1,2}[\w-]+)", shown))
+    return [f"pytest has no option {a!r}" for a in args if a.startswith("-") and a not in known]
+
+
 def check_shell(command: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     tokens = [VALUE_PLACEHOLDERS.get(t, t) for t in shlex.split(command)]
     tokens = [t for t in tokens if t not in DROPPED_PLACEHOLDERS]
@@ -361,6 +369,8 @@ def check_shell(command: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         handed = re.search(r'^\s*asr (\S+) "\$@"', script.read_text(), re.M)
         if handed:
             return check_asr([handed.group(1), *args[1:]])
+        if args[1:] and re.search(r'^\s*python -m pytest "\$@"', script.read_text(), re.M):
+            return check_pytest_options(args[1:])
         return [] if not args[1:] else [f"{args[0]}: where do {args[1:]} go?"]
     return [f"no check for {command!r}"]
 
