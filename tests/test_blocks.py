@@ -51,6 +51,30 @@ def test_conv_module_ignores_padding_in_training_and_eval() -> None:
         torch.testing.assert_close(a[1, :8], b[1, :8])
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_depthwise_conv_runs_in_fp32_under_bf16_autocast_and_for_bf16_models(causal: bool) -> None:
+    """oneDNN's bf16 NHWC depthwise kernel stalls on a batch of one, so on CPU the depthwise
+    conv always runs in fp32: under autocast its output is exactly the fp32 module's, and a
+    bf16 module gives bf16 out of an fp32 computation of its bf16 inputs."""
+    torch.manual_seed(0)
+    module = ConformerConvModule(16, kernel_size=7, causal=causal).eval()
+    x = torch.randn(2, 40, 16)
+    weight, bias = module.depthwise.weight, module.depthwise.bias
+    padding = (6, 0) if causal else (3, 3)
+    with torch.no_grad():
+        plain = module._depthwise(x, weight, bias, padding)
+        with torch.autocast("cpu", torch.bfloat16):
+            mixed = module._depthwise(x, weight, bias, padding)
+        half = module._depthwise(x.bfloat16(), weight.bfloat16(), bias.bfloat16(), padding)
+        rounded_in = module._depthwise(
+            x.bfloat16().float(), weight.bfloat16().float(), bias.bfloat16().float(), padding
+        )
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, rounded_in.bfloat16())
+    double = module.double()._depthwise(x.double(), weight.double(), bias.double(), padding)
+    assert double.dtype == torch.float64  # float64 references stay float64
+
+
 def test_masked_batch_norm_statistics_come_from_valid_frames_only() -> None:
     bn = MaskedBatchNorm1d(3, momentum=1.0)
     x = torch.randn(2, 5, 3)

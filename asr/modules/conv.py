@@ -140,7 +140,20 @@ class ConformerConvModule(nn.Module):
         Run as a Conv2d of height 1 on the channels-last view of x: (B, T, D) memory is already
         NHWC for (B, D, 1, T), and oneDNN's NHWC depthwise kernel is 20-40x faster on CPU than
         `conv1d` (which first reorders to channels-first). Same weights, same result.
+
+        Always in fp32 on CPU: oneDNN's bf16 NHWC depthwise kernel stalls for minutes on a
+        batch of one (d_model 144, kernel 31, 300 frames: over 20 s against 0.01 s in fp32,
+        torch 2.11 on an AMX Xeon), which made bf16-mixed training of wide models crawl; the
+        conv is a sliver of the FLOPs, so fp32 costs nothing. The result keeps x's dtype
+        outside autocast (a bf16 model stays bf16) and is fp32 inside it, as autocast's own
+        fp32 ops are.
         """
+        half = x.dtype in (torch.bfloat16, torch.float16)
+        if x.device.type == "cpu" and (half or torch.is_autocast_enabled("cpu")):
+            dtype = torch.float32 if torch.is_autocast_enabled("cpu") else x.dtype
+            with torch.autocast("cpu", enabled=False):
+                y = self._depthwise(x.float(), weight.float(), bias.float(), padding)
+            return y.to(dtype)
         x = x.transpose(1, 2).unsqueeze(2)  # (B, D, 1, T), a view: no copy
         left, right = padding
         if left != right:
