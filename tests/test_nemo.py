@@ -63,7 +63,11 @@ def test_features_log_probs_and_transcripts_match_nemo(bundle, expected):
     for utt, theirs in expected.items():
         feats, log_probs, out_len = run_model(bundle, utt)
         assert feats.shape == theirs["feats"].shape
-        torch.testing.assert_close(feats, theirs["feats"], rtol=0, atol=1e-4)
+        # A log of a near-silent bin amplifies float32 rounding, which differs between CPUs
+        # (1.2e-4 at one of 16240 values on an AMD EPYC): a loose bound on every value, a
+        # tight one on the mean, which any real front-end difference would exceed.
+        torch.testing.assert_close(feats, theirs["feats"], rtol=0, atol=1e-3)
+        assert (feats - theirs["feats"]).abs().mean() < 1e-5
         # NeMo's blank is its last output, ours the first
         nemo_order = torch.cat([log_probs[:, 1:], log_probs[:, :1]], dim=1)
         torch.testing.assert_close(nemo_order, theirs["log_probs"], rtol=0, atol=1e-4)
