@@ -315,8 +315,8 @@ class TrainerConfig:
     # the model.pt export still happen. Without max_steps the learning-rate schedule runs over
     # it; with max_steps the schedule follows the steps and max_time is only a safety stop.
     max_time: str | None = None
-    # "auto": bf16-mixed where bf16 matmuls are fast (a CUDA GPU with bf16, or a CPU with AMX),
-    # else 32-true; see asr.training.hardware.resolve_precision.
+    # "auto": bf16-mixed where bf16 matmuls are fast (a CUDA GPU with bf16, or a CPU with
+    # amx_bf16 or avx512_bf16), else 32-true; see asr.training.hardware.resolve_precision.
     precision: str = "32-true"  # "auto" | "32-true" | "bf16-mixed" | "16-mixed"
     accelerator: str = "auto"
     devices: Any = "auto"

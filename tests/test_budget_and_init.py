@@ -59,9 +59,9 @@ def test_cosine_follows_the_larger_of_step_and_time_progress():
 
 def test_auto_precision_is_bf16_only_where_bf16_is_fast(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_bf16_isa", lambda: "avx512_bf16")
     assert resolve_precision("auto", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_bf16_isa", lambda: None)
     assert resolve_precision("auto", "cpu") == "32-true"
     assert resolve_precision("16-mixed", "cpu") == "16-mixed"
 

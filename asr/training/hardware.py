@@ -20,24 +20,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 tiles (Intel Sapphire Rapids and later)."""
+def cpu_bf16_isa() -> str | None:
+    """The CPU's native bf16 matrix instructions, or None where bf16 is emulated in fp32.
+
+    "amx_bf16": AMX tiles (Intel Sapphire Rapids and later); "avx512_bf16": AVX-512 bf16 dot
+    products (Intel Cooper Lake, AMD Zen 4 and later). On 2 cores a 2048^2 bf16 matmul ran 2.4x
+    fp32's speed on an AMX Xeon and 2.8x on an AMD EPYC with avx512_bf16 (BENCHMARKS.md); on
+    CPUs with neither, 5x slower.
+    """
     try:
-        return " amx_bf16" in Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return None
+    flags = {flag for line in text.splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()}  # fmt: skip
+    return next((isa for isa in ("amx_bf16", "avx512_bf16") if isa in flags), None)
 
 
 def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     """`trainer.precision` for Lightning; "auto" picks bf16-mixed where bf16 is fast.
 
-    bf16-mixed on a CUDA GPU that supports it, or on a CPU with AMX (a 2048^2 bf16 matmul ran
-    2.4x faster than fp32 on 2 cores of such a Xeon, as issue 15 reports); 32-true elsewhere,
-    e.g. on AMD EPYC without AMX, where bf16 matmuls ran 5x slower than fp32 (same source).
+    bf16-mixed on a CUDA GPU that supports it, or on a CPU with native bf16 matrix instructions
+    (`cpu_bf16_isa`); 32-true elsewhere, where bf16 is emulated and runs slower than fp32.
     """
     if precision != "auto":
         return precision
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cpu_has_amx() else "32-true"
+    return "bf16-mixed" if cpu_bf16_isa() else "32-true"
