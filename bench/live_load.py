@@ -60,7 +60,6 @@ from _common import ServeProcess, first_shown, machine, percentiles, word_ends, 
 
 import asr
 from asr.audio import load_audio
-from asr.training.hardware import cpu_bf16_isa
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH = REPO.parent / "shared/data/librispeech-mini/LibriSpeech/test-clean"
@@ -341,7 +340,7 @@ def main() -> None:
     recordings = prepare(args, paths)
     with tempfile.TemporaryDirectory() as tmp:
         info = machine()
-        info.update(bf16_isa=cpu_bf16_isa(), threads=args.threads)  # the server's torch threads
+        info.update(threads=args.threads)  # the server's torch threads
         print(f"{info['date']}  CPU {info['cpu']} (bf16 ISA: {info['bf16_isa']}, "
               f"{info['cores']} cores)  server threads {args.threads}  model {args.model}\n")  # fmt: skip
         print("| chunk ms | streams | first partial ms (median / p90) | final ms | word ms | "

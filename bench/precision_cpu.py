@@ -29,7 +29,6 @@ from asr.config import EncoderConfig, FeatureConfig
 from asr.data.manifest import read_manifest
 from asr.model import CtcModel, ctc_objective
 from asr.tokenizer import CharTokenizer
-from asr.training.hardware import cpu_bf16_isa
 
 SHAPES = {
     "demo (d_model 96, 6 layers)": dict(preset="xs", d_model=96, num_layers=6, num_heads=4,
@@ -100,7 +99,7 @@ def main() -> None:
         manifest = Path("/tmp/precision_cpu_manifest.jsonl")
         write_manifest(part_utterances(root, 2), manifest)
     data, tokenizer, audio = batch(manifest, args.batch_seconds)
-    result = {"machine": machine(), "bf16_isa": cpu_bf16_isa(), "batch_audio_seconds": round(audio, 1),
+    result = {"machine": machine(), "batch_audio_seconds": round(audio, 1),
               "rounds": args.rounds, "shapes": {}}  # fmt: skip
     for name in args.shapes:
         cases, losses = {}, {}
