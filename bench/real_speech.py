@@ -103,6 +103,9 @@ def main() -> int:
     parser.add_argument("--score", type=Path, metavar="MODEL",
                         help="no training: score this trained model.pt (e.g. one `asr train` made "
                              "on the split) as run --name")  # fmt: skip
+    parser.add_argument("--beam-size-token", type=int, default=None,
+                        help="tokens the LM beam search tries per frame (default: all; "
+                             "32 for hundreds of subword units)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,7 +138,9 @@ def main() -> int:
         info = load_bundle(model_path).info
     arpa, lexicon = build_lm(split["train"], model_path, run_dir / "lm")
     model = load_model(model_path)
-    lm_options = DecodingOptions(lm=str(arpa), lexicon=str(lexicon))
+    lm_options = DecodingOptions(
+        lm=str(arpa), lexicon=str(lexicon), beam_size_token=args.beam_size_token
+    )
     tuned = tune_lm(model, split["val"], lm_options)  # weight and word score chosen on val
     scores = {}
     for name, options in (("greedy", DecodingOptions()), ("lm", lm_options),
@@ -143,6 +148,8 @@ def main() -> int:
         result = decode_and_score(model, split["test"], run_dir / "eval" / name, options)
         scores[name] = {"wer": round(100 * result.wer, 2), "cer": round(100 * result.cer, 2)}
     scored = ["--score", str(args.score)] if args.score is not None else []
+    if args.beam_size_token is not None:
+        scored += ["--beam-size-token", str(args.beam_size_token)]
     command = " ".join(["python bench/real_speech.py", "--config", str(args.config), "--minutes",
                         f"{args.minutes:g}", "--name", args.name, *scored, *args.overrides])  # fmt: skip
     result = {
