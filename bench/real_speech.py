@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -147,11 +148,7 @@ def main() -> int:
                           ("lm_tuned", tuned.chosen)):  # fmt: skip
         result = decode_and_score(model, split["test"], run_dir / "eval" / name, options)
         scores[name] = {"wer": round(100 * result.wer, 2), "cer": round(100 * result.cer, 2)}
-    scored = ["--score", str(args.score)] if args.score is not None else []
-    if args.beam_size_token is not None:
-        scored += ["--beam-size-token", str(args.beam_size_token)]
-    command = " ".join(["python bench/real_speech.py", "--config", str(args.config), "--minutes",
-                        f"{args.minutes:g}", "--name", args.name, *scored, *args.overrides])  # fmt: skip
+    command = shlex.join(["python", "bench/real_speech.py", *sys.argv[1:]])  # as run, every option
     result = {
         "name": args.name,
         "command": command,
@@ -160,7 +157,7 @@ def main() -> int:
         "train_wall_seconds": round(wall, 1),
         "steps": info["trained_steps"],
         "precision": info.get("precision"),
-        "plateau_exit": plateau_exit(run_dir / "exp" / "logs" / "csv" / "metrics.csv"),
+        "plateau_exit": plateau_exit(model_path.parent / "logs" / "csv" / "metrics.csv"),
         "test": scores,
         "lm_tuned_on_val": {**tuned_summary(tuned.to_dict()), "seconds": tuned.seconds},
     }
