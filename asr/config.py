@@ -61,6 +61,11 @@ class EncoderConfig:
     # after subsampling, or full context with probability full_context_prob), so one model
     # decodes offline and at any chunk size. WeNet's rule is 1..25 and 0.5.
     causal_conv: bool = False
+    # Dynamic chunk convolution (Li et al. 2023, "Dynamic Chunk Convolution for Unified
+    # Streaming and Non-streaming Conformer ASR"): the centred convolution of an offline model,
+    # which in chunked mode sees K//2 frames of the chunks before and zeros past the end of its
+    # own chunk. At full context it is the offline model exactly; causal_conv's alternative.
+    chunk_conv: bool = False
     dynamic_chunk_training: bool = False
     max_chunk_frames: int = 25
     min_chunk_frames: int = 1
@@ -112,16 +117,31 @@ class EncoderConfig:
             raise ValueError(
                 f"encoder.full_context_prob must be in [0, 1], got {self.full_context_prob}"
             )
-        if self.dynamic_chunk_training and not self.causal_conv:
+        if self.causal_conv and self.chunk_conv:
+            raise ValueError("encoder.causal_conv and encoder.chunk_conv are two kinds of "
+                             "streaming convolution: choose one")  # fmt: skip
+        if self.dynamic_chunk_training and not self.streamable_conv:
             raise ValueError(
-                "encoder.dynamic_chunk_training needs encoder.causal_conv: true (a centred "
-                "convolution would look past the end of each chunk)"
+                "encoder.dynamic_chunk_training needs encoder.chunk_conv: true or "
+                "encoder.causal_conv: true (a centred convolution would look past the end of "
+                "each chunk)"
             )
         check_choice(self, "encoder", "activation", ACTIVATIONS)
         check_choice(self, "encoder", "conv_norm", CONV_NORMS)
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"encoder.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def streamable_conv(self) -> bool:
+        """Whether no convolution output depends on audio past the end of its chunk."""
+        return self.causal_conv or self.chunk_conv
+
+    @property
+    def conv_cache_frames(self) -> int:
+        """Depthwise convolution inputs a stream carries to the next chunk: K-1 (causal) or
+        K//2 (chunk convolution: its left half; the right half is zeros at the chunk's end)."""
+        return self.conv_kernel_size // 2 if self.chunk_conv else self.conv_kernel_size - 1
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> EncoderConfig:

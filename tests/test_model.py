@@ -65,7 +65,7 @@ FIELD_CHANGES = {
     "attn_dropout": 0.5, "activation": "leaky_relu", "conv_norm": "layer_norm",
     "style_tokens": True, "num_style_tokens": 4, "style_token_heads": 2,
     "inter_ctc_layers": (1,), "self_conditioning": True,
-    "causal_conv": True, "dynamic_chunk_training": True, "max_chunk_frames": 2,
+    "causal_conv": True, "chunk_conv": True, "dynamic_chunk_training": True, "max_chunk_frames": 2,
     "min_chunk_frames": 3, "full_context_prob": 1.0,
     "subsampling_padding": 1, "xscaling": True, "shared_pos_bias": True,
 }  # fmt: skip
@@ -96,6 +96,11 @@ def test_every_encoder_config_field_changes_the_model_or_its_output() -> None:
             dynamic_chunk_training=name in CHUNK_DRAW_FIELDS,
         )
         changed = dataclasses.replace(base, **{name: value})
+        if name == "chunk_conv":  # at full context it is the centred conv: compare in chunks
+            base = dataclasses.replace(
+                TINY, causal_conv=True, dynamic_chunk_training=True, full_context_prob=0.0
+            )
+            changed = dataclasses.replace(base, causal_conv=False, chunk_conv=True)
         (shapes_a, outs_a), (shapes_b, outs_b) = fingerprint(base), fingerprint(changed)
         same_outputs = len(outs_a) == len(outs_b) and all(
             a.shape == b.shape and torch.allclose(a, b) for a, b in zip(outs_a, outs_b)

@@ -14,7 +14,7 @@ import onnx
 import pytest
 import soundfile
 import torch
-from test_streaming import calibrated_causal_bundle, noise
+from test_streaming import CONVS, calibrated_streaming_bundle, noise
 
 import asr
 from asr.audio import load_audio
@@ -36,14 +36,16 @@ def recordings(count: int) -> list[Path]:
     return files[:count]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A causal model with random weights (calibrated so that its greedy output on speech has
-    words), as model.pt and exported with its streaming graph, fp32 and int8."""
+@pytest.fixture(scope="module", params=CONVS)
+def exported(tmp_path_factory, request):
+    """A streaming model (causal, then chunked convolutions) with random weights (calibrated so
+    that its greedy output on speech has words), as model.pt and exported with its streaming
+    graph, fp32 and int8."""
     folder = tmp_path_factory.mktemp("onnx_stream")
     files = sorted(LIBRISPEECH.rglob("*.flac")) if LIBRISPEECH.is_dir() else []
     wave = load_audio(files[0]) if files else torch.from_numpy(noise(6.0, 11))
-    pt = calibrated_causal_bundle(folder / "model.pt", wave[None], chunk=16, space_bias=2.0)
+    pt = calibrated_streaming_bundle(folder / "model.pt", wave[None], chunk=16, space_bias=2.0,
+                                     conv=request.param)  # fmt: skip
     fp32 = folder / "model.onnx"  # through the command line, as users export
     argv = ["export", "--model", str(pt), "--format", "onnx", "--output", str(fp32),
             "--streaming"]  # fmt: skip
@@ -126,10 +128,13 @@ def test_streaming_graph_layout_and_metadata(exported):
     heads, d_head = int(props["num_heads"]), int(props["head_dim"])
     assert shapes["att_cache"][:2] == [config.num_layers, 2]
     assert shapes["att_cache"][3] == heads == config.num_heads and shapes["att_cache"][5] == d_head
-    assert shapes["cnn_cache"][2:] == [config.conv_kernel_size - 1, config.d_model]
-    assert int(props["cnn_cache_frames"]) == config.conv_kernel_size - 1
+    k = config.conv_kernel_size  # causal: the last K-1 inputs; chunked: the left half's K//2
+    cache_frames = k // 2 if config.chunk_conv else k - 1
+    assert shapes["cnn_cache"][2:] == [cache_frames, config.d_model]
+    assert int(props["cnn_cache_frames"]) == cache_frames
     assert (props["subsampling_stride"], props["subsampling_span"]) == ("4", "7")
-    assert json.loads(props["asr_bundle"])["encoder_config"]["causal_conv"] is True
+    encoder = json.loads(props["asr_bundle"])["encoder_config"]
+    assert encoder["causal_conv"] != encoder["chunk_conv"]
     main = {p.key: p.value for p in onnx.load(str(exported["fp32"])).metadata_props}
     assert main["streaming_graph"] == "model.streaming.onnx"
 

@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from test_streaming import calibrated_causal_bundle, noise, offline
+from test_streaming import calibrated_streaming_bundle, noise, offline
 
 import asr
 from asr.audio import LogMelFeatures, running_normalize
@@ -84,7 +84,7 @@ def test_per_utterance_normalization_cannot_be_continued_piece_by_piece():
 def running_bundle(tmp_path_factory):
     wave = torch.from_numpy(noise(3.0, 1))[None]
     path = tmp_path_factory.mktemp("running") / "model.pt"
-    return calibrated_causal_bundle(path, wave, normalize="running")
+    return calibrated_streaming_bundle(path, wave, normalize="running")
 
 
 @pytest.mark.parametrize(("chunk_ms", "piece_ms"), [(160, 37), (640, 100), (1280, 1000)])

@@ -35,7 +35,7 @@ from openai.types.beta.realtime import (
     InputAudioBufferCommittedEvent,
 )
 from serving_helpers import KEY, MODEL, RATE, SENTENCES, app_server, serve_process, speak
-from test_streaming import calibrated_causal_bundle
+from test_streaming import calibrated_streaming_bundle
 
 import asr
 from asr.cli import main
@@ -61,7 +61,7 @@ def speech() -> np.ndarray:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, speech):
     wave16 = torch.from_numpy(resampled(speak(SENTENCES[:2]), 16000).astype(np.float32) / 32768)
-    return calibrated_causal_bundle(tmp_path_factory.mktemp("live") / "causal.pt", wave16[None])
+    return calibrated_streaming_bundle(tmp_path_factory.mktemp("live") / "causal.pt", wave16[None])
 
 
 @pytest.fixture(scope="module")

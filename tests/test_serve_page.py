@@ -28,7 +28,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 from serving_helpers import KEY, MODEL, SENTENCES, serve_process, speak, speech_files
-from test_streaming import calibrated_causal_bundle
+from test_streaming import calibrated_streaming_bundle
 
 import asr
 from asr.inference.formats import format_result
@@ -66,7 +66,7 @@ def live_server(tmp_path_factory, files):
     folder = tmp_path_factory.mktemp("live")
     wave, rate = soundfile.read(files["mic"], dtype="float32")
     wave16 = torchaudio.functional.resample(torch.from_numpy(wave), rate, 16000)
-    bundle = calibrated_causal_bundle(folder / "causal.pt", wave16[None])
+    bundle = calibrated_streaming_bundle(folder / "causal.pt", wave16[None])
     args = ["--model", f"live={bundle}", "--api-key", KEY, "--threads", "2", "--chunk-ms", "320"]
     with serve_process(folder, args) as url:
         yield url

@@ -9,8 +9,8 @@ features into ours for each log guard; tokens.txt and the metadata are what sher
 bundles with a front end it cannot compute are refused, and stft framing is warned about.
 
 Streaming (`--streaming`, sherpa-onnx's online NeMo CTC recognizer): it computes the same
-features and runs the windows the export's metadata asks for (a probe graph again); a causal
-model (global or running normalization) exported for it gets, fed in pieces, the text of our
+features and runs the windows the export's metadata asks for (a probe graph again); a streaming
+model (causal or chunked convolutions; global or running normalization) exported for it gets, fed in pieces, the text of our
 chunk-masked forward at the same chunk and left context, one stream at a time and stacked in a
 batch (running: its statistics carried in cache_last_time's extra slot); the graph, run in
 PyTorch over sherpa-onnx's windows, is that forward (none, global, running); the layout and
@@ -68,18 +68,19 @@ def recordings() -> list[Path]:
     return FIXTURE_AUDIO + (sorted(LIBRISPEECH.rglob("*.flac")) if LIBRISPEECH.is_dir() else [])
 
 
-def calibrated_bundle(path: Path, frontend: LogMelFeatures, causal: bool = False) -> Path:
-    """An xs model with random weights and `frontend` (causal convolutions if `causal`), its
-    head calibrated on a real recording (through chunks of 8 frames if causal) so that its greedy
-    output is varied text with words; saved as a bundle at `path`."""
+def calibrated_bundle(path: Path, frontend: LogMelFeatures, conv: str | None = None) -> Path:
+    """An xs model with random weights and `frontend` (streaming convolutions if `conv` is
+    "causal" or "chunk"), its head calibrated on a real recording (through chunks of 8 frames if
+    streaming) so that its greedy output is varied text with words; saved as a bundle at `path`."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
-    encoder = dataclasses.replace(EncoderConfig.preset("xs"), causal_conv=causal)
+    encoder = dataclasses.replace(EncoderConfig.preset("xs"), causal_conv=conv == "causal",
+                                  chunk_conv=conv == "chunk")  # fmt: skip
     model = CtcModel(encoder, tokenizer.vocab_size).eval()
     wave = load_audio(FIXTURE_AUDIO[0])[None]  # (1, N)
     with torch.no_grad():
         feats = frontend(wave, torch.tensor([wave.shape[1]]))
-        x, _ = model.encoder(*feats, chunk=8 if causal else None)  # (1, T', D)
+        x, _ = model.encoder(*feats, chunk=8 if conv else None)  # (1, T', D)
         model.head.weight.div_(x[0].std(0)).mul_(5.0)
         model.head.bias.copy_(-model.head.weight @ x[0].mean(0))
         model.head.bias[tokenizer.space_id] += 5.0
@@ -352,20 +353,20 @@ def test_sherpa_computes_the_features_sherpa_features_and_kaldi_framing_say(prob
 CHUNK_MS, LEFT_SECONDS = 320.0, 1.28  # 8 encoder frames a chunk, 4 chunks of left context
 
 
-def streaming_bundle(path: Path, normalize: str) -> Path:
-    """A causal model (`calibrated_bundle`) with sherpa-onnx's front end and `normalize`
-    (global, running: statistics of the fixture recordings)."""
+def streaming_bundle(path: Path, normalize: str, conv: str = "causal") -> Path:
+    """A streaming model (`calibrated_bundle`, `conv` convolutions) with sherpa-onnx's front end
+    and `normalize` (global, running: statistics of the fixture recordings)."""
     frontend = LogMelFeatures(dataclasses.replace(SHERPA_EXACT, normalize=normalize))
     if normalize in ("global", "running"):
         feats = torch.cat([sherpa_features(load_audio(p)) for p in FIXTURE_AUDIO])  # (T, F)
         frontend.set_global_stats(feats.mean(0), feats.std(0))
-    return calibrated_bundle(path, frontend, causal=True)
+    return calibrated_bundle(path, frontend, conv)
 
 
-def export_online(folder: Path, normalize: str, *flags: str) -> Path:
-    """A causal model (`streaming_bundle`) exported for sherpa-onnx's online recognizer by the
-    CLI: folder/deploy/model.onnx and tokens.txt, the bundle at folder/model.pt."""
-    bundle = streaming_bundle(folder / "model.pt", normalize)
+def export_online(folder: Path, normalize: str, *flags: str, conv: str = "causal") -> Path:
+    """A streaming model (`streaming_bundle`) exported for sherpa-onnx's online recognizer by
+    the CLI: folder/deploy/model.onnx and tokens.txt, the bundle at folder/model.pt."""
+    bundle = streaming_bundle(folder / "model.pt", normalize, conv)
     output = folder / "deploy" / "model.onnx"
     argv = ["export", "--model", str(bundle), "--format", "sherpa-onnx", "--streaming",
             "--chunk-ms", str(CHUNK_MS), "--left-seconds", str(LEFT_SECONDS), *flags]  # fmt: skip
@@ -373,11 +374,13 @@ def export_online(folder: Path, normalize: str, *flags: str) -> Path:
     return output
 
 
-@pytest.fixture(scope="module")
-def online(tmp_path_factory) -> Path:
-    """A global-normalized causal model exported for sherpa-onnx's online recognizer by the CLI,
-    fp32 and int8: DIR/model.onnx, model.int8.onnx, tokens.txt."""
-    return export_online(tmp_path_factory.mktemp("online"), "global", "--quantize", "int8")
+@pytest.fixture(scope="module", params=["causal", "chunk"])
+def online(tmp_path_factory, request) -> Path:
+    """A global-normalized streaming model (causal, then chunked convolutions) exported for
+    sherpa-onnx's online recognizer by the CLI, fp32 and int8: DIR/model.onnx, model.int8.onnx,
+    tokens.txt."""
+    folder = tmp_path_factory.mktemp("online")
+    return export_online(folder, "global", "--quantize", "int8", conv=request.param)
 
 
 def metadata(model: Path) -> dict[str, str]:
@@ -485,19 +488,24 @@ def test_the_online_layout_and_metadata_are_what_sherpa_reads(online):
     dims = [meta[f"cache_last_{name}_dim{i}"] for name in ("channel", "time") for i in (1, 2, 3)]
     head = c.d_model // c.num_heads
     assert dims == [str(v) for v in (c.num_layers * 2 * c.num_heads, 4 * chunk, head,
-                                      c.num_layers, c.conv_kernel_size - 1, c.d_model)]  # fmt: skip
+                                      c.num_layers, c.conv_cache_frames, c.d_model)]  # fmt: skip
+    k = c.conv_kernel_size  # the convolution's inputs kept: K//2 chunked, K-1 causal
+    assert c.conv_cache_frames == (k // 2 if c.chunk_conv else k - 1)
     assert [i.name for i in graph.input] == ["audio_signal", "length", "cache_last_channel",
                                              "cache_last_time", "cache_last_channel_len"]  # fmt: skip
     assert len(graph.output) == 5 and graph.output[0].name == "logprobs"
 
 
-@pytest.mark.parametrize("normalize", ["none", "global", "running"])
-def test_the_online_graph_over_sherpa_windows_is_the_chunked_model(tmp_path, normalize):
+@pytest.mark.parametrize(
+    ("normalize", "conv"), [("none", "causal"), ("global", "causal"), ("running", "causal"),
+                            ("running", "chunk")],
+)  # fmt: skip
+def test_the_online_graph_over_sherpa_windows_is_the_chunked_model(tmp_path, normalize, conv):
     """In PyTorch, without export: sherpa-onnx's windows of sherpa_features through the graph,
     states carried in sherpa-onnx's layout, give our chunk-masked forward's log-probs."""
     from asr.export.sherpa_online import SherpaOnlineGraph
 
-    bundle = load_bundle(streaming_bundle(tmp_path / "m.pt", normalize))
+    bundle = load_bundle(streaming_bundle(tmp_path / "m.pt", normalize, conv))
     graph = SherpaOnlineGraph(bundle.model, bundle.frontend, chunk=4, slots=8).eval()
     wave = load_audio(FIXTURE_AUDIO[1])
     sherpa = sherpa_features(wave).T[None]  # (1, F, T)
@@ -517,7 +525,7 @@ def test_the_online_graph_over_sherpa_windows_is_the_chunked_model(tmp_path, nor
 
 @pytest.mark.parametrize(
     "change, culprit",
-    [({"causal_conv": False}, "encoder.causal_conv"), ({"normalize": "utterance"},
+    [({"causal_conv": False}, "encoder.chunk_conv or encoder.causal_conv"), ({"normalize": "utterance"},
      "features.normalize='utterance'"), ({"preemphasis": 0.0}, "features.preemphasis=0.0")],
 )  # fmt: skip
 def test_a_model_sherpa_cannot_stream_is_refused_in_one_line(tmp_path, capsys, change, culprit):

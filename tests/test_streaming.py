@@ -1,5 +1,5 @@
-"""Streaming: chunk masks, causal convolution, dynamic chunk training, and `Stream` giving the
-same log-probs (1e-4) as the whole utterance run offline with the equivalent chunk mask, for
+"""Streaming: chunk masks, causal and chunked convolution, dynamic chunk training, and `Stream`
+giving the same log-probs (1e-4) as the whole utterance run offline with the equivalent chunk mask, for
 several chunk sizes, left contexts and piece sizes that do not line up with chunks. Audio at
 another rate: the streaming resampler's pieces join into the offline resampling (1e-5), so a
 44.1 kHz file fed in pieces of any size gives the transcript and word times of the file at once."""
@@ -23,7 +23,8 @@ from asr.checkpoint import save_bundle
 from asr.cli import main as cli_main
 from asr.config import EncoderConfig, FeatureConfig
 from asr.model import CtcModel, ctc_objective
-from asr.modules.masks import chunk_mask
+from asr.modules.conv import ConformerConvModule
+from asr.modules.masks import chunk_mask, make_pad_mask
 from asr.resampling import StreamingResampler, resampling_ratio
 from asr.tokenizer import CharTokenizer
 
@@ -37,23 +38,28 @@ def noise(seconds: float, seed: int) -> np.ndarray:
     return (0.3 * envelope * rng.standard_normal(n)).astype(np.float32)
 
 
-def streaming_config(**overrides) -> EncoderConfig:
+CONVS = ["causal", "chunk"]  # the two convolutions that can stream
+
+
+def streaming_config(conv: str = "causal", **overrides) -> EncoderConfig:
+    fields = {"num_layers": 3, "inter_ctc_layers": [1], "self_conditioning": True, **overrides}
     return EncoderConfig.preset(
-        "xs", num_layers=3, causal_conv=True, dynamic_chunk_training=True,
-        inter_ctc_layers=[1], self_conditioning=True, **overrides,
+        "xs", causal_conv=conv == "causal", chunk_conv=conv == "chunk",
+        dynamic_chunk_training=True, **fields,
     )  # fmt: skip
 
 
-def calibrated_causal_bundle(
-    path, wave, chunk=None, space_bias=0.0, normalize="global", **features
+def calibrated_streaming_bundle(
+    path, wave, chunk=None, space_bias=0.0, normalize="global", conv="causal", **features
 ):
-    """A causal model with random weights whose head is calibrated on `wave` (1, N) at 16 kHz
-    (encoded with attention chunks of `chunk` frames), so that its greedy output varies;
-    `space_bias` favours the word boundary; features normalized `normalize` ("global" or
-    "running", with the same statistics), other `features` fields as given. Saved at `path`."""
+    """A streaming model (`conv`: "causal" or "chunk" convolutions) with random weights whose
+    head is calibrated on `wave` (1, N) at 16 kHz (encoded with attention chunks of `chunk`
+    frames), so that its greedy output varies; `space_bias` favours the word boundary; features
+    normalized `normalize` ("global" or "running", with the same statistics), other `features`
+    fields as given. Saved at `path`."""
     torch.manual_seed(0)
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")
-    model = CtcModel(streaming_config(), tokenizer.vocab_size).eval()
+    model = CtcModel(streaming_config(conv), tokenizer.vocab_size).eval()
     frontend = LogMelFeatures(FeatureConfig(normalize=normalize, **features))
     with torch.no_grad():
         frontend.set_global_stats(torch.full((80,), -6.0), torch.full((80,), 3.0))
@@ -65,11 +71,13 @@ def calibrated_causal_bundle(
     return path
 
 
-@pytest.fixture(scope="module")
-def bundle_path(tmp_path_factory):
-    """A causal model with random weights, calibrated so that its greedy output varies."""
+@pytest.fixture(scope="module", params=CONVS)
+def bundle_path(tmp_path_factory, request):
+    """A streaming model with random weights, calibrated so that its greedy output varies: with
+    causal convolutions, and with chunked ones."""
     wave = torch.from_numpy(noise(3.0, 1))[None]
-    return calibrated_causal_bundle(tmp_path_factory.mktemp("stream") / "model.pt", wave)
+    folder = tmp_path_factory.mktemp("stream")
+    return calibrated_streaming_bundle(folder / "model.pt", wave, conv=request.param)
 
 
 def test_chunk_mask():
@@ -97,6 +105,55 @@ def test_chunked_outputs_never_depend_on_later_audio(bundle_path, chunk):
     assert safe > 0
     torch.testing.assert_close(a[:, :safe], b[:, :safe], rtol=0, atol=1e-5)
     assert not torch.allclose(full_a[:, :safe], full_b[:, :safe], atol=1e-3)  # full context does
+
+
+def test_chunked_convolution_is_each_chunk_convolved_alone_with_its_left_context():
+    """Reference: chunk by chunk, the centred convolution of [K//2 frames before the chunk (zeros
+    before the first), the chunk, K//2 zeros]; at full context (or a chunk as long as the input)
+    it is the offline module's convolution with the same weights."""
+    torch.manual_seed(3)
+    chunked = ConformerConvModule(16, 7, chunked=True).eval()
+    centred = ConformerConvModule(16, 7).eval()
+    centred.load_state_dict(chunked.state_dict())
+    with torch.no_grad():  # a non-trivial batch norm, folded at evaluation
+        chunked.norm.running_mean.normal_()
+        chunked.norm.running_var.uniform_(0.5, 2.0)
+        centred.load_state_dict(chunked.state_dict())
+    x = torch.randn(2, 23, 16)
+    pad_mask = make_pad_mask(torch.tensor([23, 17]), 23)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(x, pad_mask), centred(x, pad_mask))
+        torch.testing.assert_close(chunked(x, pad_mask, chunk=23), centred(x, pad_mask))
+        for chunk in (1, 3, 5, 8):
+            got = chunked(x, pad_mask, chunk)
+            inner = chunked.glu(chunked.pointwise_in(chunked.layer_norm(x)))
+            inner = inner.masked_fill(pad_mask[..., None], 0.0)  # (B, T, D), as forward does
+            want = []
+            for start in range(0, 23, chunk):
+                left = inner[:, max(0, start - 3) : start]
+                window = torch.cat([torch.zeros(2, 3 - left.shape[1], 16), left,
+                                    inner[:, start : start + chunk], torch.zeros(2, 3, 16)], 1)  # fmt: skip
+                want.append(chunked._conv_norm_out(window, None, (0, 0)))
+            torch.testing.assert_close(got, torch.cat(want, 1), rtol=0, atol=1e-5)
+            assert not torch.allclose(got, centred(x, pad_mask), atol=1e-3)  # chunks differ
+
+
+def test_a_chunk_conv_model_at_full_context_is_the_offline_model():
+    """Same weights: a chunk_conv model without a chunk computes what the centred model does,
+    so an offline bundle warm-starts it and its full-context accuracy is the offline one's."""
+    torch.manual_seed(4)
+    offline_model = CtcModel(EncoderConfig.preset("xs", num_layers=2), 5).eval()
+    live = CtcModel(
+        streaming_config("chunk", num_layers=2, inter_ctc_layers=[], self_conditioning=False), 5
+    ).eval()
+    live.load_state_dict(offline_model.state_dict())
+    feats, lengths = torch.randn(2, 150, 80), torch.tensor([150, 111])
+    with torch.no_grad():
+        want, _ = offline_model(feats, lengths)
+        got, _ = live(feats, lengths)
+        chunked, _ = live(feats, lengths, chunk=4)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(chunked, want, atol=1e-3)
 
 
 def offline(bundle, wave: np.ndarray, chunk: int, left_chunks: int) -> torch.Tensor:
@@ -196,7 +253,7 @@ def test_kaldi_framed_stream_starts_mirrored_and_ends_only_at_finish():
 @pytest.mark.parametrize(("chunk_ms", "piece_ms"), [(160, 37), (640, 333), (320, 0.0625)])
 def test_a_kaldi_framed_model_streams_as_its_chunk_masked_forward(tmp_path, chunk_ms, piece_ms):
     wave = noise(2.7, 4)
-    path = calibrated_causal_bundle(tmp_path / "kaldi.pt", torch.from_numpy(wave)[None],
+    path = calibrated_streaming_bundle(tmp_path / "kaldi.pt", torch.from_numpy(wave)[None],
                                     normalize="running", **KALDI_FEATURES)  # fmt: skip
     transcriber = asr.load_model(path)
     stream = transcriber.stream(chunk_ms, None)
@@ -233,9 +290,10 @@ def test_a_model_with_centred_convolutions_cannot_stream(tmp_path):
         asr.load_model(tmp_path / "m.pt").stream()
 
 
-def test_dynamic_chunk_training_draws_chunks_and_learns():
+@pytest.mark.parametrize("conv", CONVS)
+def test_dynamic_chunk_training_draws_chunks_and_learns(conv):
     torch.manual_seed(0)
-    model = CtcModel(streaming_config(), 5).train()
+    model = CtcModel(streaming_config(conv), 5).train()
     draws = [model.encoder.draw_chunk(100) for _ in range(400)]
     full = sum(d is None for d in draws)
     assert 140 < full < 260 and {d for d in draws if d} <= set(range(1, 26))
@@ -250,8 +308,10 @@ def test_dynamic_chunk_training_draws_chunks_and_learns():
         streaming_config(min_chunk_frames=30)
     with pytest.raises(ValueError, match="full_context_prob"):
         streaming_config(full_context_prob=1.5)
-    with pytest.raises(ValueError, match="causal_conv"):
+    with pytest.raises(ValueError, match="chunk_conv: true or encoder.causal_conv"):
         EncoderConfig.preset("xs", dynamic_chunk_training=True)
+    with pytest.raises(ValueError, match="choose one"):
+        EncoderConfig.preset("xs", causal_conv=True, chunk_conv=True)
     feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 90])
     targets, target_lengths = torch.tensor([[1, 2, 3], [4, 1, 0]]), torch.tensor([3, 2])
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
@@ -385,7 +445,7 @@ def speech_bundle_path(tmp_path_factory, speech_44k):
     head calibrated on the sentence, the word boundary favoured."""
     wave = load_audio_array(speech_44k, 44100, RATE)[None]
     path = tmp_path_factory.mktemp("speech") / "model.pt"
-    return calibrated_causal_bundle(path, wave, chunk=16, space_bias=2.0)
+    return calibrated_streaming_bundle(path, wave, chunk=16, space_bias=2.0)
 
 
 def stream_pieces(transcriber, signal: np.ndarray, rate: int, piece: int):

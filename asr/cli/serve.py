@@ -72,7 +72,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_chunking_arguments(parser)
     live = add_streaming_arguments(
         parser, "live captions (WebSocket GET /v1/realtime?intent=transcription; a model "
-        "trained with encoder.causal_conv and features.normalize running, global or none)"
+        "trained with encoder.chunk_conv or causal_conv and features.normalize running, "
+        "global or none)"
     )  # fmt: skip
     live.add_argument("--max-live-streams", type=int, default=LIVE_STREAMS, metavar="N",
                       help="live sessions at once; more are closed with code 1013 (try again "

@@ -160,7 +160,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="onnx: also write the chunk graph for live transcription, "
                    "NAME.streaming.onnx beside the output; sherpa-onnx: write the model for "
                    "its online (streaming) NeMo CTC recognizer instead of the offline one "
-                   "(models trained with encoder.causal_conv)")  # fmt: skip
+                   "(models trained with encoder.chunk_conv or causal_conv)")  # fmt: skip
     add_streaming_arguments(p, "sherpa-onnx --streaming: the chunk and left context, fixed in "
                             "the exported model")  # fmt: skip
     p.add_argument("--output", required=True, metavar="FILE",

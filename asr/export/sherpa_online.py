@@ -7,9 +7,9 @@ feature frames at a time, carrying three state tensors between windows. Written 
 [--chunk-ms 640] [--left-seconds 10] [--quantize int8]`:
 
     DIR/model.onnx   audio_signal (B, F, W) float32, length (B,) int64, cache_last_channel
-                     (B, 2 N H, L, Dh), cache_last_time (B, N, K-1, D), cache_last_channel_len
+                     (B, 2 N H, L, Dh), cache_last_time (B, N, P, D), cache_last_channel_len
                      (B,) int64 -> logprobs (B, C, V), logprobs_len (B,) and the three caches
-                     after the window (same shapes; cache_last_time (B, N + E, K-1, D) with
+                     after the window (same shapes; cache_last_time (B, N + E, P, D) with
                      features.normalize running, below); metadata window_size W, chunk_shift S,
                      cache_last_channel_dim1..3, cache_last_time_dim1..3, vocab_size V - 1
                      (sherpa-onnx adds the blank), subsampling_factor
@@ -28,8 +28,8 @@ before `input_finished()`.
 Our side: one window is `CtcModel.forward_chunk` on C encoder frames, W = stride (C - 1) + span
 feature frames (4C + 3 at 4x: the subsampling's 3 frames of overlap with the window before),
 S = stride C; the state is `StreamState` in sherpa-onnx's layout, batch first: each block's
-attention keys and values ((N, 2, B, H, L, Dh) -> (B, 2 N H, L, Dh)), causal-convolution inputs
-((N, B, K-1, D) -> (B, N, K-1, D)) and the count of filled cache slots. L = left_chunks C slots
+attention keys and values ((N, 2, B, H, L, Dh) -> (B, 2 N H, L, Dh)), convolution inputs
+((N, B, P, D) -> (B, N, P, D)) and the count of filled cache slots. L = left_chunks C slots
 of left context. So sherpa-onnx's text is that of `CtcModel.forward(feats, lengths, chunk=C,
 left_chunks=...)` on the frames it decoded (tests/test_sherpa_onnx.py, real recordings). The
 graph maps sherpa-onnx's features onto ours first (`asr.export.sherpa.our_features`): the model
@@ -38,7 +38,7 @@ running) and have a front end sherpa-onnx computes (`check_front_end`).
 
 Running normalization (`asr.audio.running_normalize`: frame t by the mean and std of frames
 0..t and `running_prior_frames` frames of the training set's statistics) needs what was heard
-before the window. It travels in E extra slots of cache_last_time, (B, N + E, K-1, D), E the
+before the window. It travels in E extra slots of cache_last_time, (B, N + E, P, D), E the
 fewest that hold 2F + 1 values: the frame count, then per band the sum and the sum of squares of
 the raw log-mels' deviations from the training mean (small numbers: float32 keeps them; the count
 is exact up to 2^24 frames, 46 hours). All zeros is "nothing heard yet", as sherpa-onnx starts
@@ -100,9 +100,9 @@ class SherpaOnlineGraph(nn.Module):
         self.window = geometry.stride * (chunk - 1) + geometry.span  # W
         self.shift = geometry.stride * chunk  # S
         self.running = frontend.config.normalize == "running"
-        # The running statistics' slots in cache_last_time: 2F + 1 values in slots of (K-1) D.
+        # The running statistics' slots in cache_last_time: 2F + 1 values in slots of P D.
         c = model.config
-        self.slot_size = (c.conv_kernel_size - 1) * c.d_model
+        self.slot_size = c.conv_cache_frames * c.d_model
         self.stats_slots = math.ceil(self.stats_size / self.slot_size) if self.running else 0
         # The log guard without the normalization: the raw log-mels the statistics are of.
         raw = dataclasses.replace(frontend.config, normalize="none")
@@ -122,7 +122,7 @@ class SherpaOnlineGraph(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         length = length.long()
         N = self.model.config.num_layers
-        cnn_cache, stats = cache_last_time[:, :N], cache_last_time[:, N:]  # (B, N|E, K-1, D)
+        cnn_cache, stats = cache_last_time[:, :N], cache_last_time[:, N:]  # (B, N|E, P, D)
         if self.running:
             raw = our_features(self.raw_frontend, audio_signal, length)  # (B, W, F)
             feats, stats = self.running_features(raw, stats)
@@ -140,10 +140,10 @@ class SherpaOnlineGraph(nn.Module):
         self, raw: torch.Tensor, stats: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw log-mels of one window (B, W, F) and the statistics after the window before, in
-        their slots (B, E, K-1, D) -> the window normalized (`running_normalize` continued) and
+        their slots (B, E, P, D) -> the window normalized (`running_normalize` continued) and
         the statistics after its first S frames, in the same slots (module docstring)."""
         B, _, F = raw.shape
-        flat = stats.flatten(1).double()  # (B, E (K-1) D)
+        flat = stats.flatten(1).double()  # (B, E P D)
         count, dev, dev_sq = flat[:, :1], flat[:, 1 : F + 1], flat[:, F + 1 : 2 * F + 1]
         m = self.frontend.global_mean.double()  # (F,): sums of deviations from it are stored
         state = (count[:, 0], dev + count * m, dev_sq + 2 * m * dev + count * m * m)
@@ -158,7 +158,7 @@ class SherpaOnlineGraph(nn.Module):
     def initial_states(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The states before the first window, in sherpa-onnx's layout (zeros, as it makes them)."""
         channel, time, cache_len = from_state(self.model.initial_state(batch, self.slots))
-        stats = time.new_zeros(batch, self.stats_slots, *time.shape[2:])  # (B, E, K-1, D)
+        stats = time.new_zeros(batch, self.stats_slots, *time.shape[2:])  # (B, E, P, D)
         return channel, torch.cat([time, stats], dim=1), cache_len
 
     def metadata(self, quantization: str) -> dict[str, str]:
@@ -184,7 +184,7 @@ class SherpaOnlineGraph(nn.Module):
 
 def from_state(state: StreamState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`StreamState` -> sherpa-onnx's states, batch first: cache_last_channel (B, 2 N H, L, Dh),
-    cache_last_time (B, N, K-1, D), cache_last_channel_len (B,)."""
+    cache_last_time (B, N, P, D), cache_last_channel_len (B,)."""
     N, two, B, H, L, Dh = state.att_cache.shape
     channel = state.att_cache.permute(2, 0, 1, 3, 4, 5).reshape(B, N * two * H, L, Dh)
     return channel, state.cnn_cache.transpose(0, 1), state.cache_len

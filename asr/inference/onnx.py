@@ -22,7 +22,8 @@ chunk graph, `CtcModel.forward_chunk` with its state as explicit tensors (`Strea
                                              chunk's by span - stride: 3 at 4x, 7 at 8x)
     att_cache (N, 2, B, H, L, Dh)            keys and values of the last L frames per block,
                                              the valid ones right-aligned
-    cnn_cache (N, B, K-1, D)                 each block's last causal-convolution inputs
+    cnn_cache (N, B, P, D)                   each block's last convolution inputs (P = K-1
+                                             causal, K//2 chunked)
     cache_len (B,) int64                     valid frames in att_cache (the rest is masked)
       -> log_probs (B, C, V), new_att_cache, new_cnn_cache, new_cache_len (same shapes)
 
@@ -116,7 +117,7 @@ def streaming_metadata(bundle: ModelBundle, quantization: str = "none") -> dict[
         "num_heads": str(config.num_heads),
         "head_dim": str(config.d_model // config.num_heads),
         "d_model": str(config.d_model),
-        "cnn_cache_frames": str(config.conv_kernel_size - 1),
+        "cnn_cache_frames": str(config.conv_cache_frames),
         "subsampling_stride": str(geometry.stride),
         "subsampling_span": str(geometry.span),
         "frame_seconds": repr(bundle.frame_seconds),
@@ -170,7 +171,7 @@ class OnnxCtcModel:
         d_head = c.d_model // c.num_heads
         return StreamState(
             torch.zeros(c.num_layers, 2, batch, c.num_heads, cache_frames, d_head),
-            torch.zeros(c.num_layers, batch, c.conv_kernel_size - 1, c.d_model),
+            torch.zeros(c.num_layers, batch, c.conv_cache_frames, c.d_model),
             torch.zeros(batch, dtype=torch.long),
         )
 
@@ -266,7 +267,8 @@ def _open_streaming_graph(path: Path | None, streaming: Path | None, threads: in
     if streaming is None:
         raise ValueError(
             f"{path} has no streaming graph: export the model with `asr export --model "
-            f"model.pt --format onnx --streaming` (a model trained with encoder.causal_conv), "
+            f"model.pt --format onnx --streaming` (a model trained with encoder.chunk_conv or "
+            f"causal_conv), "
             f"or stream the model.pt"
         )
     if not streaming.is_file():

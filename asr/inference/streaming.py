@@ -14,7 +14,7 @@ windows mirror the utterance's end, at `finish`: the features equal the offline 
 
 The log-probs equal those of `CtcModel.forward(feats, lengths, chunk, left_chunks)` on the
 whole utterance (tests/test_streaming.py), which is what a model trained with
-`dynamic_chunk_training` and `causal_conv` is trained for. Memory is bounded by the chunk and
+`dynamic_chunk_training` and `chunk_conv` or `causal_conv` is trained for. Memory is bounded by the chunk and
 its left context except for the utterance's log-probs, kept for the final decoding and word
 alignment (V floats per output frame: 11 MB per hour of audio for a character model).
 
@@ -23,7 +23,7 @@ PyTorch or ONNX: the chunk step is the model's (`asr.model.StreamingAcousticMode
 (`StreamState`): per block the attention keys and values of the last L frames, L the left
 context in encoder frames (fixed for the stream; the slots not yet filled are masked and
 `cache_len` counts the filled ones; with `left_seconds` None the slots grow with the stream),
-and the last K-1 inputs of each causal convolution. The subsampling carries nothing: each
+and the last inputs of each convolution (K-1 causal, K//2 chunked). The subsampling carries nothing: each
 chunk's feature frames repeat the last span - stride (3 at 4x) of the one before. So the same
 `Stream` runs on `CtcModel` or on ONNX Runtime (`OnnxCtcModel` with the chunk graph that
 `asr export --streaming` writes beside the .onnx; its layout: `asr.inference.onnx`), with the
@@ -260,7 +260,7 @@ def chunk_frames(
 
 def check_streamable(config: EncoderConfig, features: FeatureConfig) -> None:
     """ValueError (one line) unless a model of `config` with the front end of `features` can
-    stream: causal convolutions, features computable from the past alone, no style tokens."""
+    stream: chunked or causal convolutions, features computable from the past alone, no style tokens."""
     check_streamable_encoder(config)
     if features.normalize in ("utterance", "per_feature"):
         raise ValueError(
@@ -274,11 +274,12 @@ def check_streamable(config: EncoderConfig, features: FeatureConfig) -> None:
 
 def check_streamable_encoder(config: EncoderConfig) -> None:
     """ValueError (one line) unless an encoder of `config` can stream, whatever its features:
-    causal convolutions, unpadded subsampling, no style tokens."""
-    if not config.causal_conv:
+    chunked or causal convolutions, unpadded subsampling, no style tokens."""
+    if not config.streamable_conv:
         raise ValueError(
-            "this model cannot stream: it was trained without encoder.causal_conv (its "
-            "convolutions look ahead); train one with causal_conv and dynamic_chunk_training"
+            "this model cannot stream: it was trained without encoder.chunk_conv or "
+            "encoder.causal_conv (its convolutions look ahead); train one with chunk_conv and "
+            "dynamic_chunk_training"
         )
     if config.subsampling_padding:
         raise ValueError("streaming needs encoder.subsampling_padding 0 (padded "

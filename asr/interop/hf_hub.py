@@ -241,6 +241,7 @@ def _card_architecture(bundle: ModelBundle) -> str:
         ("`conv_kernel_size`", config.conv_kernel_size),
         ("`subsampling_factor`", config.subsampling_factor),
         ("`causal_conv` (streaming)", str(config.causal_conv).lower()),
+        ("`chunk_conv` (streaming)", str(config.chunk_conv).lower()),
         ("parameters", f"{parameters:,}"),
     ]
     return "## Architecture\n\n" + _table(rows)

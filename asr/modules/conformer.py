@@ -7,8 +7,10 @@ features 4x (or 8x) with convolutions first. `EncoderConfig` unpacks into module
 
 Streaming (WeNet's U2, Zhang et al. 2020): with `chunk` frames the encoder limits each frame's
 attention to its own chunk and `left_chunks` chunks before it (`masks.chunk_mask`), and a model
-built with `causal_conv` has no convolution that looks ahead, so no output depends on audio
-after the end of its chunk. `dynamic_chunk_training` draws the chunk size per batch in training
+built with `causal_conv` has no convolution that looks ahead, and one built with `chunk_conv`
+(dynamic chunk convolution, Li et al. 2023) convolves each chunk with zeros past its end, so no
+output depends on audio after the end of its chunk; at full context a `chunk_conv` model is an
+offline model, centred convolutions and all. `dynamic_chunk_training` draws the chunk size per batch in training
 (full context half the time by default), so one model decodes at any chunk size.
 `forward_chunk` runs one chunk with the cached keys/values and convolution inputs of the chunks
 before it, carried as fixed-structure tensors (`StreamState`: what the exported ONNX chunk graph
@@ -74,13 +76,15 @@ class ConformerBlock(nn.Module):
         activation: str = "swish",
         conv_norm: str = "batch_norm",
         causal_conv: bool = False,
+        chunk_conv: bool = False,
     ) -> None:
         super().__init__()
         self.ff1 = FeedForward(d_model, ff_mult, activation, dropout)
         self.mhsa = ConformerMultiHeadedSelfAttention(d_model, num_heads, dropout, attn_dropout)
         self.conv = ConformerConvModule(
-            d_model, conv_kernel_size, conv_norm, activation, dropout, causal=causal_conv
-        )
+            d_model, conv_kernel_size, conv_norm, activation, dropout, causal=causal_conv,
+            chunked=chunk_conv,
+        )  # fmt: skip
         self.ff2 = FeedForward(d_model, ff_mult, activation, dropout)
         self.final_norm = nn.LayerNorm(d_model)
 
@@ -90,12 +94,14 @@ class ConformerBlock(nn.Module):
         pos_emb: torch.Tensor,
         pad_mask: torch.Tensor | None = None,
         attn_bias: torch.Tensor | None = None,
+        chunk: int | None = None,
     ) -> torch.Tensor:
         """x (B, T, D), pos_emb (2T-1, D), pad_mask (B, T), attn_bias (see
-        `masks.attention_bias`; default: from pad_mask) -> (B, T, D)."""
+        `masks.attention_bias`; default: from pad_mask) -> (B, T, D). `chunk`: the chunk size
+        attn_bias limits attention to, which a chunked convolution follows too."""
         x = torch.add(x, self.ff1(x), alpha=0.5)  # x + FF/2 in one pass
         x = x + self.mhsa(x, pos_emb, pad_mask, attn_bias)
-        x = x + self.conv(x, pad_mask)
+        x = x + self.conv(x, pad_mask, chunk)
         x = torch.add(x, self.ff2(x), alpha=0.5)
         return self.final_norm(x)
 
@@ -109,8 +115,8 @@ class ConformerBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Streaming, evaluation: one chunk x (B, C, D) after L cache slots, pos_emb
         (2(L+C)-1, D), attn_bias (B, 1, 1, L+C) masking the empty slots, att_cache
-        (2, B, H, L, Dh) keys and values, cnn_cache (B, K-1, D) the depthwise convolution's
-        last inputs -> (B, C, D) and the next chunk's att_cache and cnn_cache (same shapes)."""
+        (2, B, H, L, Dh) keys and values, cnn_cache (B, P, D) the depthwise convolution's
+        last inputs (P = `EncoderConfig.conv_cache_frames`) -> (B, C, D) and the next chunk's att_cache and cnn_cache (same shapes)."""
         x = torch.add(x, self.ff1(x), alpha=0.5)
         mhsa = self.mhsa
         attn, att_cache = mhsa.attention.forward_chunk(
@@ -129,8 +135,8 @@ class StreamState(NamedTuple):
 
     att_cache (N, 2, B, H, L, Dh): each block's attention keys ([:, 0]) and values ([:, 1]) of
         the last L frames, the valid ones at the right end (slots before them are masked);
-    cnn_cache (N, B, K-1, D): each block's last K-1 depthwise convolution inputs (zeros at the
-        start: the causal left padding);
+    cnn_cache (N, B, P, D): each block's last P depthwise convolution inputs (zeros at the
+        start: the left padding), P = K-1 (causal) or K//2 (chunk convolution);
     cache_len (B,) int64: how many of the L slots hold frames (min(L, frames so far)).
     """
 
@@ -169,6 +175,7 @@ class ConformerEncoder(nn.Module):
                 c.activation,
                 c.conv_norm,
                 c.causal_conv,
+                c.chunk_conv,
             )
             for _ in range(c.num_layers)
         )
@@ -240,7 +247,7 @@ class ConformerEncoder(nn.Module):
         blocked = None if chunk is None else chunk_mask(x.shape[1], chunk, left_chunks, x.device)
         bias = attention_bias(pad_mask, x.dtype, blocked)  # computed once for all blocks
         for i, block in enumerate(self.blocks, start=1):
-            x = block(x, pos_emb, pad_mask, bias)
+            x = block(x, pos_emb, pad_mask, bias, chunk)
             if after_block is not None and i < len(self.blocks):
                 x = after_block(i, x)
         return x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
@@ -254,7 +261,7 @@ class ConformerEncoder(nn.Module):
         d_head = c.d_model // c.num_heads
         return StreamState(
             torch.zeros(c.num_layers, 2, batch, c.num_heads, cache_frames, d_head, device=device),
-            torch.zeros(c.num_layers, batch, c.conv_kernel_size - 1, c.d_model, device=device),
+            torch.zeros(c.num_layers, batch, c.conv_cache_frames, c.d_model, device=device),
             torch.zeros(batch, dtype=torch.long, device=device),
         )
 

@@ -3,9 +3,14 @@
 LayerNorm -> pointwise conv to 2D -> GLU -> depthwise conv (odd kernel) -> BatchNorm (or
 LayerNorm) -> Swish -> pointwise conv -> dropout. Padded frames are zeroed before the depthwise
 convolution and the batch norm statistics are taken over valid frames only, so padding never
-leaks into valid frames, in training or in evaluation. `causal=True` (streaming models) pads the
-depthwise convolution on the left only, so no output frame depends on a later one; streaming
-then carries the last K-1 frames of its input from chunk to chunk (`forward_chunk`).
+leaks into valid frames, in training or in evaluation. Two ways to stream:
+- `causal=True` pads the depthwise convolution on the left only, so no output frame depends on
+  a later one; streaming carries the last K-1 frames of its input from chunk to chunk.
+- `chunked=True` (dynamic chunk convolution, Li et al. 2023) keeps the centred convolution of an
+  offline model, and when called with a chunk size each chunk sees the K//2 input frames before
+  it and zeros past its own end: at full context it is the offline convolution, in chunks no
+  output depends on a later chunk. Streaming carries the last K//2 input frames.
+`forward_chunk` runs one streamed chunk with that cache.
 """
 
 from __future__ import annotations
@@ -78,9 +83,12 @@ class ConformerConvModule(nn.Module):
         activation: str = "swish",
         dropout: float = 0.1,
         causal: bool = False,
+        chunked: bool = False,
     ) -> None:
         super().__init__()
-        self.causal = causal
+        if causal and chunked:
+            raise ValueError("a convolution module is causal or chunked, not both")
+        self.causal, self.chunked = causal, chunked
         if kernel_size % 2 == 0:
             raise ValueError(
                 f"conv_kernel_size must be odd to keep frames centred, got {kernel_size}"
@@ -98,38 +106,78 @@ class ConformerConvModule(nn.Module):
         self.pointwise_out = nn.Linear(d_model, d_model)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, D), pad_mask (B, T) -> (B, T, D)."""
+    def forward(
+        self, x: torch.Tensor, pad_mask: torch.Tensor | None = None, chunk: int | None = None
+    ) -> torch.Tensor:
+        """x (B, T, D), pad_mask (B, T) -> (B, T, D). `chunk` (frames): a chunked module
+        convolves each chunk of that many frames as a stream would; others ignore it."""
         x = self.glu(self.pointwise_in(self.layer_norm(x)))  # (B, T, D)
         if pad_mask is not None:
             x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
         k = self.depthwise.kernel_size[0]
         padding = (k - 1, 0) if self.causal else (k // 2, k // 2)
-        return self._conv_norm_out(x, pad_mask, padding)
+        return self._conv_norm_out(x, pad_mask, padding, chunk if self.chunked else None)
+
+    @property
+    def cache_frames(self) -> int:
+        """Input frames a stream carries from chunk to chunk: K-1 (causal) or K//2 (chunked)."""
+        k = self.depthwise.kernel_size[0]
+        return k // 2 if self.chunked else k - 1
 
     def forward_chunk(
         self, x: torch.Tensor, cache: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Streaming (causal, evaluation): x (B, C, D) and the last K-1 frames (B, K-1, D) of
-        the previous chunks' depthwise input (zeros at the start, as the left padding)
-        -> (out (B, C, D), the cache for the next chunk (B, K-1, D))."""
-        assert self.causal and not self.training, "forward_chunk: causal models in eval mode"
+        """Streaming (causal or chunked, evaluation): x (B, C, D) and the last `cache_frames`
+        frames (B, P, D) of the previous chunks' depthwise input (zeros at the start, as the
+        left padding) -> (out (B, C, D), the cache for the next chunk (B, P, D)). A chunked
+        module pads the chunk's end with K//2 zero frames, as `forward(..., chunk=C)` does."""
+        assert (self.causal or self.chunked) and not self.training, (
+            "forward_chunk: causal or chunked models in eval mode"
+        )
         c = x.shape[1]
         x = self.glu(self.pointwise_in(self.layer_norm(x)))  # (B, C, D)
-        x = torch.cat([cache, x], dim=1)  # (B, K-1+C, D)
-        return self._conv_norm_out(x, None, (0, 0)), x[:, c:]  # the last K-1 frames
+        x = torch.cat([cache, x], dim=1)  # (B, P+C, D)
+        right = self.depthwise.kernel_size[0] // 2 if self.chunked else 0
+        return self._conv_norm_out(x, None, (0, right)), x[:, c:]  # the last P frames
 
     def _conv_norm_out(
-        self, x: torch.Tensor, pad_mask: torch.Tensor | None, padding: tuple[int, int]
+        self,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor | None,
+        padding: tuple[int, int],
+        chunk: int | None = None,
     ) -> torch.Tensor:
-        """Depthwise conv (`padding` frames left and right), norm, activation, pointwise out."""
+        """Depthwise conv (`padding` frames left and right; per chunk of `chunk` frames if
+        given), norm, activation, pointwise out."""
         if isinstance(self.norm, MaskedBatchNorm1d) and not self.norm.training:
-            x = self._depthwise(x, *self._folded_batch_norm(), padding)  # conv and norm in one
+            weight, bias = self._folded_batch_norm()  # conv and norm in one
         else:
-            x = self._depthwise(x, self.depthwise.weight, self.depthwise.bias, padding)
-            x = self.norm(x, pad_mask) if isinstance(self.norm, MaskedBatchNorm1d) else self.norm(x)
+            weight, bias = self.depthwise.weight, self.depthwise.bias
+        if chunk is None or chunk >= x.shape[1]:
+            x = self._depthwise(x, weight, bias, padding)
+        else:
+            x = self._chunked_depthwise(x, weight, bias, chunk)
+        if isinstance(self.norm, MaskedBatchNorm1d):
+            x = self.norm(x, pad_mask) if self.norm.training else x
+        else:
+            x = self.norm(x)
         x = self.pointwise_out(self.activation(x))
         return self.dropout(x)
+
+    def _chunked_depthwise(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D): the centred depthwise conv of each chunk of `chunk`
+        frames with the K//2 frames before it (zeros before the first) and K//2 zeros after
+        it, as a stream computes it chunk by chunk (Li et al. 2023)."""
+        b, t, d = x.shape
+        half = weight.shape[-1] // 2
+        n = -(-t // chunk)  # chunks, the last one zero-padded
+        padded = F.pad(x, (0, 0, half, n * chunk - t))  # (B, K//2 + N C, D)
+        windows = padded.unfold(1, half + chunk, chunk)  # (B, N, D, K//2 + C)
+        windows = windows.permute(0, 1, 3, 2).reshape(b * n, half + chunk, d)
+        y = self._depthwise(windows, weight, bias, (0, half))  # (B N, C, D)
+        return y.reshape(b, n * chunk, d)[:, :t]
 
     def _depthwise(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: tuple[int, int]

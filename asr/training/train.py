@@ -136,9 +136,10 @@ def initialize_from(system: AsrSystem, path: str | Path) -> list[str]:
     bundle = open_bundle(path)
     mine, theirs = system.model.config, bundle.model.config
     # Fields that change no weight and no computation at inference may differ: dropout, and how
-    # training draws chunks. A causal convolution has the same weights as a centred one, so an
-    # offline model can be fine-tuned into a streaming one (causal_conv + dynamic chunks).
-    free = {"causal_conv", "dynamic_chunk_training", *CHUNK_DRAW_FIELDS}
+    # training draws chunks. A causal or chunked convolution has the same weights as a centred
+    # one, so an offline model can be fine-tuned into a streaming one (chunk_conv or causal_conv,
+    # with dynamic chunks).
+    free = {"causal_conv", "chunk_conv", "dynamic_chunk_training", *CHUNK_DRAW_FIELDS}
     adding_style = mine.style_tokens and not theirs.style_tokens
     if adding_style:
         free |= set(STYLE_FIELDS)
