@@ -188,6 +188,31 @@ def test_the_shipped_streaming_bundle_goes_live_and_fine_tunes_into_a_live_model
         torch.testing.assert_close(value, source[key], rtol=0, atol=0, msg=key)
 
 
+CHUNK_OVERRIDES = ["encoder.chunk_conv=true", "encoder.dynamic_chunk_training=true",
+                   "encoder.min_chunk_frames=8", "features.normalize=running"]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["demo-synthetic-char-chunk", "demo-synthetic-char"])
+def test_a_chunk_convolution_model_starts_from_all_weights_of_either_bundle(source):
+    """A chunk-convolution model has the offline architecture, so the AN4 config with the live
+    overrides starts from every weight of the offline bundle, or of the shipped chunk bundle,
+    which itself goes live."""
+    bundle = load_bundle(source)
+    config = load_config(REPO / "configs/an4.yaml", [f"init_from={source}", *CHUNK_OVERRIDES])
+    system = train_module.AsrSystem(config, bundle.tokenizer)
+    assert train_module.initialize_from(system, config.init_from) == []
+    weights = bundle.model.state_dict()
+    for key, value in system.model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0, msg=key)
+    if source == "demo-synthetic-char-chunk":
+        assert bundle.model.config.chunk_conv and bundle.frontend.config.normalize == "running"
+        from asr.inference.transcribe import load_model
+
+        stream = load_model(source).stream(chunk_ms=640, left_seconds=10)
+        stream.accept(torch.zeros(16000))
+        assert stream.finish().text == ""
+
+
 def test_the_an4_config_fine_tunes_the_shipped_model():
     config = load_config(REPO / "configs/an4.yaml")
     tokens = CharTokenizer("abcdefghijklmnopqrstuvwxyz'")  # real transcripts have apostrophes
