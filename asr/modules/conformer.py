@@ -116,7 +116,8 @@ class ConformerBlock(nn.Module):
         """Streaming, evaluation: one chunk x (B, C, D) after L cache slots, pos_emb
         (2(L+C)-1, D), attn_bias (B, 1, 1, L+C) masking the empty slots, att_cache
         (2, B, H, L, Dh) keys and values, cnn_cache (B, P, D) the depthwise convolution's
-        last inputs (P = `EncoderConfig.conv_cache_frames`) -> (B, C, D) and the next chunk's att_cache and cnn_cache (same shapes)."""
+        last inputs (P = `EncoderConfig.conv_cache_frames`) -> (B, C, D) and the next chunk's
+        att_cache and cnn_cache (same shapes)."""
         x = torch.add(x, self.ff1(x), alpha=0.5)
         mhsa = self.mhsa
         attn, att_cache = mhsa.attention.forward_chunk(

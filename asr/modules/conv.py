@@ -118,19 +118,14 @@ class ConformerConvModule(nn.Module):
         padding = (k - 1, 0) if self.causal else (k // 2, k // 2)
         return self._conv_norm_out(x, pad_mask, padding, chunk if self.chunked else None)
 
-    @property
-    def cache_frames(self) -> int:
-        """Input frames a stream carries from chunk to chunk: K-1 (causal) or K//2 (chunked)."""
-        k = self.depthwise.kernel_size[0]
-        return k // 2 if self.chunked else k - 1
-
     def forward_chunk(
         self, x: torch.Tensor, cache: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Streaming (causal or chunked, evaluation): x (B, C, D) and the last `cache_frames`
-        frames (B, P, D) of the previous chunks' depthwise input (zeros at the start, as the
-        left padding) -> (out (B, C, D), the cache for the next chunk (B, P, D)). A chunked
-        module pads the chunk's end with K//2 zero frames, as `forward(..., chunk=C)` does."""
+        """Streaming (causal or chunked, evaluation): x (B, C, D) and the last P frames
+        (B, P, D) of the previous chunks' depthwise input, P = K-1 (causal) or K//2 (chunked),
+        zeros at the start as the left padding -> (out (B, C, D), the cache for the next chunk
+        (B, P, D)). A chunked module pads the chunk's end with K//2 zero frames, as
+        `forward(..., chunk=C)` does."""
         assert (self.causal or self.chunked) and not self.training, (
             "forward_chunk: causal or chunked models in eval mode"
         )
