@@ -1,8 +1,9 @@
 """Streaming on ONNX Runtime (`asr export --streaming`): a `Stream` over the exported chunk graph
 gives the partial texts, final text, word times and log-probs (1e-4) of the PyTorch stream, at
-320/640/1280 ms chunks, on LibriSpeech recordings (when the shared data is there) and on noise,
-with bounded, zero and unbounded left context, for causal and chunked convolutions; int8 keeps the greedy tokens close; files without
-the streaming graph, and models that cannot stream, are one clear line."""
+320/640/1280 ms chunks, on LibriSpeech recordings (when the shared data is there) and on noise, with
+bounded, zero and unbounded left context, for causal and chunked convolutions; int8 keeps the greedy
+tokens close; files without the streaming graph, and models that cannot stream, are one clear
+line."""
 
 from __future__ import annotations
 

@@ -8,12 +8,12 @@ gives (one utterance at a time and in a padded batch), and the exported graph tu
 features into ours for each log guard; tokens.txt and the metadata are what sherpa-onnx reads;
 bundles with a front end it cannot compute are refused, and stft framing is warned about.
 
-Streaming (`--streaming`, sherpa-onnx's online NeMo CTC recognizer): it computes the same
-features and runs the windows the export's metadata asks for (a probe graph again); a streaming
-model (causal or chunked convolutions; global or running normalization) exported for it gets, fed in pieces, the text of our
-chunk-masked forward at the same chunk and left context, one stream at a time and stacked in a
-batch (running: its statistics carried in cache_last_time's extra slot); the graph, run in
-PyTorch over sherpa-onnx's windows, is that forward (none, global, running); the layout and
+Streaming (`--streaming`, sherpa-onnx's online NeMo CTC recognizer): it computes the same features
+and runs the windows the export's metadata asks for (a probe graph again); a streaming model (causal
+or chunked convolutions; global or running normalization) exported for it gets, fed in pieces, the
+text of our chunk-masked forward at the same chunk and left context, one stream at a time and
+stacked in a batch (running: its statistics carried in cache_last_time's extra slot); the graph, run
+in PyTorch over sherpa-onnx's windows, is that forward (none, global, running); the layout and
 metadata are what it reads; models that cannot stream are refused in one line.
 """
 
@@ -525,8 +525,9 @@ def test_the_online_graph_over_sherpa_windows_is_the_chunked_model(tmp_path, nor
 
 @pytest.mark.parametrize(
     "change, culprit",
-    [({"causal_conv": False}, "encoder.chunk_conv or encoder.causal_conv"), ({"normalize": "utterance"},
-     "features.normalize='utterance'"), ({"preemphasis": 0.0}, "features.preemphasis=0.0")],
+    [({"causal_conv": False}, "encoder.chunk_conv or encoder.causal_conv"),
+     ({"normalize": "utterance"}, "features.normalize='utterance'"),
+     ({"preemphasis": 0.0}, "features.preemphasis=0.0")],
 )  # fmt: skip
 def test_a_model_sherpa_cannot_stream_is_refused_in_one_line(tmp_path, capsys, change, culprit):
     torch.manual_seed(0)

@@ -21,7 +21,8 @@ def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `asr listen`."""
     parser.add_argument("--model", required=True,
                         help="a model trained to stream (chunk_conv or causal_conv): a bundle "
-                        "(model.pt), a shipped model's name or hf://OWNER/REPO on the Hugging Face Hub")  # fmt: skip
+                        "(model.pt), a shipped model's name or hf://OWNER/REPO on the Hugging "
+                        "Face Hub")  # fmt: skip
     add_device_argument(parser, hint="(the microphone is --input-device)")
     parser.add_argument("--input-device", metavar="NAME_OR_INDEX",
                         help="the microphone: a sound input device's name or index, as "

@@ -51,7 +51,8 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--streaming", action="store_true",
                         help="decode as a live stream (a model trained with chunk_conv or "
-                        "causal_conv): partial text on stderr after every chunk, the final result as usual")  # fmt: skip
+                        "causal_conv): partial text on stderr after every chunk, the final "
+                        "result as usual")  # fmt: skip
     add_decoding_arguments(parser)
     add_chunking_arguments(parser)
     streaming = add_streaming_arguments(parser, "streaming (with --streaming, instead of chunking)")

@@ -12,22 +12,22 @@ whole file gives. With `features.framing: kaldi` (sherpa-onnx's) a frame is comp
 window lies within the audio received (frame 0's start mirrored), and the last frames, whose
 windows mirror the utterance's end, at `finish`: the features equal the offline front end's.
 
-The log-probs equal those of `CtcModel.forward(feats, lengths, chunk, left_chunks)` on the
-whole utterance (tests/test_streaming.py), which is what a model trained with
-`dynamic_chunk_training` and `chunk_conv` or `causal_conv` is trained for. Memory is bounded by the chunk and
-its left context except for the utterance's log-probs, kept for the final decoding and word
-alignment (V floats per output frame: 11 MB per hour of audio for a character model).
+The log-probs equal those of `CtcModel.forward(feats, lengths, chunk, left_chunks)` on the whole
+utterance (tests/test_streaming.py), which is what a model trained with `dynamic_chunk_training` and
+`chunk_conv` or `causal_conv` is trained for. Memory is bounded by the chunk and its left context
+except for the utterance's log-probs, kept for the final decoding and word alignment (V floats per
+output frame: 11 MB per hour of audio for a character model).
 
-PyTorch or ONNX: the chunk step is the model's (`asr.model.StreamingAcousticModel`:
-`initial_state`, `forward_chunk`) and what it carries is a fixed set of tensors
-(`StreamState`): per block the attention keys and values of the last L frames, L the left
-context in encoder frames (fixed for the stream; the slots not yet filled are masked and
-`cache_len` counts the filled ones; with `left_seconds` None the slots grow with the stream),
-and the last inputs of each convolution (K-1 causal, K//2 chunked). The subsampling carries nothing: each
-chunk's feature frames repeat the last span - stride (3 at 4x) of the one before. So the same
-`Stream` runs on `CtcModel` or on ONNX Runtime (`OnnxCtcModel` with the chunk graph that
-`asr export --streaming` writes beside the .onnx; its layout: `asr.inference.onnx`), with the
-same partial and final text (tests/test_onnx_streaming.py).
+PyTorch or ONNX: the chunk step is the model's (`asr.model.StreamingAcousticModel`: `initial_state`,
+`forward_chunk`) and what it carries is a fixed set of tensors (`StreamState`): per block the
+attention keys and values of the last L frames, L the left context in encoder frames (fixed for the
+stream; the slots not yet filled are masked and `cache_len` counts the filled ones; with
+`left_seconds` None the slots grow with the stream), and the last inputs of each convolution (K-1
+causal, K//2 chunked). The subsampling carries nothing: each chunk's feature frames repeat the last
+span - stride (3 at 4x) of the one before. So the same `Stream` runs on `CtcModel` or on ONNX
+Runtime (`OnnxCtcModel` with the chunk graph that `asr export --streaming` writes beside the .onnx;
+its layout: `asr.inference.onnx`), with the same partial and final text
+(tests/test_onnx_streaming.py).
 
 Latency: a word spoken at time t is emitted when the chunk containing its last frame is complete
 (up to `chunk_ms` later, plus the subsampling's look-ahead of 3 feature frames and the window of
@@ -260,7 +260,8 @@ def chunk_frames(
 
 def check_streamable(config: EncoderConfig, features: FeatureConfig) -> None:
     """ValueError (one line) unless a model of `config` with the front end of `features` can
-    stream: chunked or causal convolutions, features computable from the past alone, no style tokens."""
+    stream: chunked or causal convolutions, features computable from the past alone, no style
+    tokens."""
     check_streamable_encoder(config)
     if features.normalize in ("utterance", "per_feature"):
         raise ValueError(

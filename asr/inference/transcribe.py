@@ -131,7 +131,8 @@ class Transcriber:
         """A `Stream` for live audio: `accept(samples)` pieces of any size (partial text after
         each chunk of `chunk_ms`), then `finish()` (the final `Result`). Attention sees at most
         `left_seconds` before each chunk (None: everything; memory then grows with the input).
-        Needs a model trained with `encoder.chunk_conv` or `causal_conv` (asr.inference.streaming)."""
+        Needs a model trained with `encoder.chunk_conv` or `causal_conv`
+        (asr.inference.streaming)."""
         decoder = self._get_decoder(_options(DecodingOptions, options, decoding))
         if decoding:
             raise TypeError(f"stream() got unexpected keyword(s) {', '.join(decoding)}")

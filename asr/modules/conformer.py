@@ -10,8 +10,9 @@ attention to its own chunk and `left_chunks` chunks before it (`masks.chunk_mask
 built with `causal_conv` has no convolution that looks ahead, and one built with `chunk_conv`
 (dynamic chunk convolution, Li et al. 2023) convolves each chunk with zeros past its end, so no
 output depends on audio after the end of its chunk; at full context a `chunk_conv` model is an
-offline model, centred convolutions and all. `dynamic_chunk_training` draws the chunk size per batch in training
-(full context half the time by default), so one model decodes at any chunk size.
+offline model, centred convolutions and all. `dynamic_chunk_training` draws the chunk size per
+batch in training (full context half the time by default), so one model decodes at any chunk
+size.
 `forward_chunk` runs one chunk with the cached keys/values and convolution inputs of the chunks
 before it, carried as fixed-structure tensors (`StreamState`: what the exported ONNX chunk graph
 takes and returns); it gives what `forward(..., chunk=C, left_chunks=L)` gives for the same

@@ -144,18 +144,16 @@ class ConformerConvModule(nn.Module):
     ) -> torch.Tensor:
         """Depthwise conv (`padding` frames left and right; per chunk of `chunk` frames if
         given), norm, activation, pointwise out."""
-        if isinstance(self.norm, MaskedBatchNorm1d) and not self.norm.training:
-            weight, bias = self._folded_batch_norm()  # conv and norm in one
-        else:
-            weight, bias = self.depthwise.weight, self.depthwise.bias
+        batch_norm = isinstance(self.norm, MaskedBatchNorm1d)
+        folded = batch_norm and not self.norm.training  # conv and norm in one
+        weight, bias = (self._folded_batch_norm() if folded
+                        else (self.depthwise.weight, self.depthwise.bias))  # fmt: skip
         if chunk is None or chunk >= x.shape[1]:
             x = self._depthwise(x, weight, bias, padding)
         else:
             x = self._chunked_depthwise(x, weight, bias, chunk)
-        if isinstance(self.norm, MaskedBatchNorm1d):
-            x = self.norm(x, pad_mask) if self.norm.training else x
-        else:
-            x = self.norm(x)
+        if not folded:
+            x = self.norm(x, pad_mask) if batch_norm else self.norm(x)
         x = self.pointwise_out(self.activation(x))
         return self.dropout(x)
 
