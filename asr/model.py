@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asr.config import EncoderConfig
-from asr.modules.conformer import ConformerEncoder, StreamState
+from asr.modules.conformer import FULL_CONTEXT, ConformerEncoder, StreamState
 from asr.modules.subsampling import SubsamplingGeometry
 from asr.tokenizer import BLANK_ID
 
@@ -195,19 +195,74 @@ def ctc_objective(
     targets: torch.Tensor,
     target_lengths: torch.Tensor,
     inter_weight: float,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The training loss: (1 - w) * CTC(last block) + w * mean CTC(intermediate blocks), or the
     plain CTC loss when the model has no `inter_ctc_layers`; plus its parts for logging.
 
     feats (B, T, F), feat_lengths (B,), targets (B, S) padded, target_lengths (B,) -> (loss (),
-    {"ctc": (), "inter_ctc": ()}).
+    {"ctc": (), "inter_ctc": ()}). `chunk`: as in `ConformerEncoder.forward`.
     """
-    log_probs, out_lengths, intermediate = model.forward_intermediate(feats, feat_lengths)
+    loss, parts, _, _ = _objective_and_posteriors(
+        model, feats, feat_lengths, targets, target_lengths, inter_weight, chunk
+    )
+    return loss, parts
+
+
+def dual_mode_objective(
+    model: CtcModel,
+    feats: torch.Tensor,
+    feat_lengths: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    inter_weight: float,
+    distill_weight: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Dual-mode training (Yu et al. 2021) of a dynamic-chunk model: the batch at full context
+    and at a chunk size drawn from the encoder's range (never full context); the loss is the mean
+    of the two `ctc_objective`s plus `distill_weight` times `frame_kl` of the chunked posteriors
+    from the full-context ones, the teacher detached (in-place distillation). Same arguments and
+    parts as `ctc_objective`, plus "ctc_chunk" and "distill".
+    """
+    full, parts, teacher, out_lengths = _objective_and_posteriors(
+        model, feats, feat_lengths, targets, target_lengths, inter_weight, FULL_CONTEXT
+    )
+    chunk = model.encoder.draw_chunk(teacher.shape[1], full_context_prob=0.0)
+    chunked, chunk_parts, student, _ = _objective_and_posteriors(
+        model, feats, feat_lengths, targets, target_lengths, inter_weight,
+        FULL_CONTEXT if chunk is None else chunk,
+    )  # fmt: skip
+    distill = frame_kl(teacher.detach(), student, out_lengths)
+    loss = 0.5 * (full + chunked) + distill_weight * distill
+    return loss, {**parts, "ctc_chunk": chunk_parts["ctc"], "distill": distill}
+
+
+def frame_kl(teacher: torch.Tensor, student: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid frames of KL(teacher || student) between two sets of log-probs.
+
+    teacher, student (B, T', V) log-probs, lengths (B,) valid frames -> () in float32.
+    """
+    valid = torch.arange(teacher.shape[1], device=lengths.device) < lengths[:, None]  # (B, T')
+    kl = (teacher.exp() * (teacher - student)).sum(-1)  # (B, T')
+    return (kl * valid).sum() / valid.sum().clamp(min=1)
+
+
+def _objective_and_posteriors(
+    model: CtcModel,
+    feats: torch.Tensor,
+    feat_lengths: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    inter_weight: float,
+    chunk: int | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """`ctc_objective`'s loss and parts, plus the final log-probs (B, T', V) and their lengths."""
+    log_probs, out_lengths, intermediate = model.forward_intermediate(feats, feat_lengths, chunk)
     final = ctc_loss(log_probs, out_lengths, targets, target_lengths)
     if not intermediate:
-        return final, {"ctc": final}
+        return final, {"ctc": final}, log_probs, out_lengths
     inter = torch.stack(
         [ctc_loss(lp, out_lengths, targets, target_lengths) for lp in intermediate]
     ).mean()
     loss = (1 - inter_weight) * final + inter_weight * inter
-    return loss, {"ctc": final, "inter_ctc": inter}
+    return loss, {"ctc": final, "inter_ctc": inter}, log_probs, out_lengths

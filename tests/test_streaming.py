@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import torch.nn.functional as F
 import torchaudio
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,8 +22,9 @@ import asr
 from asr.audio import LogMelFeatures, load_audio_array
 from asr.checkpoint import save_bundle
 from asr.cli import main as cli_main
-from asr.config import EncoderConfig, FeatureConfig
-from asr.model import CtcModel, ctc_objective
+from asr.config import EncoderConfig, FeatureConfig, OptimConfig, TrainConfig
+from asr.model import CtcModel, ctc_objective, dual_mode_objective, frame_kl
+from asr.modules.conformer import FULL_CONTEXT
 from asr.modules.conv import ConformerConvModule
 from asr.modules.masks import chunk_mask, make_pad_mask
 from asr.resampling import StreamingResampler, resampling_ratio
@@ -323,6 +325,94 @@ def test_dynamic_chunk_training_draws_chunks_and_learns(conv):
         optimizer.step()
         losses.append(loss.item())
     assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+
+
+def test_frame_kl_is_the_kl_divergence_over_valid_frames_only():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 6, 5).log_softmax(-1)
+    student = torch.randn(2, 6, 5).log_softmax(-1)
+    lengths = torch.tensor([6, 4])
+    per_frame = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)  # (B, T')
+    expected = torch.cat([per_frame[0], per_frame[1, :4]]).mean()
+    assert torch.allclose(frame_kl(teacher, student, lengths), expected)
+    assert frame_kl(teacher, teacher, lengths).abs() < 1e-6
+    # Padded frames (t >= length) do not count, whatever they hold.
+    changed = student.clone()
+    changed[1, 4:] = torch.randn(2, 5).log_softmax(-1)
+    assert torch.equal(frame_kl(teacher, changed, lengths), frame_kl(teacher, student, lengths))
+
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_dual_mode_objective_is_both_passes_plus_distillation_of_the_chunked_one(conv):
+    config = streaming_config(conv, dropout=0.0, attn_dropout=0.0, min_chunk_frames=2,
+                              max_chunk_frames=4)  # fmt: skip
+    torch.manual_seed(0)
+    model = CtcModel(config, 5).train()
+    feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 90])
+    targets, target_lengths = torch.tensor([[1, 2, 3], [4, 1, 0]]), torch.tensor([3, 2])
+    args = (model, feats, lengths, targets, target_lengths, 0.3)
+    torch.manual_seed(5)
+    loss, parts = dual_mode_objective(*args, distill_weight=0.7)
+    # The same computation, step by step: the full pass never draws, the chunked pass always does.
+    torch.manual_seed(5)
+    full, full_parts = ctc_objective(*args, chunk=FULL_CONTEXT)
+    teacher, out_lengths = model(feats, lengths, chunk=FULL_CONTEXT)
+    chunk = model.encoder.draw_chunk(out_lengths.max().item(), full_context_prob=0.0)
+    assert chunk in range(2, 5)
+    chunked, _ = ctc_objective(*args, chunk=chunk)
+    student, _ = model(feats, lengths, chunk=chunk)
+    distill = frame_kl(teacher, student, out_lengths)
+    assert distill > 0  # the chunked pass differs from the full-context one
+    assert torch.allclose(loss, 0.5 * (full + chunked) + 0.7 * distill, atol=1e-5)
+    assert torch.allclose(parts["ctc"], full_parts["ctc"], atol=1e-6)
+    assert torch.allclose(parts["distill"], distill, atol=1e-6)
+    # In-place distillation: the full-context pass is a teacher, not pulled toward its student.
+    model.zero_grad()
+    torch.manual_seed(5)
+    dual_mode_objective(*args, distill_weight=1.0)[0].backward()
+    with_distill = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.manual_seed(5)
+    (0.5 * (full + chunked) + frame_kl(teacher.detach(), student, out_lengths)).backward()
+    assert all(
+        torch.allclose(a, p.grad, rtol=1e-4, atol=1e-5)
+        for a, p in zip(with_distill, model.parameters())
+    )
+
+
+def test_dual_mode_training_brings_the_chunked_posteriors_to_the_full_context_ones():
+    """The same steps (data, seeds) with a larger distillation weight leave the chunked and the
+    full-context passes closer: the distillation term does what it is there for."""
+    feats = torch.randn(2, 120, 80, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([120, 90])
+    targets, target_lengths = torch.tensor([[1, 2, 3], [4, 1, 0]]), torch.tensor([3, 2])
+    gaps = {}
+    for weight in (0.0, 1.0, 5.0):
+        torch.manual_seed(0)
+        model = CtcModel(streaming_config("chunk", min_chunk_frames=1, max_chunk_frames=2), 5)
+        optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+        for _ in range(30):
+            loss, _ = dual_mode_objective(model.train(), feats, lengths, targets, target_lengths,
+                                          0.3, weight)  # fmt: skip
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            full, out_lengths = model(feats, lengths)
+            gaps[weight] = frame_kl(full, model(feats, lengths, chunk=1)[0], out_lengths).item()
+    assert gaps[5.0] < gaps[1.0] < gaps[0.0] and gaps[5.0] < 0.5 * gaps[0.0], gaps
+
+
+def test_dual_mode_needs_dynamic_chunks_and_distillation_needs_dual_mode():
+    with pytest.raises(ValueError, match="optim.dual_mode: true"):
+        OptimConfig(distill_weight=0.5)
+    with pytest.raises(ValueError, match="encoder.dynamic_chunk_training: true"):
+        TrainConfig(optim=OptimConfig(dual_mode=True))
+    TrainConfig(
+        optim=OptimConfig(dual_mode=True, distill_weight=0.5),
+        encoder={"chunk_conv": True, "dynamic_chunk_training": True},
+    )
 
 
 def test_cli_streaming_prints_partials_and_the_final_result(bundle_path, tmp_path, capsys):

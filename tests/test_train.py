@@ -55,6 +55,23 @@ def test_asr_train_cli_writes_a_self_contained_model(corpus: Path, tmp_path: Pat
     assert load_config(exp / "config.yaml").trainer.max_steps == 2
 
 
+def test_dual_mode_training_logs_both_passes_and_the_distillation(
+    corpus: Path, tmp_path: Path
+) -> None:
+    exp = tmp_path / "exp"
+    live = ["encoder.chunk_conv=true", "encoder.dynamic_chunk_training=true",
+            "optim.dual_mode=true", "optim.distill_weight=0.5", "trainer.log_every_n_steps=1"]  # fmt: skip
+    status = main(["train", "--config", str(REPO / "configs/tiny.yaml"),
+                   *overrides(corpus, exp, 2, *live)])  # fmt: skip
+    assert status == 0
+    (metrics,) = (exp / "logs" / "csv").glob("**/metrics.csv")
+    rows = [line.split(",") for line in metrics.read_text().splitlines()]
+    logged = {name: [r[i] for r in rows[1:] if r[i]] for i, name in enumerate(rows[0])}
+    for name in ("train_loss", "train_ctc", "train_ctc_chunk", "train_distill"):
+        assert logged.get(name) and all(math.isfinite(float(v)) for v in logged[name]), name
+    assert all(float(v) > 0 for v in logged["train_distill"])
+
+
 def test_last_checkpoint_is_the_latest_step_whatever_the_validation_wer(
     corpus: Path, tmp_path: Path
 ) -> None:

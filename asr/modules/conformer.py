@@ -42,6 +42,9 @@ from asr.modules.masks import (
 from asr.modules.style import GlobalStyleTokens
 from asr.modules.subsampling import Conv2dSubsampling
 
+# `chunk=FULL_CONTEXT`: full context even in training with dynamic chunks (no draw).
+FULL_CONTEXT = 0
+
 
 class ConformerMultiHeadedSelfAttention(nn.Module):
     """Pre-LayerNorm, relative-position multi-head self-attention, dropout (residual branch)."""
@@ -203,7 +206,8 @@ class ConformerEncoder(nn.Module):
 
         Padded output frames (t >= out_lengths[b]) are zero. `after_block`: see `forward_blocks`.
         `chunk` (frames after subsampling) and `left_chunks` limit attention as in streaming;
-        None: full context, or in training with `dynamic_chunk_training` a size drawn per batch.
+        None: full context, or in training with `dynamic_chunk_training` a size drawn per batch;
+        `FULL_CONTEXT` (0): full context, never drawn (dual-mode training's full pass).
         """
         x, out_lengths = self.subsample(feats, feat_lengths)  # (B, T', D)
         if self.style is not None:
@@ -211,6 +215,8 @@ class ConformerEncoder(nn.Module):
             x = x + embedding.unsqueeze(1)
         if chunk is None and self.training and self.config.dynamic_chunk_training:
             chunk = self.draw_chunk(x.shape[1])
+        elif chunk == FULL_CONTEXT:
+            chunk = None
         x = self.forward_blocks(self.input_dropout(x), out_lengths, after_block, chunk, left_chunks)
         return x, out_lengths
 
@@ -221,12 +227,14 @@ class ConformerEncoder(nn.Module):
         x, out_lengths = self.subsampling(feats, feat_lengths)
         return (x if self.xscale is None else x * self.xscale), out_lengths
 
-    def draw_chunk(self, length: int) -> int | None:
+    def draw_chunk(self, length: int, full_context_prob: float | None = None) -> int | None:
         """A chunk size for one training batch of `length` frames: full context (None) with
-        probability `full_context_prob`, else uniform in `min_chunk_frames`..`max_chunk_frames`
-        (WeNet's rule with the defaults 0.5 and 1..25). Uses torch's generator."""
+        probability `full_context_prob` (the config's unless given), else uniform in
+        `min_chunk_frames`..`max_chunk_frames` (WeNet's rule with the defaults 0.5 and 1..25).
+        Uses torch's generator."""
         c = self.config
-        if length < 2 or torch.rand(()).item() < c.full_context_prob:
+        p = c.full_context_prob if full_context_prob is None else full_context_prob
+        if length < 2 or torch.rand(()).item() < p:
             return None
         return int(torch.randint(c.min_chunk_frames, c.max_chunk_frames + 1, ()).item())
 

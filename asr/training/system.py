@@ -28,7 +28,7 @@ from asr.audio import LogMelFeatures
 from asr.augment import SpecAugment
 from asr.config import TrainConfig, max_time_seconds, to_dict
 from asr.inference.decoding import greedy_decode
-from asr.model import CtcModel, ctc_loss, ctc_objective
+from asr.model import CtcModel, ctc_loss, ctc_objective, dual_mode_objective
 from asr.modules.attention import RelativePositionalEncoding
 from asr.scoring.metrics import ErrorCounts, count_char_errors, count_word_errors
 from asr.tokenizer import Tokenizer
@@ -125,14 +125,14 @@ class AsrSystem(L.LightningModule):
         if not empty:
             norm_stats = self._running_stats()
             feats, feat_lengths = self.features(batch, augment=True)
-            loss, parts = ctc_objective(
-                self.model,
-                feats,
-                feat_lengths,
-                batch.targets,
-                batch.target_lengths,
-                self.config.optim.inter_ctc_weight,
-            )
+            optim = self.config.optim
+            args = (feats, feat_lengths, batch.targets, batch.target_lengths)
+            if optim.dual_mode:
+                loss, parts = dual_mode_objective(
+                    self.model, *args, optim.inter_ctc_weight, optim.distill_weight
+                )
+            else:
+                loss, parts = ctc_objective(self.model, *args, optim.inter_ctc_weight)
         nonfinite = loss is not None and not bool(torch.isfinite(loss))
         ranks = self._bad_ranks(empty, nonfinite)
         if any(ranks):
@@ -142,9 +142,9 @@ class AsrSystem(L.LightningModule):
         else:
             self.bad_steps = 0
             self.log("train_loss", loss, prog_bar=True, batch_size=len(batch))
-            if "inter_ctc" in parts:  # the two parts of the objective, to see each one learn
-                self.log("train_ctc", parts["ctc"], batch_size=len(batch))
-                self.log("train_inter_ctc", parts["inter_ctc"], batch_size=len(batch))
+            if len(parts) > 1:  # the parts of the objective, to see each one learn
+                for name, value in parts.items():
+                    self.log(f"train_{name}", value, batch_size=len(batch))
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         self.log("skipped_steps", float(self.skipped_steps))
         return loss
