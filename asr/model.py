@@ -209,7 +209,7 @@ def ctc_objective(
     return loss, parts
 
 
-def dual_mode_objective(
+def distilled_objective(
     model: CtcModel,
     feats: torch.Tensor,
     feat_lengths: torch.Tensor,
@@ -217,22 +217,36 @@ def dual_mode_objective(
     target_lengths: torch.Tensor,
     inter_weight: float,
     distill_weight: float,
+    dual: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Dual-mode training (Yu et al. 2021) of a dynamic-chunk model: the batch at full context
-    and at a chunk size drawn from the encoder's range (never full context); the loss is the mean
-    of the two `ctc_objective`s plus `distill_weight` times `frame_kl` of the chunked posteriors
-    from the full-context ones, the teacher detached (in-place distillation). Same arguments and
-    parts as `ctc_objective`, plus "ctc_chunk" and "distill".
+    """Dynamic chunk training with in-place distillation: the full-context posteriors of the
+    batch teach its chunked ones, `distill_weight` times `frame_kl` (teacher detached).
+
+    `dual` (dual-mode training, Yu et al. 2021): every batch runs at full context and at a chunk
+    size drawn from the encoder's range (never full context); the loss is the mean of the two
+    `ctc_objective`s plus the distillation. Otherwise the batch runs at a size drawn as usual
+    (full context with the config's `full_context_prob`: plain `ctc_objective`); a chunked batch
+    also runs at full context without gradient, as the teacher, and its loss is the chunked
+    `ctc_objective` plus the distillation.
+    Same arguments and parts as `ctc_objective`, plus "distill" (and "ctc_chunk" when dual).
     """
-    full, parts, teacher, out_lengths = _objective_and_posteriors(
-        model, feats, feat_lengths, targets, target_lengths, inter_weight, FULL_CONTEXT
+    args = (model, feats, feat_lengths, targets, target_lengths, inter_weight)
+    frames = int(model.output_lengths(feat_lengths.new_tensor([feats.shape[1]]))[0])
+    if dual:
+        full, parts, teacher, _ = _objective_and_posteriors(*args, FULL_CONTEXT)
+        chunk = model.encoder.draw_chunk(frames, full_context_prob=0.0)
+    else:
+        chunk = model.encoder.draw_chunk(frames)
+        if chunk is None:
+            return ctc_objective(*args, chunk=FULL_CONTEXT)
+        with torch.no_grad():
+            teacher, _ = model(feats, feat_lengths, FULL_CONTEXT)
+    chunked, chunk_parts, student, out_lengths = _objective_and_posteriors(
+        *args, FULL_CONTEXT if chunk is None else chunk
     )
-    chunk = model.encoder.draw_chunk(teacher.shape[1], full_context_prob=0.0)
-    chunked, chunk_parts, student, _ = _objective_and_posteriors(
-        model, feats, feat_lengths, targets, target_lengths, inter_weight,
-        FULL_CONTEXT if chunk is None else chunk,
-    )  # fmt: skip
     distill = frame_kl(teacher.detach(), student, out_lengths)
+    if not dual:
+        return chunked + distill_weight * distill, {**chunk_parts, "distill": distill}
     loss = 0.5 * (full + chunked) + distill_weight * distill
     return loss, {**parts, "ctc_chunk": chunk_parts["ctc"], "distill": distill}
 

@@ -23,7 +23,7 @@ from asr.audio import LogMelFeatures, load_audio_array
 from asr.checkpoint import save_bundle
 from asr.cli import main as cli_main
 from asr.config import EncoderConfig, FeatureConfig, OptimConfig, TrainConfig
-from asr.model import CtcModel, ctc_objective, dual_mode_objective, frame_kl
+from asr.model import CtcModel, ctc_objective, distilled_objective, frame_kl
 from asr.modules.conformer import FULL_CONTEXT
 from asr.modules.conv import ConformerConvModule
 from asr.modules.masks import chunk_mask, make_pad_mask
@@ -352,7 +352,7 @@ def test_dual_mode_objective_is_both_passes_plus_distillation_of_the_chunked_one
     targets, target_lengths = torch.tensor([[1, 2, 3], [4, 1, 0]]), torch.tensor([3, 2])
     args = (model, feats, lengths, targets, target_lengths, 0.3)
     torch.manual_seed(5)
-    loss, parts = dual_mode_objective(*args, distill_weight=0.7)
+    loss, parts = distilled_objective(*args, distill_weight=0.7, dual=True)
     # The same computation, step by step: the full pass never draws, the chunked pass always does.
     torch.manual_seed(5)
     full, full_parts = ctc_objective(*args, chunk=FULL_CONTEXT)
@@ -369,7 +369,7 @@ def test_dual_mode_objective_is_both_passes_plus_distillation_of_the_chunked_one
     # In-place distillation: the full-context pass is a teacher, not pulled toward its student.
     model.zero_grad()
     torch.manual_seed(5)
-    dual_mode_objective(*args, distill_weight=1.0)[0].backward()
+    distilled_objective(*args, distill_weight=1.0, dual=True)[0].backward()
     with_distill = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     torch.manual_seed(5)
@@ -392,8 +392,8 @@ def test_dual_mode_training_brings_the_chunked_posteriors_to_the_full_context_on
         model = CtcModel(streaming_config("chunk", min_chunk_frames=1, max_chunk_frames=2), 5)
         optimizer = torch.optim.Adam(model.parameters(), 3e-3)
         for _ in range(30):
-            loss, _ = dual_mode_objective(model.train(), feats, lengths, targets, target_lengths,
-                                          0.3, weight)  # fmt: skip
+            loss, _ = distilled_objective(model.train(), feats, lengths, targets, target_lengths,
+                                          0.3, weight, dual=True)  # fmt: skip
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -404,11 +404,51 @@ def test_dual_mode_training_brings_the_chunked_posteriors_to_the_full_context_on
     assert gaps[5.0] < gaps[1.0] < gaps[0.0] and gaps[5.0] < 0.5 * gaps[0.0], gaps
 
 
-def test_dual_mode_needs_dynamic_chunks_and_distillation_needs_dual_mode():
-    with pytest.raises(ValueError, match="optim.dual_mode: true"):
-        OptimConfig(distill_weight=0.5)
-    with pytest.raises(ValueError, match="encoder.dynamic_chunk_training: true"):
-        TrainConfig(optim=OptimConfig(dual_mode=True))
+@pytest.mark.parametrize("conv", CONVS)
+def test_distillation_without_dual_mode_teaches_chunked_batches_only(conv):
+    config = streaming_config(conv, dropout=0.0, attn_dropout=0.0, min_chunk_frames=2,
+                              max_chunk_frames=4, full_context_prob=0.5)  # fmt: skip
+    torch.manual_seed(0)
+    model = CtcModel(config, 5).train()
+    feats, lengths = torch.randn(2, 120, 80), torch.tensor([120, 90])
+    targets, target_lengths = torch.tensor([[1, 2, 3], [4, 1, 0]]), torch.tensor([3, 2])
+    args = (model, feats, lengths, targets, target_lengths, 0.3)
+    frames = model.output_lengths(lengths).max().item()
+    kinds = set()
+    for seed in range(8):  # both kinds of draw happen
+        torch.manual_seed(seed)
+        chunk = model.encoder.draw_chunk(frames)
+        torch.manual_seed(seed)
+        model.zero_grad()
+        loss, parts = distilled_objective(*args, distill_weight=0.7)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        if chunk is None:  # a full-context batch: the plain objective, nothing to distil
+            kinds.add("full")
+            expected, _ = ctc_objective(*args, chunk=FULL_CONTEXT)
+            assert "distill" not in parts
+        else:  # a chunked batch: its objective plus the KL to a teacher that gets no gradient
+            kinds.add("chunk")
+            with torch.no_grad():
+                teacher, out_lengths = model(feats, lengths, chunk=FULL_CONTEXT)
+            chunked, _ = ctc_objective(*args, chunk=chunk)
+            student, _ = model(feats, lengths, chunk=chunk)
+            expected = chunked + 0.7 * frame_kl(teacher, student, out_lengths)
+            assert parts["distill"] > 0
+        assert torch.allclose(loss, expected, atol=1e-5)
+        expected.backward()
+        assert all(torch.allclose(g, p.grad, rtol=1e-4, atol=1e-5)
+                   for g, p in zip(grads, model.parameters()))  # fmt: skip
+    assert kinds == {"full", "chunk"}
+
+
+def test_distillation_needs_dynamic_chunk_training():
+    for optim in (OptimConfig(dual_mode=True), OptimConfig(distill_weight=0.5)):
+        with pytest.raises(ValueError, match="encoder.dynamic_chunk_training: true"):
+            TrainConfig(optim=optim)
+    with pytest.raises(ValueError, match="optim.distill_weight must be >= 0"):
+        OptimConfig(distill_weight=-1.0)
     TrainConfig(
         optim=OptimConfig(dual_mode=True, distill_weight=0.5),
         encoder={"chunk_conv": True, "dynamic_chunk_training": True},

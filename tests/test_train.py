@@ -57,7 +57,7 @@ def test_asr_train_cli_writes_a_self_contained_model(corpus: Path, tmp_path: Pat
 
 def test_dual_mode_training_logs_both_passes_and_the_distillation(
     corpus: Path, tmp_path: Path
-) -> None:
+) -> None:  # (tests/test_streaming.py: what the objective computes)
     exp = tmp_path / "exp"
     live = ["encoder.chunk_conv=true", "encoder.dynamic_chunk_training=true",
             "optim.dual_mode=true", "optim.distill_weight=0.5", "trainer.log_every_n_steps=1"]  # fmt: skip

@@ -28,7 +28,7 @@ from asr.audio import LogMelFeatures
 from asr.augment import SpecAugment
 from asr.config import TrainConfig, max_time_seconds, to_dict
 from asr.inference.decoding import greedy_decode
-from asr.model import CtcModel, ctc_loss, ctc_objective, dual_mode_objective
+from asr.model import CtcModel, ctc_loss, ctc_objective, distilled_objective
 from asr.modules.attention import RelativePositionalEncoding
 from asr.scoring.metrics import ErrorCounts, count_char_errors, count_word_errors
 from asr.tokenizer import Tokenizer
@@ -127,10 +127,11 @@ class AsrSystem(L.LightningModule):
             feats, feat_lengths = self.features(batch, augment=True)
             optim = self.config.optim
             args = (feats, feat_lengths, batch.targets, batch.target_lengths)
-            if optim.dual_mode:
-                loss, parts = dual_mode_objective(
-                    self.model, *args, optim.inter_ctc_weight, optim.distill_weight
-                )
+            if optim.dual_mode or optim.distill_weight > 0:
+                loss, parts = distilled_objective(
+                    self.model, *args, optim.inter_ctc_weight, optim.distill_weight,
+                    optim.dual_mode,
+                )  # fmt: skip
             else:
                 loss, parts = ctc_objective(self.model, *args, optim.inter_ctc_weight)
         nonfinite = loss is not None and not bool(torch.isfinite(loss))
