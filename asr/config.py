@@ -321,6 +321,11 @@ class OptimConfig:
     distill_weight: float = 0.0
     dual_mode: bool = False
 
+    @property
+    def distilled(self) -> bool:
+        """Training uses `asr.model.distilled_objective` (full-context and chunked passes)."""
+        return self.dual_mode or self.distill_weight > 0
+
     def __post_init__(self) -> None:
         check_at_least(self, "optim", 0.0, "encoder_lr_scale", "distill_weight")
         check_at_least(self, "optim", 0, "freeze_blocks")
@@ -399,8 +404,7 @@ class TrainConfig:
                 f"optim.freeze_blocks={self.optim.freeze_blocks} is more than the encoder's "
                 f"{layers} blocks"
             )
-        distilled = self.optim.dual_mode or self.optim.distill_weight > 0
-        if distilled and not self.encoder_config().dynamic_chunk_training:
+        if self.optim.distilled and not self.encoder_config().dynamic_chunk_training:
             name = "dual_mode" if self.optim.dual_mode else "distill_weight"
             raise ValueError(
                 f"optim.{name} trains batches at full context and in chunks: it needs "

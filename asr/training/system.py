@@ -127,11 +127,10 @@ class AsrSystem(L.LightningModule):
             feats, feat_lengths = self.features(batch, augment=True)
             optim = self.config.optim
             args = (feats, feat_lengths, batch.targets, batch.target_lengths)
-            if optim.dual_mode or optim.distill_weight > 0:
+            if optim.distilled:
                 loss, parts = distilled_objective(
-                    self.model, *args, optim.inter_ctc_weight, optim.distill_weight,
-                    optim.dual_mode,
-                )  # fmt: skip
+                    self.model, *args, optim.inter_ctc_weight, optim.distill_weight, optim.dual_mode
+                )
             else:
                 loss, parts = ctc_objective(self.model, *args, optim.inter_ctc_weight)
         nonfinite = loss is not None and not bool(torch.isfinite(loss))
