@@ -65,9 +65,10 @@ class StreamingAcousticModel(AcousticModel, Protocol):
         ...
 
     def forward_chunk(
-        self, feats: torch.Tensor, state: StreamState
+        self, feats: torch.Tensor, state: StreamState, emit: int | None = None
     ) -> tuple[torch.Tensor, StreamState]:
-        """feats (B, stride (C-1) + span, F), state -> (log_probs (B, C, V), next state)."""
+        """feats (B, stride (C-1) + span, F), state -> (log_probs (B, C, V), the state after
+        the first E = `emit` frames, default C: the last C - E are look-ahead)."""
         ...
 
 
@@ -134,13 +135,14 @@ class CtcModel(nn.Module):
         return self.encoder.initial_state(batch, cache_frames, device)
 
     def forward_chunk(
-        self, feats: torch.Tensor, state: StreamState
+        self, feats: torch.Tensor, state: StreamState, emit: int | torch.Tensor | None = None
     ) -> tuple[torch.Tensor, StreamState]:
         """Streaming, evaluation: the feature frames feats (B, T, F) of one chunk of C output
         frames and the state after the chunks before it -> (log_probs (B, C, V), the state
-        after this chunk); see `ConformerEncoder.forward_chunk`. The chunk graph of the ONNX
-        export is this method."""
-        x, state = self.encoder.forward_chunk(feats, state, self._between_blocks([]))
+        after its first E = `emit` frames, default C; the last C - E are look-ahead, their
+        log-probs provisional); see `ConformerEncoder.forward_chunk`. The chunk graph of the
+        ONNX export is this method."""
+        x, state = self.encoder.forward_chunk(feats, state, self._between_blocks([]), emit)
         return self.log_probs(x), state
 
     def _between_blocks(self, intermediate: list[torch.Tensor]):

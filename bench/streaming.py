@@ -55,9 +55,10 @@ def offline_texts(model_path: str, utterances) -> list[str]:
     return [r.text for r in transcriber.transcribe([u.audio for u in utterances])]
 
 
-def stream_utterance(transcriber, wave: np.ndarray, chunk_ms: float, left: float, piece_ms: float):
+def stream_utterance(transcriber, wave: np.ndarray, chunk_ms: float, left: float, piece_ms: float,
+                     lookahead_ms: float = 0.0):  # fmt: skip
     """Feed `wave` in pieces: (final Result, [(received seconds, compute seconds, words)])."""
-    stream = transcriber.stream(chunk_ms, left)
+    stream = transcriber.stream(chunk_ms, left, lookahead_ms=lookahead_ms)
     events = []
     feed(stream, wave, transcriber.sample_rate, piece_ms,
          lambda partial, seconds: events.append((partial.received, seconds, partial.token_ids)))  # fmt: skip
@@ -85,7 +86,8 @@ def latencies(result, stream, events) -> list[tuple[float, float]]:
     return out
 
 
-def streaming_rows(model_path: str, utterances, chunks_ms, left: float) -> dict:
+def streaming_rows(model_path: str, utterances, chunks_ms, left: float,
+                   lookahead_ms: float = 0.0) -> dict:  # fmt: skip
     transcriber = asr.load_model(model_path)
     refs = [u.text for u in utterances]
     waves = [load_audio(u.audio).numpy() for u in utterances]
@@ -93,10 +95,12 @@ def streaming_rows(model_path: str, utterances, chunks_ms, left: float) -> dict:
     for chunk_ms in chunks_ms:
         hyps, lat, compute_total, audio_total = [], [], 0.0, 0.0
         for wave in waves:
-            result, stream, events = stream_utterance(transcriber, wave, chunk_ms, left, 100.0)
+            result, stream, events = stream_utterance(transcriber, wave, chunk_ms, left, 100.0,
+                                                     lookahead_ms)  # fmt: skip
             hyps.append(result.text)
         for wave in waves[:40]:  # latency: 10 ms pieces, the first 40 utterances
-            result, stream, events = stream_utterance(transcriber, wave, chunk_ms, left, 10.0)
+            result, stream, events = stream_utterance(transcriber, wave, chunk_ms, left, 10.0,
+                                                     lookahead_ms)  # fmt: skip
             lat += latencies(result, stream, events)
             compute_total += sum(c for _, c, _ in events)
             audio_total += len(wave) / transcriber.sample_rate
@@ -163,6 +167,12 @@ def main() -> None:
     parser.add_argument("--manifest", required=True, help="test set")
     parser.add_argument("--chunks-ms", default="320,640,1280")
     parser.add_argument("--left-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--lookahead-ms",
+        type=float,
+        default=0.0,
+        help="audio after each chunk its frames also see (latency-controlled)",
+    )
     parser.add_argument("--rounds", type=int, default=10, help="rounds of the step-cost timing")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "bench/results/streaming.json")
@@ -178,7 +188,7 @@ def main() -> None:
     print(result["full_context"], flush=True)
     chunks = [float(c) for c in args.chunks_ms.split(",")]
     result["streaming"] = streaming_rows(args.streaming_model, utterances, chunks,
-                                         args.left_seconds)  # fmt: skip
+                                         args.left_seconds, args.lookahead_ms)  # fmt: skip
     result["step_cost"] = step_cost(args.manifest, args.rounds)
     print(result["step_cost"])
     write_json(args.output, result)

@@ -60,9 +60,9 @@ def exported(tmp_path_factory, request):
     return {"pt": pt, "fp32": fp32, "int8": int8, "folder": folder}
 
 
-def run_stream(transcriber, wave: np.ndarray, chunk_ms: float, left_seconds=10.0):
+def run_stream(transcriber, wave: np.ndarray, chunk_ms: float, left_seconds=10.0, lookahead_ms=0.0):
     """Feed `wave` in `PIECE_MS` pieces: (stream, partial texts, final result)."""
-    stream = transcriber.stream(chunk_ms, left_seconds)
+    stream = transcriber.stream(chunk_ms, left_seconds, lookahead_ms=lookahead_ms)
     partials = []
     feed(stream, wave, RATE, PIECE_MS, lambda partial, _: partials.append(partial.text))
     return stream, partials, stream.finish()
@@ -79,27 +79,31 @@ def assert_same_stream(onnx_run, torch_run, atol: float = 1e-4) -> None:
     torch.testing.assert_close(got, want, rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("chunk_ms", [320, 640, 1280])
-def test_onnx_stream_equals_pytorch_stream_on_recordings(exported, chunk_ms):
+@pytest.mark.parametrize(("chunk_ms", "lookahead_ms"), [(320, 0), (640, 0), (1280, 0), (480, 160)])
+def test_onnx_stream_equals_pytorch_stream_on_recordings(exported, chunk_ms, lookahead_ms):
     onnx_model, torch_model = asr.load_model(exported["fp32"]), asr.load_model(exported["pt"])
     texts = []
     for path in recordings(3):
         wave = load_audio(path).numpy()
-        onnx_run = run_stream(onnx_model, wave, chunk_ms)
-        assert_same_stream(onnx_run, run_stream(torch_model, wave, chunk_ms))
+        onnx_run = run_stream(onnx_model, wave, chunk_ms, lookahead_ms=lookahead_ms)
+        assert_same_stream(onnx_run, run_stream(torch_model, wave, chunk_ms,
+                                                lookahead_ms=lookahead_ms))  # fmt: skip
         texts.append(onnx_run[2].text)
         assert len(onnx_run[1]) > 1 and onnx_run[1][-1]  # partial text before the end
     assert sum(len(t.split()) for t in texts) >= 6, texts  # words to compare, not silence
 
 
-@pytest.mark.parametrize(("chunk_ms", "left_seconds"),
-                         [(320, 10.0), (640, 1.28), (1280, None), (640, 0.0)])  # fmt: skip
-def test_onnx_stream_equals_pytorch_stream_on_noise(exported, chunk_ms, left_seconds):
+@pytest.mark.parametrize(("chunk_ms", "left_seconds", "lookahead_ms"),
+                         [(320, 10.0, 0), (640, 1.28, 0), (1280, None, 0), (640, 0.0, 0),
+                          (480, 1.28, 160), (320, None, 320)])  # fmt: skip
+def test_onnx_stream_equals_pytorch_stream_on_noise(exported, chunk_ms, left_seconds, lookahead_ms):
     """Always run (no shared data needed); left context bounded (the cache wraps), none at all
-    (no cache slot) and unbounded (the cache grows)."""
+    (no cache slot) and unbounded (the cache grows); with look-ahead."""
     wave = noise(7.3, 12)
-    onnx_run = run_stream(asr.load_model(exported["fp32"]), wave, chunk_ms, left_seconds)
-    torch_run = run_stream(asr.load_model(exported["pt"]), wave, chunk_ms, left_seconds)
+    onnx_run = run_stream(asr.load_model(exported["fp32"]), wave, chunk_ms, left_seconds,
+                          lookahead_ms)  # fmt: skip
+    torch_run = run_stream(asr.load_model(exported["pt"]), wave, chunk_ms, left_seconds,
+                           lookahead_ms)  # fmt: skip
     assert_same_stream(onnx_run, torch_run)
     assert onnx_run[2].text  # something to compare
     slots = onnx_run[0].state.att_cache.shape[4]
@@ -188,3 +192,29 @@ def test_cli_transcribe_streaming_on_onnx(exported, tmp_path, capsys):
     argv = ["export", "--model", str(exported["pt"]), "--output", "x.pt", "--streaming"]
     assert cli_main(argv) == 2
     assert "--streaming applies to --format onnx only" in capsys.readouterr().err
+
+
+class _GraphWithoutEmit:
+    """An ONNX Runtime session's face of a streaming graph exported before look-ahead."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def get_inputs(self):
+        return self.session.get_inputs()[:4]
+
+    def run(self, names, feed):
+        assert "emit" not in feed
+        chunk = (feed["feats"].shape[1] - 7) // 4 + 1
+        return self.session.run(names, {**feed, "emit": np.array(chunk)})
+
+
+def test_a_graph_exported_before_lookahead_streams_without_it_and_says_so_with_it(exported):
+    model = asr.load_model(exported["fp32"])
+    model.bundle.model._streaming_session = _GraphWithoutEmit(model.bundle.model._streaming_graph())
+    wave = noise(3.1, 5)
+    old = run_stream(model, wave, 640)
+    assert_same_stream(old, run_stream(asr.load_model(exported["pt"]), wave, 640))
+    with pytest.raises(ValueError, match="exported without look-ahead: export it again") as err:
+        run_stream(model, wave, 480, lookahead_ms=160)
+    assert "\n" not in str(err.value)

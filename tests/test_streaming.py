@@ -193,6 +193,91 @@ def test_stream_equals_offline_with_the_chunk_mask(bundle_path, chunk_ms, left_s
     assert all(0 <= w.start < w.end <= 5.3 + 1e-6 for w in result.words)
 
 
+@pytest.mark.parametrize(("chunk_ms", "lookahead_ms", "left_seconds"),
+                         [(160, 80, None), (480, 160, 0.96), (320, 320, 0.0), (40, 120, None)])  # fmt: skip
+def test_a_lookahead_stream_sees_its_lookahead_and_nothing_after(
+    bundle_path, chunk_ms, lookahead_ms, left_seconds
+):
+    """Latency-controlled chunks: the first chunk's log-probs are the full-context forward's on
+    the first chunk + look-ahead frames; a chunk's log-probs change with audio in its look-ahead
+    and never with audio after it; pieces of any size give the same stream."""
+    transcriber = asr.load_model(bundle_path)
+    bundle = transcriber.bundle
+    wave = noise(5.3, 3)
+
+    def run(wave: np.ndarray, lookahead_ms: float, piece_ms: float = 100):
+        stream = transcriber.stream(chunk_ms, left_seconds, lookahead_ms=lookahead_ms)
+        piece = max(1, round(piece_ms / 1000 * RATE))
+        partials = [stream.accept(wave[i : i + piece]) for i in range(0, len(wave), piece)]
+        return stream, partials, stream.finish()
+
+    stream, partials, result = run(wave, lookahead_ms)
+    chunk, look = stream.chunk, stream.lookahead
+    assert (chunk, look) == (round(chunk_ms / 40), round(lookahead_ms / 40))
+    got = torch.cat(stream.log_probs)
+    assert got.shape == offline(bundle, wave, chunk, -1).shape  # every frame, once
+    # the first chunk: full context over its frames and its look-ahead's, nothing else
+    window = 4 * (chunk + look - 1) + 7  # feature frames of chunk + look-ahead encoder frames
+    feats, _ = bundle.frontend(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
+    with torch.inference_mode():
+        first, _ = bundle.model(feats[:, :window], torch.tensor([window]))
+    torch.testing.assert_close(got[:chunk], first[0, :chunk], rtol=0, atol=1e-4)
+    # no look-ahead: other log-probs (the look-ahead is seen), the plain chunked stream's
+    plain = torch.cat(run(wave, 0)[0].log_probs)
+    assert not torch.allclose(plain[:chunk], got[:chunk], atol=1e-3)
+    # audio changed after the second chunk's look-ahead (encoder frames < 2C + R: their
+    # feature frames' windows end before `cut`): chunks 0-1 unchanged, chunk 2 not
+    cut = 160 * (4 * (2 * chunk + look) + 2) + 400
+    changed = wave.copy()
+    changed[cut:] = noise(len(wave) / RATE, 9)[cut:]
+    other = torch.cat(run(changed, lookahead_ms)[0].log_probs)
+    torch.testing.assert_close(other[: 2 * chunk], got[: 2 * chunk], rtol=0, atol=1e-5)
+    assert not torch.allclose(other[2 * chunk : 3 * chunk], got[2 * chunk : 3 * chunk], atol=1e-3)
+    # pieces of any size: the same log-probs and text; partials only grow
+    small = run(wave, lookahead_ms, piece_ms=37)
+    torch.testing.assert_close(torch.cat(small[0].log_probs), got, rtol=0, atol=1e-4)
+    assert small[2].text == result.text != ""
+    texts = [p.text.replace(" ", "") for p in partials]
+    assert all(b.startswith(a) for a, b in itertools.pairwise(texts))
+    assert partials[-1].encoded > 0 and stream.frames_done == got.shape[0]
+
+
+def test_a_lookahead_chunk_keeps_only_its_first_frames_in_the_state(bundle_path):
+    """`forward_chunk(..., emit=E)` of C frames: the same log-probs as without `emit`, and the
+    state moved past E frames only: the look-ahead frames' keys, values and convolution inputs
+    are left out (the next chunk computes them again)."""
+    model = asr.load_model(bundle_path).bundle.model
+    torch.manual_seed(5)
+    c, e, slots = 6, 4, 12
+    feats = torch.randn(1, 4 * (c - 1) + 7, 80)
+    state = model.initial_state(1, slots)
+    state = state._replace(att_cache=torch.randn_like(state.att_cache),
+                           cnn_cache=torch.randn_like(state.cnn_cache),
+                           cache_len=torch.tensor([9]))  # fmt: skip
+    with torch.inference_mode():
+        all_out, all_state = model.forward_chunk(feats, state)
+        out, kept = model.forward_chunk(feats, state, e)
+        tensor_out, tensor_kept = model.forward_chunk(feats, state, torch.tensor(e))
+    torch.testing.assert_close(out, all_out, rtol=0, atol=0)
+    assert out.shape[1] == c
+    # all C kept: slots [C - E:] of the E-kept cache hold what [:L - (C - E)] of the full one do
+    drop = c - e
+    torch.testing.assert_close(kept.att_cache[..., drop:, :], all_state.att_cache[..., :-drop, :])
+    assert not torch.allclose(kept.att_cache[..., -drop:, :], all_state.att_cache[..., -drop:, :])
+    p = model.config.conv_cache_frames
+    if p > drop:
+        torch.testing.assert_close(kept.cnn_cache[:, :, drop:], all_state.cnn_cache[:, :, :-drop])
+    assert kept.cache_len.tolist() == [min(slots, 9 + e)]
+    for a, b in zip(kept, tensor_kept):  # a 0-dim tensor (an exported graph's input) as well
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(tensor_out, out, rtol=0, atol=0)
+
+
+def test_lookahead_is_refused_when_negative(bundle_path):
+    with pytest.raises(ValueError, match="lookahead_ms must be >= 0, got -40"):
+        asr.load_model(bundle_path).stream(640, lookahead_ms=-40)
+
+
 KALDI_FEATURES = {
     "framing": "kaldi",
     "preemphasis": 0.97,

@@ -52,7 +52,9 @@ def listen_command(args: argparse.Namespace) -> int:
 
     # The model and the options first: their errors need no microphone to be found.
     transcriber = load_model(args.model, device=args.device)
-    stream = transcriber.stream(args.chunk_ms, args.left_seconds, id="microphone")
+    stream = transcriber.stream(
+        args.chunk_ms, args.left_seconds, id="microphone", lookahead_ms=args.lookahead_ms
+    )
     sd = open_microphone()
     microphone = args.input_device
     if microphone is not None and microphone.isdigit():  # an index, as sounddevice lists them

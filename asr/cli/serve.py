@@ -110,7 +110,7 @@ def serve_command(args: argparse.Namespace) -> int:
     decoding, chunking = decoding_options(args), chunking_options(args)
     live = LiveOptions(args.max_live_streams, args.live_idle_seconds,
                        round(args.live_max_message_kb * 1024), args.chunk_ms,
-                       args.left_seconds)  # fmt: skip
+                       args.left_seconds, args.lookahead_ms)  # fmt: skip
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     torch.set_num_threads(threads)
     workers = ModelWorkers.load(models, args.workers, args.queue_size, args.device, decoding,

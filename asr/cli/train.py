@@ -52,7 +52,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             from asr.export.sherpa_online import export_sherpa_online
 
             export = export_sherpa_online
-            streaming = {"chunk_ms": args.chunk_ms, "left_seconds": args.left_seconds}
+            streaming = {"chunk_ms": args.chunk_ms, "left_seconds": args.left_seconds,
+                         "lookahead_ms": args.lookahead_ms}  # fmt: skip
         try:
             path = export(args.model, args.output, quantize=args.quantize, **streaming)
         except RuntimeError as err:  # the check of the export (ONNX Runtime vs PyTorch) failed
@@ -144,7 +145,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="asr export --checkpoint C1.ckpt [C2.ckpt ...] --output model.pt | "
         "asr export --model model.pt --format onnx --output model.onnx [--quantize int8] "
         "[--streaming] | asr export --model model.pt --format sherpa-onnx --output "
-        "DIR/model.onnx [--streaming [--chunk-ms MS] [--left-seconds S]] [--quantize int8]",
+        "DIR/model.onnx [--streaming [--chunk-ms MS] [--lookahead-ms MS] [--left-seconds S]] "
+        "[--quantize int8]",
     )
     p.add_argument("--checkpoint", nargs="+", help="training checkpoints; several: their average")
     p.add_argument("--model",

@@ -66,7 +66,8 @@ def stream_file(transcriber: Transcriber, path: Path, args: argparse.Namespace, 
     """Feed the file at `path` to a `Stream` in `--piece-ms` pieces (`feed_file`: read at its own
     rate, resampled by the stream as one signal), printing each new partial text to stderr; the
     final `Result`, or one whose `error` says why the file could not be read."""
-    stream = transcriber.stream(args.chunk_ms, args.left_seconds, options=options, id=str(path))
+    stream = transcriber.stream(args.chunk_ms, args.left_seconds, options=options, id=str(path),
+                                lookahead_ms=args.lookahead_ms)  # fmt: skip
     shown = ""
 
     def show(partial: Partial, compute_seconds: float) -> None:

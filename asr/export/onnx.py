@@ -42,6 +42,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -100,9 +101,10 @@ class _ChunkGraph(nn.Module):
         att_cache: torch.Tensor,
         cnn_cache: torch.Tensor,
         cache_len: torch.Tensor,
+        emit: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         log_probs, state = self.model.forward_chunk(
-            feats, StreamState(att_cache, cnn_cache, cache_len)
+            feats, StreamState(att_cache, cnn_cache, cache_len), emit
         )
         return (log_probs, *state)
 
@@ -247,12 +249,12 @@ def _export_streaming_fp32(model: CtcModel, n_mels: int, path: Path) -> None:
     chunk = Dim("chunk", min=1, max=100_000)
     cache = Dim("cache", min=1, max=1_000_000)  # 0 slots run as well (left context 0)
     time = geometry.stride * chunk + (geometry.span - geometry.stride)
-    dynamic = ({0: batch, 1: time}, {2: batch, 4: cache}, {1: batch}, {0: batch})
+    dynamic = ({0: batch, 1: time}, {2: batch, 4: cache}, {1: batch}, {0: batch}, None)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
         program = torch.onnx.export(
             _ChunkGraph(model).eval(),
-            (feats, *state),
+            (feats, *state, torch.tensor(6)),  # 8 frames, 2 of them look-ahead
             dynamo=True,
             input_names=list(STREAMING_INPUT_NAMES),
             output_names=list(STREAMING_OUTPUT_NAMES),
@@ -333,8 +335,10 @@ def _check(
     _compare(pairs, tolerance, min_agreement, "")
 
 
-# The check stream: output frames per chunk (the last one short), cache slots (2 chunks).
-CHECK_CHUNKS, CHECK_CACHE = (8, 8, 8, 8, 8, 5), 16
+# The check stream: (frames, of which kept) per chunk (look-ahead, the last one short), cache
+# slots (2 chunks).
+CHECK_CHUNKS = ((8, 8), (8, 8), (10, 8), (8, 6), (8, 8), (8, 8), (5, 5))
+CHECK_CACHE = 16
 
 
 def _check_streaming(
@@ -348,7 +352,7 @@ def _check_streaming(
     `_check` does. ExportCheckError otherwise."""
     ort = import_onnxruntime()
     model, geometry = bundle.model, bundle.model.geometry
-    frames = sum(CHECK_CHUNKS)
+    frames = sum(emit for _, emit in CHECK_CHUNKS)
     generator = torch.Generator().manual_seed(1)
     feats = torch.randn(1, geometry.stride * (frames - 1) + geometry.span,
                         bundle.frontend.config.n_mels, generator=generator)  # fmt: skip
@@ -356,14 +360,14 @@ def _check_streaming(
     want_state = model.initial_state(1, CHECK_CACHE)
     got_state = [t.numpy() for t in want_state]
     pairs, done = [], 0
-    for n in CHECK_CHUNKS:
+    for n, emit in CHECK_CHUNKS:
         start = geometry.stride * done
         window = feats[:, start : start + geometry.stride * (n - 1) + geometry.span]
         with torch.inference_mode():
-            want, want_state = model.forward_chunk(window, want_state)
+            want, want_state = model.forward_chunk(window, want_state, emit)
         got, *got_state = session.run(
             list(STREAMING_OUTPUT_NAMES),
-            dict(zip(STREAMING_INPUT_NAMES, [window.numpy(), *got_state])),
+            dict(zip(STREAMING_INPUT_NAMES, [window.numpy(), *got_state, np.array(emit)])),
         )
         if got.shape != tuple(want.shape) or got_state[2].tolist() != want_state.cache_len.tolist():
             raise ExportCheckError(
@@ -372,7 +376,7 @@ def _check_streaming(
                 f"{want_state.cache_len.tolist()}"
             )
         pairs.append((torch.from_numpy(got)[0], want[0]))
-        done += n
+        done += emit
     _compare(pairs, tolerance, min_agreement, "streaming graph ")
 
 

@@ -27,7 +27,8 @@ before `input_finished()`.
 
 Our side: one window is `CtcModel.forward_chunk` on C encoder frames, W = stride (C - 1) + span
 feature frames (4C + 3 at 4x: the subsampling's 3 frames of overlap with the window before),
-S = stride C; the state is `StreamState` in sherpa-onnx's layout, batch first: each block's
+S = stride C (with `--lookahead-ms`, R encoder frames of look-ahead: W = stride (C + R - 1) +
+span, the window's last R frames seen by its first C and decoded with the next window); the state is `StreamState` in sherpa-onnx's layout, batch first: each block's
 attention keys and values ((N, 2, B, H, L, Dh) -> (B, 2 N H, L, Dh)), convolution inputs
 ((N, B, P, D) -> (B, N, P, D)) and the count of filled cache slots. L = left_chunks C slots
 of left context. So sherpa-onnx's text is that of `CtcModel.forward(feats, lengths, chunk=C,
@@ -73,6 +74,7 @@ from asr.inference.streaming import (
     DEFAULT_LEFT_SECONDS,
     check_streamable_encoder,
     chunk_frames,
+    lookahead_frames,
 )
 from asr.interop.sources import open_bundle
 from asr.model import CtcModel
@@ -92,12 +94,14 @@ class SherpaOnlineGraph(nn.Module):
     """What is exported: one window of sherpa-onnx's features and its states -> our
     `CtcModel.forward_chunk` -> log-probs (B, C, V) and the next states (module docstring)."""
 
-    def __init__(self, model: CtcModel, frontend: LogMelFeatures, chunk: int, slots: int) -> None:
+    def __init__(
+        self, model: CtcModel, frontend: LogMelFeatures, chunk: int, slots: int, lookahead: int = 0
+    ) -> None:
         super().__init__()
         self.model, self.frontend = model, frontend
-        self.chunk, self.slots = chunk, slots
+        self.chunk, self.slots, self.lookahead = chunk, slots, lookahead
         geometry = model.geometry
-        self.window = geometry.stride * (chunk - 1) + geometry.span  # W
+        self.window = geometry.stride * (chunk + lookahead - 1) + geometry.span  # W
         self.shift = geometry.stride * chunk  # S
         self.running = frontend.config.normalize == "running"
         # The running statistics' slots in cache_last_time: 2F + 1 values in slots of P D.
@@ -130,9 +134,11 @@ class SherpaOnlineGraph(nn.Module):
         else:
             feats = our_features(self.frontend, audio_signal, length)  # (B, W, F)
         log_probs, state = self.model.forward_chunk(
-            feats, to_state(cache_last_channel, cnn_cache, cache_last_channel_len)
+            feats, to_state(cache_last_channel, cnn_cache, cache_last_channel_len), self.chunk
         )
-        out_lengths = self.model.output_lengths(length)  # (B,): C, as sherpa-onnx ignores it
+        log_probs = log_probs[:, : self.chunk]  # the look-ahead's come with the next window
+        # (B,): C, as sherpa-onnx ignores it
+        out_lengths = self.model.output_lengths(length) - self.lookahead
         channel, time, cache_len = from_state(state)
         return log_probs, out_lengths, channel, torch.cat([time, stats], dim=1), cache_len
 
@@ -173,6 +179,7 @@ class SherpaOnlineGraph(nn.Module):
             "normalize_type": "",  # the graph normalizes
             "quantization": quantization,
             "chunk_frames": str(self.chunk),
+            "lookahead_frames": str(self.lookahead),
             "left_context_frames": str(self.slots),
             "comment": "exported by asr (asr export --format sherpa-onnx --streaming)",
         }
@@ -220,16 +227,18 @@ def export_sherpa_online(
     quantize: str = "none",
     chunk_ms: float = DEFAULT_CHUNK_MS,
     left_seconds: float = DEFAULT_LEFT_SECONDS,
+    lookahead_ms: float = 0.0,
 ) -> Path:
     """Export the bundle at `model` (a file or a shipped name) for sherpa-onnx's online NeMo CTC
     recognizer (module docstring): the graph at `output` (an .onnx file) for chunks of about
-    `chunk_ms` with about `left_seconds` of left context, tokens.txt beside it, and with
+    `chunk_ms` that also see about `lookahead_ms` after them, with about `left_seconds` of left
+    context, tokens.txt beside it, and with
     `quantize` "int8" the int8 graph beside it too. Each graph is checked with ONNX Runtime
     against PyTorch over a stream of windows before anything is written. Returns `output`."""
     output = check_output(output, quantize)
-    if chunk_ms <= 0 or left_seconds < 0:
-        raise ValueError(f"need --chunk-ms > 0 and --left-seconds >= 0, got {chunk_ms} and "
-                         f"{left_seconds}")  # fmt: skip
+    if chunk_ms <= 0 or left_seconds < 0 or lookahead_ms < 0:
+        raise ValueError(f"need --chunk-ms > 0, --left-seconds >= 0 and --lookahead-ms >= 0, got "
+                         f"{chunk_ms}, {left_seconds} and {lookahead_ms}")  # fmt: skip
     bundle = open_bundle(model)
     check_online(bundle, str(model))
     frame_seconds = bundle.frame_seconds
@@ -237,7 +246,10 @@ def export_sherpa_online(
     if left_chunks < 1:
         raise ValueError(f"--left-seconds {left_seconds} keeps no chunk of "
                          f"{chunk * frame_seconds:.2f} s: give at least half a chunk")  # fmt: skip
-    graph = SherpaOnlineGraph(bundle.model, bundle.frontend, chunk, left_chunks * chunk).eval()
+    lookahead = lookahead_frames(frame_seconds, lookahead_ms)
+    graph = SherpaOnlineGraph(
+        bundle.model, bundle.frontend, chunk, left_chunks * chunk, lookahead
+    ).eval()
     files = write_checked(
         output,
         bundle.tokenizer,

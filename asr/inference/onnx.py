@@ -25,6 +25,9 @@ chunk graph, `CtcModel.forward_chunk` with its state as explicit tensors (`Strea
     cnn_cache (N, B, P, D)                   each block's last convolution inputs (P = K-1
                                              causal, K//2 chunked)
     cache_len (B,) int64                     valid frames in att_cache (the rest is masked)
+    emit () int64                            the chunk's frames E <= C the state moves past;
+                                             the last C - E are look-ahead (the next chunk
+                                             starts with them); E = C without look-ahead
       -> log_probs (B, C, V), new_att_cache, new_cnn_cache, new_cache_len (same shapes)
 
 with B, C and L dynamic: the chunk size and the left context are chosen per stream (L slots,
@@ -56,7 +59,9 @@ ONNX_VERSION = 1
 METADATA_KEY = "asr_bundle"
 INPUT_NAMES = ("feats", "feat_lengths")
 OUTPUT_NAMES = ("log_probs", "out_lengths")
-STREAMING_INPUT_NAMES = ("feats", "att_cache", "cnn_cache", "cache_len")
+STREAMING_INPUT_NAMES = ("feats", "att_cache", "cnn_cache", "cache_len", "emit")
+# exported before look-ahead: every frame of a chunk is kept (emit = C)
+STREAMING_INPUT_NAMES_V1 = STREAMING_INPUT_NAMES[:4]
 STREAMING_OUTPUT_NAMES = ("log_probs", "new_att_cache", "new_cnn_cache", "new_cache_len")
 STREAMING_SUFFIX = ".streaming.onnx"
 # the plain metadata keys of a streaming graph, beside the bundle's JSON
@@ -176,12 +181,19 @@ class OnnxCtcModel:
         )
 
     def forward_chunk(
-        self, feats: torch.Tensor, state: StreamState
+        self, feats: torch.Tensor, state: StreamState, emit: int | None = None
     ) -> tuple[torch.Tensor, StreamState]:
         """One chunk through the streaming graph: as `CtcModel.forward_chunk`."""
+        session = self._streaming_graph()
         feed = {name: np.ascontiguousarray(value.detach().cpu().numpy())
                 for name, value in zip(STREAMING_INPUT_NAMES, (feats.float(), *state))}  # fmt: skip
-        outputs = self._streaming_graph().run(list(STREAMING_OUTPUT_NAMES), feed)
+        chunk = self.geometry.output_lengths(feats.shape[1])
+        if len(session.get_inputs()) == len(STREAMING_INPUT_NAMES):
+            feed["emit"] = np.array(chunk if emit is None else emit, dtype=np.int64)
+        elif emit is not None and emit != chunk:
+            raise ValueError(f"{self.streaming} was exported without look-ahead: export it again "
+                             f"(asr export --streaming) or stream with lookahead_ms=0")  # fmt: skip
+        outputs = session.run(list(STREAMING_OUTPUT_NAMES), feed)
         log_probs, *new_state = (torch.from_numpy(output) for output in outputs)
         return log_probs, StreamState(*new_state)
 
@@ -285,8 +297,8 @@ def _open_streaming_graph(path: Path | None, streaming: Path | None, threads: in
         ) from None
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     meta = session.get_modelmeta().custom_metadata_map
-    if (tuple(names[0]), tuple(names[1])) != (STREAMING_INPUT_NAMES, STREAMING_OUTPUT_NAMES) \
-            or meta.get("graph") != "streaming":  # fmt: skip
+    if tuple(names[0]) not in (STREAMING_INPUT_NAMES, STREAMING_INPUT_NAMES_V1) \
+            or tuple(names[1]) != STREAMING_OUTPUT_NAMES or meta.get("graph") != "streaming":  # fmt: skip
         raise ValueError(f"{streaming} is not the streaming graph of an asr export (inputs "
                          f"{names[0]}, outputs {names[1]})")  # fmt: skip
     return session

@@ -84,18 +84,23 @@ class Stream:
         chunk_ms: float = DEFAULT_CHUNK_MS,
         left_seconds: float | None = DEFAULT_LEFT_SECONDS,
         id: str = "stream",
+        lookahead_ms: float = 0.0,
     ) -> None:
         """`bundle` on `device` (a `Transcriber`'s); `decoder` makes the final token ids."""
         model, frontend = bundle.model, bundle.frontend
         check_streamable(model.config, frontend.config)
         if chunk_ms <= 0:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
+        if lookahead_ms < 0:
+            raise ValueError(f"lookahead_ms must be >= 0, got {lookahead_ms}")
         self.model, self.frontend, self.decoder = model, frontend, decoder
         self.tokenizer = bundle.tokenizer
         self.id = id
         self.rate = frontend.config.sample_rate
         self.frame_seconds = frontend.hop * model.config.subsampling_factor / self.rate
         self.chunk, self.left_chunks = chunk_frames(self.frame_seconds, chunk_ms, left_seconds)
+        # encoder frames after each chunk that its frames see, computed again with the next one
+        self.lookahead = lookahead_frames(self.frame_seconds, lookahead_ms)
         # encoder frames of left context the attention keeps (None: all, the cache then grows)
         self.max_cache = None if self.left_chunks < 0 else self.left_chunks * self.chunk
         self.geometry = model.geometry
@@ -190,7 +195,7 @@ class Stream:
         frontend = self.frontend
         n = self.received  # before the end, only the frames whose windows lie within it
         available = frontend.num_frames(n) if final else frontend.frames_within(n)
-        needed = self.stride * (self.frames_done + self.chunk - 1) + self.span
+        needed = self.stride * (self.frames_done + self.chunk + self.lookahead - 1) + self.span
         if available <= self.feats_done or (available < needed and not final):
             return
         with torch.inference_mode():  # (n, F); "running" normalization carries its sums
@@ -208,9 +213,10 @@ class Stream:
         """Run every complete chunk (and, when `final`, the rest); returns the chunks run."""
         ready = self._frames_ready()
         runs = 0
-        while ready - self.frames_done >= self.chunk or (final and ready > self.frames_done):
-            n = min(self.chunk, ready - self.frames_done)
-            self._run_chunk(n)
+        window = self.chunk + self.lookahead
+        while ready - self.frames_done >= window or (final and ready > self.frames_done):
+            left = ready - self.frames_done
+            self._run_chunk(min(self.chunk, left), min(window, left))
             runs += 1
         return runs
 
@@ -218,16 +224,21 @@ class Stream:
         """Encoder frames the features so far determine: the subsampling's output length."""
         return self.geometry.output_lengths(self.feats_done)
 
-    def _run_chunk(self, n: int) -> None:
+    def _run_chunk(self, n: int, window: int) -> None:
+        """Encode `window` frames from `frames_done` on and keep the first `n` (the rest are
+        look-ahead: they come again at the start of the next chunk)."""
         t0 = self.frames_done
         first = self.stride * t0 - self.feat_base
-        count = self.stride * (n - 1) + self.span
+        count = self.stride * (window - 1) + self.span
         feats = self.feats[first : first + count][None].to(self.device)  # (1, count, F)
         if self.max_cache is None:  # all the left context: room for every frame so far
             self.state = grow_cache(self.state, t0 + n)
         with torch.inference_mode():
-            log_probs, self.state = self.model.forward_chunk(feats, self.state)
-        log_probs = log_probs[0].float().cpu()  # (n, V)
+            if window == n:
+                log_probs, self.state = self.model.forward_chunk(feats, self.state)
+            else:  # the look-ahead frames' log-probs come again with the next chunk
+                log_probs, self.state = self.model.forward_chunk(feats, self.state, n)
+        log_probs = log_probs[0, :n].float().cpu()  # (n, V)
         self.log_probs.append(log_probs)
         labels = log_probs.argmax(dim=-1).tolist()
         self.tokens += collapse(labels, previous=self.last_id)
@@ -256,6 +267,11 @@ def chunk_frames(
     chunk = max(1, round(chunk_ms / 1000 / frame_seconds))
     left_chunks = -1 if left_seconds is None else round(left_seconds / (chunk * frame_seconds))
     return chunk, left_chunks
+
+
+def lookahead_frames(frame_seconds: float, lookahead_ms: float) -> int:
+    """The encoder frames (of `frame_seconds` each) of a look-ahead of about `lookahead_ms`."""
+    return round(lookahead_ms / 1000 / frame_seconds)
 
 
 def check_streamable(config: EncoderConfig, features: FeatureConfig) -> None:

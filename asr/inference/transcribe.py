@@ -126,17 +126,19 @@ class Transcriber:
         *,
         options: DecodingOptions | None = None,
         id: str = "stream",
+        lookahead_ms: float = 0.0,
         **decoding: Any,
     ) -> Stream:
         """A `Stream` for live audio: `accept(samples)` pieces of any size (partial text after
         each chunk of `chunk_ms`), then `finish()` (the final `Result`). Attention sees at most
-        `left_seconds` before each chunk (None: everything; memory then grows with the input).
-        Needs a model trained with `encoder.chunk_conv` or `causal_conv`
-        (asr.inference.streaming)."""
+        `left_seconds` before each chunk (None: everything; memory then grows with the input);
+        `lookahead_ms`: audio after each chunk that its frames see as well (a word then waits
+        up to chunk_ms + lookahead_ms). Needs a model trained with `encoder.chunk_conv` or
+        `causal_conv` (asr.inference.streaming)."""
         decoder = self._get_decoder(_options(DecodingOptions, options, decoding))
         if decoding:
             raise TypeError(f"stream() got unexpected keyword(s) {', '.join(decoding)}")
-        return Stream(self.bundle, self.device, decoder, chunk_ms, left_seconds, id)
+        return Stream(self.bundle, self.device, decoder, chunk_ms, left_seconds, id, lookahead_ms)
 
     def _get_decoder(self, options: DecodingOptions) -> Decoder:
         return self._get_decoders((options,))[0]

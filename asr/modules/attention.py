@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asr.modules.dropout import dropout
-from asr.modules.masks import attn_bias_from_pad_mask
+from asr.modules.masks import attn_bias_from_pad_mask, frames_from
 
 # Queries per matmul of the position term: T/64 small matmuls cost less than one twice as big.
 POS_ROWS = 64
@@ -239,20 +239,23 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         pos_emb: torch.Tensor,
         attn_bias: torch.Tensor,
         cache: torch.Tensor,
+        emit: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Streaming: the C frames of a chunk attend to themselves and to the cached keys and
         values of the L slots before them, of which `attn_bias` masks the empty ones.
 
         x (B, C, D), pos_emb (2(L+C)-1, D), attn_bias (B, 1, 1, L+C), cache (2, B, H, L, Dh):
-        keys and values -> (out (B, C, D), the keys and values of the last L of the L+C frames
-        (2, B, H, L, Dh): the next chunk's cache).
+        keys and values -> (out (B, C, D), the keys and values of the last L of the L+E frames
+        (2, B, H, L, Dh): the next chunk's cache). E = `emit` (default C): the chunk's frames
+        that are kept; the others are look-ahead, computed again with the next chunk.
         """
-        c = x.shape[1]
+        c, slots = x.shape[1], cache.shape[3]
+        e = c if emit is None else emit
         q = self.split_heads(self.query(x))  # (B, H, C, Dh)
         k = torch.cat([cache[0], self.split_heads(self.key(x))], dim=2)  # (B, H, L+C, Dh)
         v = torch.cat([cache[1], self.split_heads(self.value(x))], dim=2)  # (B, H, L+C, Dh)
         out = self.merge_heads(self._attend(q, k, v, pos_emb, attn_bias))
-        return out, torch.stack([k[:, :, c:], v[:, :, c:]])  # (2, B, H, L, Dh)
+        return out, torch.stack([frames_from(k, 2, e, slots), frames_from(v, 2, e, slots)])
 
     def _attend(
         self,

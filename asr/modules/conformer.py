@@ -37,6 +37,7 @@ from asr.modules.masks import (
     attention_bias,
     attn_bias_from_pad_mask,
     chunk_mask,
+    frames_from,
     make_pad_mask,
 )
 from asr.modules.style import GlobalStyleTokens
@@ -116,19 +117,21 @@ class ConformerBlock(nn.Module):
         attn_bias: torch.Tensor,
         att_cache: torch.Tensor,
         cnn_cache: torch.Tensor,
+        emit: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Streaming, evaluation: one chunk x (B, C, D) after L cache slots, pos_emb
         (2(L+C)-1, D), attn_bias (B, 1, 1, L+C) masking the empty slots, att_cache
         (2, B, H, L, Dh) keys and values, cnn_cache (B, P, D) the depthwise convolution's
         last inputs (P = `EncoderConfig.conv_cache_frames`) -> (B, C, D) and the next chunk's
-        att_cache and cnn_cache (same shapes)."""
+        att_cache and cnn_cache (same shapes), taken after the first `emit` frames (default C:
+        all of them; the rest are look-ahead)."""
         x = torch.add(x, self.ff1(x), alpha=0.5)
         mhsa = self.mhsa
         attn, att_cache = mhsa.attention.forward_chunk(
-            mhsa.layer_norm(x), pos_emb, attn_bias, att_cache
+            mhsa.layer_norm(x), pos_emb, attn_bias, att_cache, emit
         )
         x = x + mhsa.dropout(attn)
-        conv, cnn_cache = self.conv.forward_chunk(x, cnn_cache)
+        conv, cnn_cache = self.conv.forward_chunk(x, cnn_cache, emit)
         x = x + conv
         x = torch.add(x, self.ff2(x), alpha=0.5)
         return self.final_norm(x), att_cache, cnn_cache
@@ -280,13 +283,20 @@ class ConformerEncoder(nn.Module):
         feats: torch.Tensor,
         state: StreamState,
         after_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        emit: int | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, StreamState]:
         """Streaming, evaluation: the feature frames feats (B, T, F) of one chunk of C encoder
         frames (T = stride (C-1) + span: they overlap the previous chunk's by span - stride) and
-        the state after the chunks before it -> (out (B, C, D), the state after this chunk).
+        the state after the chunks before it -> (out (B, C, D), the state after its first E
+        frames).
 
         Each block attends over the L cache slots (the empty ones masked) and the chunk; its
         convolution continues from the cached inputs. `after_block`: see `forward_blocks`.
+        `emit` (E, an int or a 0-dim int64 tensor; default C): with E < C the last C - E frames
+        are look-ahead (latency-controlled chunks, as in LC-BLSTM: Zhang et al. 2016, "Highway
+        Long Short-Term Memory RNNs for Distant Speech Recognition"): the first E frames see
+        them; they are left out of the state, their outputs are provisional, and the next chunk
+        starts with them.
         """
         if self.style is not None:
             raise ValueError("models with global style tokens cannot stream (they summarize "
@@ -294,6 +304,7 @@ class ConformerEncoder(nn.Module):
         b, t, _ = feats.shape
         x, _ = self.subsample(feats, torch.full((b,), t, device=feats.device))  # (B, C, D)
         c, slots = x.shape[1], state.att_cache.shape[4]
+        e = c if emit is None else emit
         pos_emb = self.pos_enc(slots + c)  # (2(L+C)-1, D)
         positions = torch.arange(slots + c, device=x.device)  # (L+C,)
         pad_mask = positions[None, :] < (slots - state.cache_len)[:, None]  # (B, L+C): empty
@@ -301,11 +312,11 @@ class ConformerEncoder(nn.Module):
         att_caches, cnn_caches = [], []
         for i, block in enumerate(self.blocks, start=1):
             x, att, cnn = block.forward_chunk(
-                x, pos_emb, bias, state.att_cache[i - 1], state.cnn_cache[i - 1]
+                x, pos_emb, bias, state.att_cache[i - 1], state.cnn_cache[i - 1], e
             )
             att_caches.append(att)
             cnn_caches.append(cnn)
             if after_block is not None and i < len(self.blocks):
                 x = after_block(i, x)
-        cache_len = (~pad_mask[:, c:]).sum(-1)  # (B,): min(L, cache_len + C)
+        cache_len = (~frames_from(pad_mask, 1, e, slots)).sum(-1)  # (B,): min(L, cache_len + E)
         return x, StreamState(torch.stack(att_caches), torch.stack(cnn_caches), cache_len)

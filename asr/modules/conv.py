@@ -21,6 +21,7 @@ from torch import nn
 
 from asr.modules.dropout import Dropout
 from asr.modules.feed_forward import make_activation
+from asr.modules.masks import frames_from
 
 
 class MaskedBatchNorm1d(nn.Module):
@@ -119,21 +120,21 @@ class ConformerConvModule(nn.Module):
         return self._conv_norm_out(x, pad_mask, padding, chunk if self.chunked else None)
 
     def forward_chunk(
-        self, x: torch.Tensor, cache: torch.Tensor
+        self, x: torch.Tensor, cache: torch.Tensor, emit: int | torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Streaming (causal or chunked, evaluation): x (B, C, D) and the last P frames
         (B, P, D) of the previous chunks' depthwise input, P = K-1 (causal) or K//2 (chunked),
         zeros at the start as the left padding -> (out (B, C, D), the cache for the next chunk
-        (B, P, D)). A chunked module pads the chunk's end with K//2 zero frames, as
-        `forward(..., chunk=C)` does."""
+        (B, P, D): the last P inputs up to frame `emit` of the chunk, default C). A chunked
+        module pads the chunk's end with K//2 zero frames, as `forward(..., chunk=C)` does."""
         assert (self.causal or self.chunked) and not self.training, (
             "forward_chunk: causal or chunked models in eval mode"
         )
-        c = x.shape[1]
+        e, p = (x.shape[1] if emit is None else emit), cache.shape[1]
         x = self.glu(self.pointwise_in(self.layer_norm(x)))  # (B, C, D)
         x = torch.cat([cache, x], dim=1)  # (B, P+C, D)
         right = self.depthwise.kernel_size[0] // 2 if self.chunked else 0
-        return self._conv_norm_out(x, None, (0, right)), x[:, c:]  # the last P frames
+        return self._conv_norm_out(x, None, (0, right)), frames_from(x, 1, e, p)  # P before e
 
     def _conv_norm_out(
         self,

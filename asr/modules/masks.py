@@ -59,3 +59,10 @@ def attention_bias(
     if bias is None:
         bias = torch.zeros(1, 1, 1, blocked.shape[-1], dtype=dtype, device=blocked.device)
     return bias.masked_fill(blocked, -0.5 * torch.finfo(dtype).max)  # (B or 1, 1, T, T)
+
+
+def frames_from(x: torch.Tensor, dim: int, start: int | torch.Tensor, count: int) -> torch.Tensor:
+    """`count` frames of `x` along `dim` from `start` on (an int, or a 0-dim int64 tensor: an
+    input of an exported graph, where a slice would need its value at export time)."""
+    index = torch.arange(count, device=x.device) + start
+    return x.index_select(dim, index)

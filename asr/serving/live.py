@@ -100,13 +100,15 @@ CLOSE_ERROR, CLOSE_TRY_LATER = 1011, 1013
 @dataclass(frozen=True)
 class LiveOptions:
     """Live captions: sessions at once (0: off), seconds a silent session is kept, the largest
-    message in bytes, and each stream's chunk and left context (`Transcriber.stream`)."""
+    message in bytes, and each stream's chunk, left context and look-ahead
+    (`Transcriber.stream`)."""
 
     max_streams: int = 4
     idle_seconds: float = 30.0
     max_message_bytes: int = 2**20
     chunk_ms: float = DEFAULT_CHUNK_MS
     left_seconds: float = DEFAULT_LEFT_SECONDS  # a bound: a server's streams keep bounded state
+    lookahead_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_streams < 0:
@@ -115,6 +117,8 @@ class LiveOptions:
             raise ValueError(f"live idle seconds, message size and chunk must be > 0: {self}")
         if self.left_seconds is None or self.left_seconds < 0:
             raise ValueError(f"live left seconds must be >= 0, got {self.left_seconds}")
+        if self.lookahead_ms < 0:
+            raise ValueError(f"live look-ahead must be >= 0 ms, got {self.lookahead_ms}")
 
 
 class Refused(Exception):
@@ -147,15 +151,17 @@ class LiveModels:
                 continue
             self.cannot[name] = None
             seconds = max(workers.chunking.chunk_seconds,
-                          options.left_seconds + 2 * options.chunk_ms / 1000)  # fmt: skip
+                          options.left_seconds
+                          + (2 * options.chunk_ms + options.lookahead_ms) / 1000)  # fmt: skip
             _grow_position_tables(shared.bundle.model, math.ceil(seconds / shared.frame_seconds))
         self.pool = ThreadPoolExecutor(max(1, options.max_streams), "asr-live")
         self.sessions = 0
 
     def open(self, name: str) -> Stream:
         return self.transcribers[name].stream(
-            self.options.chunk_ms, self.options.left_seconds, options=self.decoding
-        )
+            self.options.chunk_ms, self.options.left_seconds, options=self.decoding,
+            lookahead_ms=self.options.lookahead_ms,
+        )  # fmt: skip
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
