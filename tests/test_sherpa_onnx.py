@@ -400,9 +400,12 @@ def with_tail(wave: torch.Tensor, meta: dict[str, str]) -> torch.Tensor:
     return torch.cat([wave, torch.zeros(frames * 160)])
 
 
-def online_texts(model: Path, waves: list[torch.Tensor], batch: bool = False) -> list[str]:
+def online_texts(
+    model: Path, waves: list[torch.Tensor], batch: bool = False, tokens: bool = False
+) -> list[str]:
     """sherpa-onnx's online transcripts of 16 kHz `waves` (each with `with_tail`), fed in pieces
-    of varied sizes and decoded whenever a window is ready; `batch`: all streams at once."""
+    of varied sizes and decoded whenever a window is ready; `batch`: all streams at once;
+    `tokens`: its tokens joined instead of its text (which drops a leading apostrophe)."""
     rec, meta = online_recognizer(model), metadata(model)
     streams = [rec.create_stream() for _ in waves]
     waves = [with_tail(wave, meta).numpy() for wave in waves]
@@ -417,6 +420,8 @@ def online_texts(model: Path, waves: list[torch.Tensor], batch: bool = False) ->
         stream.input_finished()
     while any(rec.is_ready(stream) for stream in streams):
         rec.decode_streams([stream for stream in streams if rec.is_ready(stream)])
+    if tokens:
+        return [" ".join("".join(rec.get_result_all(s).tokens).split()) for s in streams]
     return [" ".join(rec.get_result(stream).split()) for stream in streams]
 
 
@@ -448,6 +453,47 @@ def test_sherpa_online_transcribes_real_recordings_as_our_chunked_model_does(onl
     assert [reference_text(bundle, with_tail(wave, meta)) for wave in waves] != want
     assert online_texts(online, waves) == want
     assert online_texts(online, waves, batch=True) == want  # streams stacked in one batch
+
+
+def stream_text(bundle_path: Path, wave: torch.Tensor, meta: dict[str, str]) -> str:
+    """Our `Stream`'s greedy text at sherpa-onnx's chunk, look-ahead and left context, over the
+    frames sherpa-onnx decodes (its full windows)."""
+    import asr
+    from asr.inference.streaming import feed
+
+    transcriber = asr.load_model(bundle_path)
+    wave = with_tail(wave, meta)
+    chunk, look = int(meta["chunk_frames"]), int(meta["lookahead_frames"])
+    stream = transcriber.stream(40.0 * chunk, 0.04 * int(meta["left_context_frames"]),
+                                lookahead_ms=40.0 * look)  # fmt: skip
+    feed(stream, wave.numpy(), 16000, 100.0)
+    stream.finish()
+    frames = transcriber.bundle.frontend.num_frames(len(wave))
+    window, shift = int(meta["window_size"]), int(meta["chunk_shift"])
+    windows = (frames - window - 1) // shift + 1  # as `chunked_text`
+    log_probs = torch.cat(stream.log_probs)[: windows * chunk][None]
+    ids = greedy_decode(log_probs, torch.tensor([log_probs.shape[1]]))[0]
+    return " ".join(transcriber.bundle.tokenizer.decode(ids).split())
+
+
+@pytest.mark.parametrize("normalize", ["global", "running"])
+def test_sherpa_online_with_lookahead_transcribes_as_our_lookahead_stream(tmp_path, normalize):
+    """`--lookahead-ms 160`: windows of chunk + look-ahead frames moving on by the chunk, the
+    look-ahead decoded with the next window; sherpa-onnx's text is our `Stream`'s with the same
+    chunk, look-ahead and left context, on real recordings."""
+    model = export_online(tmp_path, normalize, "--lookahead-ms", "160", conv="chunk")
+    meta = metadata(model)
+    chunk = round(CHUNK_MS / 40)
+    assert (meta["chunk_frames"], meta["lookahead_frames"]) == (str(chunk), "4")
+    assert meta["window_size"] == str(4 * (chunk + 4) + 3)
+    assert meta["chunk_shift"] == str(4 * chunk)
+    waves = [load_audio(path) for path in recordings()]
+    want = [stream_text(tmp_path / "model.pt", wave, meta) for wave in waves]
+    assert all(len(text.split()) >= 3 for text in want), want
+    plain = {**meta, "lookahead_frames": "0"}  # the look-ahead matters: without, other text
+    assert [stream_text(tmp_path / "model.pt", wave, plain) for wave in waves] != want
+    assert online_texts(model, waves, tokens=True) == want
+    assert online_texts(model, waves, batch=True, tokens=True) == want
 
 
 def test_sherpa_online_carries_running_normalization_as_our_chunked_model_does(tmp_path):

@@ -540,16 +540,20 @@ def test_distillation_needs_dynamic_chunk_training():
     )
 
 
-def test_cli_streaming_prints_partials_and_the_final_result(bundle_path, tmp_path, capsys):
+@pytest.mark.parametrize("lookahead_ms", [0, 160])
+def test_cli_streaming_prints_partials_and_the_final_result(
+    bundle_path, tmp_path, capsys, lookahead_ms
+):
     wav = tmp_path / "a.wav"
     soundfile.write(wav, noise(3.0, 5), RATE)
     out = tmp_path / "out"
     argv = ["transcribe", "--model", str(bundle_path), "--streaming", "--chunk-ms", "320",
-            "--output-dir", str(out), "--format", "txt", "json", "srt", str(wav)]  # fmt: skip
+            "--lookahead-ms", str(lookahead_ms), "--output-dir", str(out), "--format", "txt",
+            "json", "srt", str(wav)]  # fmt: skip
     assert cli_main(argv) == 0
     err = capsys.readouterr().err
     assert err.count("] ") >= 2, err  # several partial lines, each with its audio time
-    stream = asr.load_model(bundle_path).stream(320)
+    stream = asr.load_model(bundle_path).stream(320, lookahead_ms=lookahead_ms)
     stream.accept(noise(3.0, 5))
     final = stream.finish()
     assert (out / "a.txt").read_text().strip() == final.text
