@@ -69,9 +69,9 @@ def transcriber(bundle):
     return asr.load_model(bundle)
 
 
-def reference(transcriber, pcm: np.ndarray, rate: int, piece: int = PIECE):
+def reference(transcriber, pcm: np.ndarray, rate: int, piece: int = PIECE, lookahead_ms=0.0):
     """What a Stream with the server's chunk and left context makes of `pcm` in pieces."""
-    stream = transcriber.stream(CHUNK_MS, LEFT_SECONDS)
+    stream = transcriber.stream(CHUNK_MS, LEFT_SECONDS, lookahead_ms=lookahead_ms)
     for i in range(0, len(pcm), piece):
         stream.accept(pcm[i : i + piece], rate)
     result = stream.finish()
@@ -305,7 +305,8 @@ def test_serve_documents_the_live_flags(capsys):
         main(["serve", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     for flag in ("--max-live-streams N", "--live-idle-seconds S", "--live-max-message-kb KB",
-                 "--chunk-ms", "--left-seconds", "GET /v1/realtime?intent=transcription"):  # fmt: skip
+                 "--chunk-ms", "--lookahead-ms", "--left-seconds",
+                 "GET /v1/realtime?intent=transcription"):  # fmt: skip
         assert flag in shown
 
 
@@ -431,3 +432,14 @@ def test_sessions_at_once_each_get_their_own_streams_transcript(transcriber, spe
 
     with tight_server(transcriber, max_streams=3) as url:
         assert run(scenario(ws_url(url))) == want
+
+
+def test_a_server_with_lookahead_gives_its_streams_transcript(transcriber, speech):
+    """`asr serve --lookahead-ms`: each session's stream sees that much audio after each chunk,
+    and the transcript is what such a Stream gives (not the plain chunked one's)."""
+    want = reference(transcriber, speech, 24000, lookahead_ms=160)[0]
+    assert want != reference(transcriber, speech, 24000)[0]
+    with tight_server(transcriber, lookahead_ms=160) as url:
+        assert run(transcribe(ws_url(url), speech)) == want
+    with pytest.raises(ValueError, match="look-ahead must be >= 0 ms"):
+        LiveOptions(lookahead_ms=-1)
