@@ -26,7 +26,7 @@ import typing
 from typing import Any, TypeVar
 
 from asr.inference.options import ChunkingOptions, DecodingOptions
-from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS
+from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS, DEFAULT_LOOKAHEAD_MS
 
 T = TypeVar("T")
 # What `--model` takes wherever a model is loaded (`asr.inference.transcribe.load_model`).
@@ -127,7 +127,7 @@ def add_streaming_arguments(parser: argparse.ArgumentParser, title: str) -> Any:
     group = parser.add_argument_group(title)
     group.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS,
                        help="audio per encoder chunk (default %(default)s)")  # fmt: skip
-    group.add_argument("--lookahead-ms", type=float, default=0.0,
+    group.add_argument("--lookahead-ms", type=float, default=DEFAULT_LOOKAHEAD_MS,
                        help="audio after each chunk that it also sees, decoded with the next "
                        "chunk: a word waits up to chunk + look-ahead (default %(default)s; "
                        "480 + 160 is more accurate than 640 + 0 at the same worst case)")  # fmt: skip

@@ -72,6 +72,7 @@ from asr.inference.onnx import import_onnxruntime, session_options
 from asr.inference.streaming import (
     DEFAULT_CHUNK_MS,
     DEFAULT_LEFT_SECONDS,
+    DEFAULT_LOOKAHEAD_MS,
     check_streamable_encoder,
     chunk_frames,
     lookahead_frames,
@@ -227,7 +228,7 @@ def export_sherpa_online(
     quantize: str = "none",
     chunk_ms: float = DEFAULT_CHUNK_MS,
     left_seconds: float = DEFAULT_LEFT_SECONDS,
-    lookahead_ms: float = 0.0,
+    lookahead_ms: float = DEFAULT_LOOKAHEAD_MS,
 ) -> Path:
     """Export the bundle at `model` (a file or a shipped name) for sherpa-onnx's online NeMo CTC
     recognizer (module docstring): the graph at `output` (an .onnx file) for chunks of about

@@ -29,7 +29,12 @@ from asr.inference.engine import AudioSegment, Engine, OnWords, Stopped, stitch_
 from asr.inference.onnx import is_onnx_path, load_onnx_bundle
 from asr.inference.options import ChunkingOptions, DecodingOptions
 from asr.inference.result import Result
-from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS, Stream
+from asr.inference.streaming import (
+    DEFAULT_CHUNK_MS,
+    DEFAULT_LEFT_SECONDS,
+    DEFAULT_LOOKAHEAD_MS,
+    Stream,
+)
 from asr.interop.sources import model_file, open_bundle
 
 __all__ = [
@@ -126,7 +131,7 @@ class Transcriber:
         *,
         options: DecodingOptions | None = None,
         id: str = "stream",
-        lookahead_ms: float = 0.0,
+        lookahead_ms: float = DEFAULT_LOOKAHEAD_MS,
         **decoding: Any,
     ) -> Stream:
         """A `Stream` for live audio: `accept(samples)` pieces of any size (partial text after

@@ -81,7 +81,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from asr.inference.options import DecodingOptions
 from asr.inference.result import Result
-from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS, Stream
+from asr.inference.streaming import (
+    DEFAULT_CHUNK_MS,
+    DEFAULT_LEFT_SECONDS,
+    DEFAULT_LOOKAHEAD_MS,
+    Stream,
+)
 from asr.inference.transcribe import Transcriber
 from asr.modules.attention import RelativePositionalEncoding
 from asr.serving.access import check_api_key, deny_websocket, websocket_authorization
@@ -108,7 +113,7 @@ class LiveOptions:
     max_message_bytes: int = 2**20
     chunk_ms: float = DEFAULT_CHUNK_MS
     left_seconds: float = DEFAULT_LEFT_SECONDS  # a bound: a server's streams keep bounded state
-    lookahead_ms: float = 0.0
+    lookahead_ms: float = DEFAULT_LOOKAHEAD_MS
 
     def __post_init__(self) -> None:
         if self.max_streams < 0:
