@@ -96,7 +96,8 @@ def prepare(args: argparse.Namespace, paths: list[str]) -> list[Recording]:
     for chunk_ms in args.chunks_ms:
         for recording in recordings:
             try:
-                stream = transcriber.stream(chunk_ms, args.left_seconds)
+                stream = transcriber.stream(chunk_ms, args.left_seconds,
+                                            lookahead_ms=args.lookahead_ms)  # fmt: skip
             except ValueError as err:
                 sys.exit(f"--model {args.model} cannot stream: {err}")
             stream.accept(recording.pcm, rate)
@@ -110,7 +111,7 @@ def start_server(
     """`asr serve --model MODEL --chunk-ms C` on a free loopback port; (server, its ws:// URL)."""
     server = ServeProcess(args.model, [
         "--threads", str(args.threads), "--chunk-ms", str(chunk_ms),
-        "--left-seconds", str(args.left_seconds), "--max-live-streams", str(max(args.streams) + 1),
+        "--lookahead-ms", str(args.lookahead_ms), "--left-seconds", str(args.left_seconds), "--max-live-streams", str(max(args.streams) + 1),
         "--live-idle-seconds", "120"], folder / f"server-{chunk_ms:g}ms.log")  # fmt: skip
     return server, server.url.replace("http://", "ws://") + "/v1/realtime"
 
@@ -328,6 +329,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16])
     parser.add_argument("--chunks-ms", type=float, nargs="+", default=[320.0, 640.0, 1280.0])
     parser.add_argument("--left-seconds", type=float, default=10.0)
+    parser.add_argument("--lookahead-ms", type=float, default=0.0,
+                        help="look-ahead after each chunk, for every chunk size")  # fmt: skip
     parser.add_argument("--piece-ms", type=float, default=100.0, help="audio per append event")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="the server's torch threads (default: all cores, as asr serve "
@@ -357,6 +360,7 @@ def main() -> None:
                         "onset_s": r.onset} for r in recordings],
         "piece_ms": args.piece_ms,
         "left_seconds": args.left_seconds,
+        "lookahead_ms": args.lookahead_ms,
         "results": rows,
         "largest_streams_p90_word_under_1s": best,
     })  # fmt: skip

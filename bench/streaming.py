@@ -9,7 +9,8 @@ training cost of dynamic chunk training.
 
 Accuracy: greedy WER/CER of the test manifest at full context (offline `Transcriber`) for both
 models, and for the streaming model at each `--chunks-ms` through `Stream` (the audio fed in
-100 ms pieces, as a microphone gives it), left context `--left-seconds`.
+100 ms pieces, as a microphone gives it), left context `--left-seconds`; an entry C+R streams
+chunks of C ms that also see R ms after them (`lookahead_ms`: a word then waits up to C + R).
 
 Latency, per chunk size: the audio is fed in 10 ms pieces; a word is emitted when the partial
 text first holds all its letters. Algorithmic latency = audio time received at that moment -
@@ -86,13 +87,13 @@ def latencies(result, stream, events) -> list[tuple[float, float]]:
     return out
 
 
-def streaming_rows(model_path: str, utterances, chunks_ms, left: float,
-                   lookahead_ms: float = 0.0) -> dict:  # fmt: skip
+def streaming_rows(model_path: str, utterances, chunks_ms, left: float) -> dict:
+    """Per (chunk_ms, lookahead_ms) of `chunks_ms`: WER/CER, latency and RTF of the stream."""
     transcriber = asr.load_model(model_path)
     refs = [u.text for u in utterances]
     waves = [load_audio(u.audio).numpy() for u in utterances]
     rows = {}
-    for chunk_ms in chunks_ms:
+    for chunk_ms, lookahead_ms in chunks_ms:
         hyps, lat, compute_total, audio_total = [], [], 0.0, 0.0
         for wave in waves:
             result, stream, events = stream_utterance(transcriber, wave, chunk_ms, left, 100.0,
@@ -106,7 +107,8 @@ def streaming_rows(model_path: str, utterances, chunks_ms, left: float,
             audio_total += len(wave) / transcriber.sample_rate
         algo = [a for a, _ in lat]
         comp = [c for _, c in lat]
-        rows[str(int(chunk_ms))] = {
+        name = f"{chunk_ms:g}" + (f"+{lookahead_ms:g}" if lookahead_ms else "")
+        rows[name] = {
             **score(refs, hyps),
             "latency_algorithmic_median_s": round(statistics.median(algo), 3),
             "latency_algorithmic_p90_s": round(float(np.percentile(algo, 90)), 3),
@@ -115,7 +117,7 @@ def streaming_rows(model_path: str, utterances, chunks_ms, left: float,
             "rtf": round(compute_total / audio_total, 4),
             "words_timed": len(lat),
         }
-        print(chunk_ms, rows[str(int(chunk_ms))], flush=True)
+        print(name, rows[name], flush=True)
     return rows
 
 
@@ -165,14 +167,12 @@ def main() -> None:
     parser.add_argument("--streaming-model", required=True)
     parser.add_argument("--full-model", required=True, help="the same recipe, full context only")
     parser.add_argument("--manifest", required=True, help="test set")
-    parser.add_argument("--chunks-ms", default="320,640,1280")
-    parser.add_argument("--left-seconds", type=float, default=10.0)
     parser.add_argument(
-        "--lookahead-ms",
-        type=float,
-        default=0.0,
-        help="audio after each chunk its frames also see (latency-controlled)",
+        "--chunks-ms",
+        default="320,640,1280",
+        help="chunk sizes, each C or C+R: R ms of look-ahead after each chunk",
     )
+    parser.add_argument("--left-seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=10, help="rounds of the step-cost timing")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "bench/results/streaming.json")
@@ -186,9 +186,10 @@ def main() -> None:
         "dynamic_chunk_model": score(refs, offline_texts(args.streaming_model, utterances)),
     }
     print(result["full_context"], flush=True)
-    chunks = [float(c) for c in args.chunks_ms.split(",")]
+    chunks = [(float(c.split("+")[0]), float(c.split("+")[1]) if "+" in c else 0.0)
+              for c in args.chunks_ms.split(",")]  # fmt: skip
     result["streaming"] = streaming_rows(args.streaming_model, utterances, chunks,
-                                         args.left_seconds, args.lookahead_ms)  # fmt: skip
+                                         args.left_seconds)  # fmt: skip
     result["step_cost"] = step_cost(args.manifest, args.rounds)
     print(result["step_cost"])
     write_json(args.output, result)
