@@ -87,8 +87,9 @@ def latencies(result, stream, events) -> list[tuple[float, float]]:
     return out
 
 
-def streaming_rows(model_path: str, utterances, chunks_ms, left: float) -> dict:
-    """Per (chunk_ms, lookahead_ms) of `chunks_ms`: WER/CER, latency and RTF of the stream."""
+def streaming_rows(model_path: str, utterances, chunks_ms, left: float, timed: bool = True) -> dict:
+    """Per (chunk_ms, lookahead_ms) of `chunks_ms`: WER/CER, and with `timed` the latency and
+    RTF of the stream."""
     transcriber = asr.load_model(model_path)
     refs = [u.text for u in utterances]
     waves = [load_audio(u.audio).numpy() for u in utterances]
@@ -99,6 +100,11 @@ def streaming_rows(model_path: str, utterances, chunks_ms, left: float) -> dict:
             result, stream, events = stream_utterance(transcriber, wave, chunk_ms, left, 100.0,
                                                      lookahead_ms)  # fmt: skip
             hyps.append(result.text)
+        name = f"{chunk_ms:g}" + (f"+{lookahead_ms:g}" if lookahead_ms else "")
+        if not timed:
+            rows[name] = score(refs, hyps)
+            print(name, rows[name], flush=True)
+            continue
         for wave in waves[:40]:  # latency: 10 ms pieces, the first 40 utterances
             result, stream, events = stream_utterance(transcriber, wave, chunk_ms, left, 10.0,
                                                      lookahead_ms)  # fmt: skip
@@ -107,7 +113,6 @@ def streaming_rows(model_path: str, utterances, chunks_ms, left: float) -> dict:
             audio_total += len(wave) / transcriber.sample_rate
         algo = [a for a, _ in lat]
         comp = [c for _, c in lat]
-        name = f"{chunk_ms:g}" + (f"+{lookahead_ms:g}" if lookahead_ms else "")
         rows[name] = {
             **score(refs, hyps),
             "latency_algorithmic_median_s": round(statistics.median(algo), 3),
@@ -174,6 +179,11 @@ def main() -> None:
     )
     parser.add_argument("--left-seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=10, help="rounds of the step-cost timing")
+    parser.add_argument(
+        "--accuracy-only",
+        action="store_true",
+        help="WER/CER only: no latency, no step cost (nothing timed)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=REPO / "bench/results/streaming.json")
     args = parser.parse_args()
@@ -189,9 +199,10 @@ def main() -> None:
     chunks = [(float(c.split("+")[0]), float(c.split("+")[1]) if "+" in c else 0.0)
               for c in args.chunks_ms.split(",")]  # fmt: skip
     result["streaming"] = streaming_rows(args.streaming_model, utterances, chunks,
-                                         args.left_seconds)  # fmt: skip
-    result["step_cost"] = step_cost(args.manifest, args.rounds)
-    print(result["step_cost"])
+                                         args.left_seconds, not args.accuracy_only)  # fmt: skip
+    if not args.accuracy_only:
+        result["step_cost"] = step_cost(args.manifest, args.rounds)
+        print(result["step_cost"])
     write_json(args.output, result)
 
 
