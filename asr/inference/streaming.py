@@ -33,6 +33,12 @@ Latency: a word spoken at time t is emitted when the chunk containing its last f
 (up to `chunk_ms` later, plus the subsampling's look-ahead of 3 feature frames and the window of
 the last one, plus 10 ms for audio resampled from 44.1 kHz) and computed (the compute time of
 one chunk).
+
+Look-ahead (`lookahead_ms`, latency-controlled chunks as in LC-BLSTM): each chunk is encoded
+together with the R encoder frames after it, which its frames see in every block; the state moves
+past the chunk only (`forward_chunk(..., emit=C)`) and the next chunk starts with those R frames,
+so every frame is emitted once. A word then waits up to `chunk_ms + lookahead_ms`; at an equal
+worst case, 480 + 160 ms is more accurate than 640 + 0 (BENCHMARKS.md, "Twelfth session").
 """
 
 from __future__ import annotations
