@@ -111,7 +111,8 @@ def start_server(
     """`asr serve --model MODEL --chunk-ms C` on a free loopback port; (server, its ws:// URL)."""
     server = ServeProcess(args.model, [
         "--threads", str(args.threads), "--chunk-ms", str(chunk_ms),
-        "--lookahead-ms", str(args.lookahead_ms), "--left-seconds", str(args.left_seconds), "--max-live-streams", str(max(args.streams) + 1),
+        "--lookahead-ms", str(args.lookahead_ms), "--left-seconds", str(args.left_seconds),
+        "--max-live-streams", str(max(args.streams) + 1),
         "--live-idle-seconds", "120"], folder / f"server-{chunk_ms:g}ms.log")  # fmt: skip
     return server, server.url.replace("http://", "ws://") + "/v1/realtime"
 

@@ -194,7 +194,8 @@ def test_stream_equals_offline_with_the_chunk_mask(bundle_path, chunk_ms, left_s
 
 
 @pytest.mark.parametrize(("chunk_ms", "lookahead_ms", "left_seconds"),
-                         [(160, 80, None), (480, 160, 0.96), (320, 320, 0.0), (40, 120, None)])  # fmt: skip
+                         [(160, 80, None), (480, 160, 0.96), (320, 320, 0.0),
+                          (40, 120, None)])  # fmt: skip
 def test_a_lookahead_stream_sees_its_lookahead_and_nothing_after(
     bundle_path, chunk_ms, lookahead_ms, left_seconds
 ):

@@ -12,7 +12,8 @@ Names, the same in every command:
     --output       a file to write; --output-dir a folder to write into
     --workers      `asr serve`'s model workers (threads, each with its own copy of the models);
                    --processes: the processes of `asr pack` and `asr make-corpus`
-    --chunk-ms, --lookahead-ms, --left-seconds   streaming (`asr transcribe --streaming`, `asr listen`)
+    --chunk-ms, --lookahead-ms, --left-seconds
+                   streaming (`asr transcribe --streaming`, `asr listen`, `asr serve`)
 A renamed flag keeps its old name as a hidden alias that warns (`add_renamed_argument`).
 """
 
@@ -130,7 +131,8 @@ def add_streaming_arguments(parser: argparse.ArgumentParser, title: str) -> Any:
     group.add_argument("--lookahead-ms", type=float, default=DEFAULT_LOOKAHEAD_MS,
                        help="audio after each chunk that it also sees, decoded with the next "
                        "chunk: a word waits up to chunk + look-ahead (default %(default)s; "
-                       "480 + 160 is more accurate than 640 + 0 at the same worst case)")  # fmt: skip
+                       "480 + 160 is more accurate than 640 + 0 at the same worst "
+                       "case)")  # fmt: skip
     group.add_argument("--left-seconds", type=float, default=DEFAULT_LEFT_SECONDS,
                        help="left context each chunk attends to (default %(default)s)")  # fmt: skip
     return group

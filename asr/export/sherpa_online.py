@@ -28,7 +28,8 @@ before `input_finished()`.
 Our side: one window is `CtcModel.forward_chunk` on C encoder frames, W = stride (C - 1) + span
 feature frames (4C + 3 at 4x: the subsampling's 3 frames of overlap with the window before),
 S = stride C (with `--lookahead-ms`, R encoder frames of look-ahead: W = stride (C + R - 1) +
-span, the window's last R frames seen by its first C and decoded with the next window); the state is `StreamState` in sherpa-onnx's layout, batch first: each block's
+span, the window's last R frames seen by its first C and decoded with the next window); the
+state is `StreamState` in sherpa-onnx's layout, batch first: each block's
 attention keys and values ((N, 2, B, H, L, Dh) -> (B, 2 N H, L, Dh)), convolution inputs
 ((N, B, P, D) -> (B, N, P, D)) and the count of filled cache slots. L = left_chunks C slots
 of left context. So sherpa-onnx's text is that of `CtcModel.forward(feats, lengths, chunk=C,

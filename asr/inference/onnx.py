@@ -297,8 +297,9 @@ def _open_streaming_graph(path: Path | None, streaming: Path | None, threads: in
         ) from None
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     meta = session.get_modelmeta().custom_metadata_map
-    if tuple(names[0]) not in (STREAMING_INPUT_NAMES, STREAMING_INPUT_NAMES_V1) \
-            or tuple(names[1]) != STREAMING_OUTPUT_NAMES or meta.get("graph") != "streaming":  # fmt: skip
+    inputs_known = tuple(names[0]) in (STREAMING_INPUT_NAMES, STREAMING_INPUT_NAMES_V1)
+    if not inputs_known or tuple(names[1]) != STREAMING_OUTPUT_NAMES \
+            or meta.get("graph") != "streaming":  # fmt: skip
         raise ValueError(f"{streaming} is not the streaming graph of an asr export (inputs "
                          f"{names[0]}, outputs {names[1]})")  # fmt: skip
     return session

@@ -241,10 +241,8 @@ class Stream:
         if self.max_cache is None:  # all the left context: room for every frame so far
             self.state = grow_cache(self.state, t0 + n)
         with torch.inference_mode():
-            if window == n:
-                log_probs, self.state = self.model.forward_chunk(feats, self.state)
-            else:  # the look-ahead frames' log-probs come again with the next chunk
-                log_probs, self.state = self.model.forward_chunk(feats, self.state, n)
+            # the look-ahead frames' log-probs (window - n) come again with the next chunk
+            log_probs, self.state = self.model.forward_chunk(feats, self.state, n)
         log_probs = log_probs[0, :n].float().cpu()  # (n, V)
         self.log_probs.append(log_probs)
         labels = log_probs.argmax(dim=-1).tolist()
@@ -353,5 +351,6 @@ def feed_file(
         feed(stream, block, rate, piece_ms, on_partial)
 
 
-__all__ = ["DEFAULT_CHUNK_MS", "DEFAULT_LEFT_SECONDS", "DEFAULT_LOOKAHEAD_MS", "Partial", "Stream", "Word", "feed",
+__all__ = ["DEFAULT_CHUNK_MS", "DEFAULT_LEFT_SECONDS", "DEFAULT_LOOKAHEAD_MS", "Partial", "Stream",
+           "Word", "feed",
            "feed_file"]  # fmt: skip
