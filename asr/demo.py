@@ -6,7 +6,9 @@
     3. lm          a word 3-gram (interpolated Kneser-Ney) and a lexicon from the training
                    transcripts only: `asr.recipe.build_word_lm`, the AN4 recipe's lm stage
     4. evaluate    the held-out test voices and sentences: greedy CTC, then beam search with the
-                   lexicon and the LM; each writes an `asr evaluate` report folder
+                   lexicon and the LM; then, for a model that can stream (the default one
+                   can), live: each file fed as a microphone would, decoded as reported;
+                   each writes an `asr evaluate` report folder
     5. transcribe  one test file, printed with its word timings
     6. summary     WER, CER, times and where everything is (also `work_dir/summary.json`)
 
@@ -32,6 +34,7 @@ from asr.recipe import build_word_lm, run_stages, up_to_date, word_lm_paths
 if TYPE_CHECKING:
     from asr.config import TrainConfig
     from asr.inference.options import DecodingOptions
+    from asr.inference.streaming import StreamingOptions
     from asr.inference.transcribe import Transcriber
     from asr.scoring.metrics import ScoreResult
 
@@ -56,7 +59,7 @@ STAGES = {
     "transcribe": "one test file, with word timings",
     "summary": "error rates, times and paths",
 }
-DECODING_LABELS = {"greedy": "greedy CTC", "lm": "beam + LM"}
+DECODING_LABELS = {"greedy": "greedy CTC", "lm": "beam + LM", "live": "live"}
 DECODING_NAMES = {"greedy": "greedy CTC", "lm": "beam search + lexicon + 3-gram LM"}
 
 
@@ -213,29 +216,50 @@ class Demo:
             found["lm"] = best_options(self.tuned)
         return found
 
+    @functools.cached_property
+    def live(self) -> StreamingOptions | None:
+        """The live setting the demo scores (the library's default chunk and look-ahead), or
+        None for a model that cannot stream (trained offline, or normalized per utterance)."""
+        from asr.inference.streaming import StreamingOptions, check_streamable
+
+        bundle = self.model.bundle
+        try:
+            check_streamable(bundle.model.config, bundle.frontend.config)
+        except ValueError:
+            return None
+        return StreamingOptions()
+
     def evaluate(self) -> None:
-        """Stage 4: each decoding of test.jsonl scored into eval/<decoding>/ with its report."""
+        """Stage 4: each decoding of test.jsonl scored into eval/<decoding>/ with its report;
+        then (a model that can stream) eval/live/: the reported decoding, each file streamed."""
         from asr.scoring.evaluate import format_summary
 
-        for name, options in self.decodings().items():
-            result = self._score(name, options)
+        runs = [(name, options, None) for name, options in self.decodings().items()]
+        if self.live is not None:
+            runs.append(("live", self.decodings()[self.reported], self.live))
+        for name, options, streaming in runs:
+            result = self._score(name, options, streaming)
             print(format_summary(result))
             self.scores[name] = {"wer": round(100 * result.wer, 2),
                                  "cer": round(100 * result.cer, 2)}  # fmt: skip
 
-    def _score(self, name: str, options: DecodingOptions) -> ScoreResult:
+    def _score(
+        self, name: str, options: DecodingOptions, streaming: StreamingOptions | None = None
+    ) -> ScoreResult:
         """`asr.scoring.evaluate.decode_and_score` into eval/<name>/, or the evaluation there
         when it is newer than the model, the test manifest and the LM files it used."""
         from asr.scoring.evaluate import decode_and_score, load_result
         from asr.scoring.tune import tuned_path
 
         test, out = self.corpus_dir / "test.jsonl", self.work_dir / "eval" / name
-        tuned = [tuned_path(self.lm_files[0])] if name == "lm" else []
-        sources = [self.model_path, test, *(self.lm_files if name == "lm" else ()), *tuned]
+        with_lm = options.lm is not None
+        tuned = [tuned_path(self.lm_files[0])] if with_lm else []
+        sources = [self.model_path, test, *(self.lm_files if with_lm else ()), *tuned]
         if all(up_to_date(out / "summary.json", source) for source in sources):
             print(f"reusing the {DECODING_LABELS[name]} evaluation in {out}")
             return load_result(out)
-        return decode_and_score(self.model, test, out, options, label=DECODING_LABELS[name])
+        label = DECODING_LABELS[name] + (f", {streaming.label}" if streaming else "")
+        return decode_and_score(self.model, test, out, options, streaming=streaming, label=label)
 
     def show_transcript(self) -> None:
         """Stage 5: transcribe the first test file and print its text and word timings."""
@@ -264,6 +288,7 @@ class Demo:
             "cer": final["cer"],
             "decoding": DECODING_NAMES[self.reported],
             "reported": self.reported,
+            "live": self.live.label if self.live else None,
             "tuned": tuned_summary(tuned) if tuned else None,
             "scores": self.scores,
             "train_seconds": info.get("train_seconds"),
@@ -306,7 +331,8 @@ def format_demo_summary(summary: dict[str, Any]) -> str:
         f"test WER {summary['wer']:.2f}%  CER {summary['cer']:.2f}%  ({summary['decoding']})",
     ]
     for name, s in summary["scores"].items():
-        lines.append(f"  {name:<7} WER {s['wer']:6.2f}%  CER {s['cer']:6.2f}%")
+        how = f"  (streamed, {summary['live']}, decoded as reported)" if name == "live" else ""
+        lines.append(f"  {name:<7} WER {s['wer']:6.2f}%  CER {s['cer']:6.2f}%{how}")
     tuned = summary.get("tuned")
     if tuned:
         lines.append(
@@ -326,4 +352,7 @@ def format_demo_summary(summary: dict[str, Any]) -> str:
         f"summary: {Path(summary['model']).parents[1] / 'summary.json'}",
         f"try:     asr transcribe --model {summary['model']} YOUR_FILE.wav",
     ]
+    if summary.get("live"):
+        lines.append(f"live:    asr transcribe --model {summary['model']} --streaming "
+                     "YOUR_FILE.wav  (or asr listen: the microphone)")  # fmt: skip
     return "\n".join(lines)

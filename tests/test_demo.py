@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import soundfile
 import torch
 
 pytest.importorskip("espeakng_loader", reason="the demo needs eSpeak NG (pip install 'asr[demo]')")
@@ -30,7 +31,8 @@ def first_run(tmp_path_factory):
 def test_quick_demo_writes_model_lm_reports_and_summary(first_run):
     work_dir, summary = first_run
     for path in ("exp/model.pt", "exp/config.yaml", "lm/words.3gram.arpa", "lm/lexicon.txt",
-                 "eval/greedy/report.html", "eval/lm/report.html", "summary.json"):  # fmt: skip
+                 "eval/greedy/report.html", "eval/lm/report.html", "eval/live/report.html",
+                 "summary.json"):  # fmt: skip
         assert (work_dir / path).is_file(), path
     for split in ("train", "val", "test"):
         assert (work_dir / "corpus" / f"{split}.jsonl").read_text().count("\n") > 0
@@ -39,9 +41,10 @@ def test_quick_demo_writes_model_lm_reports_and_summary(first_run):
     assert summary["train_seconds"] > 0
 
 
-def test_quick_demo_reports_error_rates_of_both_decoders(first_run):
+def test_quick_demo_reports_error_rates_of_both_decoders_and_live(first_run):
     work_dir, summary = first_run
-    assert set(summary["scores"]) == {"greedy", "lm"}
+    assert set(summary["scores"]) == {"greedy", "lm", "live"}  # configs/demo.yaml can stream
+    assert summary["live"] == "480 + 160 ms chunks"
     for scores in summary["scores"].values():
         assert scores["cer"] >= 0.0 and scores["wer"] >= 0.0
     # the LM's weights were chosen on val; its test score is reported only if it won there
@@ -71,7 +74,7 @@ def test_example_transcript_has_ordered_word_timings_inside_the_file(first_run):
 def test_second_run_reuses_corpus_model_and_lm_and_gives_the_same_result(first_run, capsys):
     work_dir, summary = first_run
     made = ("exp/model.pt", "lm/words.3gram.arpa", "lm/lexicon.txt", "eval/greedy/summary.json",
-            "eval/lm/summary.json")  # fmt: skip
+            "eval/lm/summary.json", "eval/live/summary.json")  # fmt: skip
     mtimes = {path: (work_dir / path).stat().st_mtime_ns for path in made}
     again = run_demo(work_dir, quick=True, seed=0)
     out = capsys.readouterr().out
@@ -81,6 +84,7 @@ def test_second_run_reuses_corpus_model_and_lm_and_gives_the_same_result(first_r
     assert f"reusing {work_dir / 'corpus'}" in out and "reusing the trained model" in out
     assert f"reusing {work_dir / 'lm' / 'words.3gram.arpa'} and" in out
     assert f"reusing the beam + LM evaluation in {work_dir / 'eval' / 'lm'}" in out
+    assert f"reusing the live evaluation in {work_dir / 'eval' / 'live'}" in out
     assert {path: (work_dir / path).stat().st_mtime_ns for path in made} == mtimes
     assert again["scores"] == summary["scores"]
     assert again["example"] == summary["example"]  # (reuse shown by the files, not by timing)
@@ -107,3 +111,29 @@ def test_same_seed_trains_the_same_weights(first_run, tmp_path):
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert again["scores"]["greedy"] == summary["scores"]["greedy"]
+
+
+def test_the_live_score_is_each_test_file_streamed_and_decoded_as_reported(first_run):
+    work_dir, summary = first_run
+    import asr
+    from asr.data.manifest import read_manifest
+    from asr.inference.options import DecodingOptions
+    from asr.scoring.tune import best_options
+
+    model = asr.load_model(summary["model"])
+    tuned = json.loads((work_dir / "lm" / "words.3gram.arpa.tuned.json").read_text())
+    options = best_options(tuned) if summary["reported"] == "lm" else DecodingOptions()
+    got = [json.loads(line) for line in (work_dir / "eval/live/transcripts.jsonl").open()]
+    for utt, record in zip(read_manifest(work_dir / "corpus" / "test.jsonl"), got, strict=True):
+        stream = model.stream(options=options)  # the library's default chunk and look-ahead
+        stream.accept(soundfile.read(utt.audio, dtype="float32")[0])
+        assert record["text"] == stream.finish().text, utt.id
+
+
+def test_a_demo_trained_offline_has_no_live_score(first_run, tmp_path):
+    work_dir, _ = first_run
+    shutil.copytree(work_dir / "corpus", tmp_path / "corpus")
+    offline = ["encoder.chunk_conv=false", "encoder.dynamic_chunk_training=false",
+               "features.normalize=utterance"]  # fmt: skip
+    summary = run_demo(tmp_path, quick=True, seed=0, lm=False, overrides=offline)
+    assert set(summary["scores"]) == {"greedy"} and summary["live"] is None

@@ -7,6 +7,7 @@ kHz file fed in pieces of any size gives the transcript and word times of the fi
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -559,6 +560,61 @@ def test_cli_streaming_prints_partials_and_the_final_result(
     final = stream.finish()
     assert (out / "a.txt").read_text().strip() == final.text
     assert (out / "a.srt").is_file() and (out / "a.json").is_file()
+
+
+@pytest.mark.parametrize("lookahead_ms", [0, 160])
+def test_evaluate_streaming_scores_what_each_file_streamed_alone_gives(
+    bundle_path, tmp_path, capsys, lookahead_ms
+):
+    """`asr evaluate --streaming`: each utterance of the manifest fed to its own stream (a WAV
+    segment at an offset, a 44.1 kHz file, a corrupt file scored empty), its transcript the
+    stream's final text, and scored against the manifest's references."""
+    from asr.data.manifest import Utterance, write_manifest
+
+    soundfile.write(tmp_path / "a.wav", noise(4.0, 7), RATE)
+    soundfile.write(tmp_path / "b.wav", noise(2.5, 8), 44100)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not audio")
+    utts = [Utterance("a", str(tmp_path / "a.wav"), "the cat", 3.0, offset=0.5),
+            Utterance("b", str(tmp_path / "b.wav"), "a dog", 2.5),
+            Utterance("c", str(tmp_path / "bad.wav"), "gone", 1.0)]  # fmt: skip
+    write_manifest(utts, tmp_path / "test.jsonl")
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", str(bundle_path), "--manifest", str(tmp_path / "test.jsonl"),
+            "--streaming", "--chunk-ms", "320", "--lookahead-ms", str(lookahead_ms),
+            "--piece-ms", "70", "--output-dir", str(out)]  # fmt: skip
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    got = {
+        r["id"]: r for r in map(json.loads, (out / "transcripts.jsonl").read_text().splitlines())
+    }
+    transcriber = asr.load_model(bundle_path)
+    a = soundfile.read(tmp_path / "a.wav", dtype="float32")[0][8000:56000]  # (as PCM16)
+    b = soundfile.read(tmp_path / "b.wav", dtype="float32")[0]
+    for utt, wave, rate in (("a", a, RATE), ("b", b, 44100)):
+        stream = transcriber.stream(320, lookahead_ms=lookahead_ms)
+        stream.accept(wave, sample_rate=rate)  # at once: pieces give what the whole gives
+        assert got[utt]["text"] == stream.finish().text, utt
+    assert got["c"]["error"] and not got["c"]["text"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_utterances"] == 3
+
+
+def test_evaluate_streaming_refuses_a_model_that_cannot_stream_before_writing(tmp_path, capsys):
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("abc")
+    model = CtcModel(EncoderConfig.preset("xs", num_layers=1), tokenizer.vocab_size)
+    save_bundle(tmp_path / "m.pt", model, LogMelFeatures(FeatureConfig()), tokenizer)
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, noise(1.0, 9), RATE)
+    (tmp_path / "test.jsonl").write_text(json.dumps({"id": "a", "audio": str(wav),
+                                                     "duration": 1.0, "text": "a"}) + "\n")  # fmt: skip
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", str(tmp_path / "m.pt"), "--manifest",
+            str(tmp_path / "test.jsonl"), "--streaming", "--output-dir", str(out)]  # fmt: skip
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("asr: error:") and len(err.splitlines()) == 1, err
+    assert "cannot stream" in err and not out.exists()
 
 
 def test_cli_streaming_reads_a_44k_file_in_blocks_without_seams(

@@ -4,6 +4,7 @@
     asr evaluate --hyp hyp.txt --ref ref.txt --output-dir eval/             # score only
     ... --compare other_eval/                                                # paired bootstrap
     asr evaluate --model model.pt --manifest test.jsonl --lm lm.arpa --tune-lm val.jsonl
+    asr evaluate --model model.pt --manifest test.jsonl --streaming        # scored live
 
 Both paths go through `asr.scoring.evaluate.evaluate_files`, so the numbers are computed one way
 only; with --model the corpus is decoded by `asr.scoring.evaluate.decode_and_score` (the engine,
@@ -11,7 +12,9 @@ the chunking and decoding flags of `asr transcribe`; the path the demo and the r
 OUTPUT_DIR/transcripts.jsonl, the schema `asr transcribe --manifest` writes. With --tune-lm the
 LM weight and word score are first chosen on a validation corpus (`asr.scoring.tune`), written
 next to the LM (LM.tuned.json) and used for --manifest; greedy decoding is used instead, and
-said so, when the LM does not beat greedy on the validation corpus.
+said so, when the LM does not beat greedy on the validation corpus. With --streaming each
+utterance is transcribed live, as `asr transcribe --streaming` does (fed in --piece-ms pieces to
+a stream of --chunk-ms chunks with --lookahead-ms of look-ahead): the WER a live user gets.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from asr.cli.options import (
     add_chunking_arguments,
     add_decoding_arguments,
     add_device_argument,
+    add_streaming_arguments,
     chunking_options,
     decoding_options,
+    streaming_options,
 )
 from asr.text import TextNormalizer
 
@@ -72,7 +77,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-case", action="store_true", help="score case-sensitively")
     p.add_argument("--keep-punctuation", action="store_true", help="score punctuation too")
     add_device_argument(p)
+    p.add_argument("--streaming", action="store_true",
+                   help="with --model: transcribe each utterance as a live stream (a model "
+                   "trained with chunk_conv or causal_conv), not in offline windows")  # fmt: skip
     add_chunking_arguments(p)
+    add_streaming_arguments(p, "streaming (with --streaming, instead of chunking)", True)
     add_decoding_arguments(p)
     tune = p.add_argument_group("choosing --lm-weight and --word-score on a validation corpus")
     tune.add_argument("--tune-lm", metavar="VALIDATION",
@@ -118,6 +127,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise ValueError("--tune-lm needs --model, --manifest and the --lm to tune")
     if args.tune_lm_output and not args.tune_lm:
         raise ValueError("--tune-lm-output goes with --tune-lm")
+    if args.streaming and not args.model:
+        raise ValueError("--streaming goes with --model and --manifest")
     scoring = dict(compare_path=args.compare, normalizer=normalizer,
                    num_resamples=args.resamples, worst_n=args.worst)  # fmt: skip
     if args.model:
@@ -128,8 +139,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if args.tune_lm:
             options = tune_lm_weights(model, options, chunking, normalizer, args)
         output_dir = args.output_dir or tempfile.mkdtemp()  # transcripts only, without one
+        streaming = streaming_options(args) if args.streaming else None
         result = decode_and_score(model, args.manifest, output_dir, options, chunking=chunking,
-                                  split=args.split, label="transcribing",
+                                  streaming=streaming, split=args.split,
+                                  label="streaming" if streaming else "transcribing",
                                   report=bool(args.output_dir), **scoring)  # fmt: skip
     else:
         result = evaluate_files(args.hyp, args.ref, output_dir=args.output_dir, **scoring)

@@ -27,7 +27,12 @@ import typing
 from typing import Any, TypeVar
 
 from asr.inference.options import ChunkingOptions, DecodingOptions
-from asr.inference.streaming import DEFAULT_CHUNK_MS, DEFAULT_LEFT_SECONDS, DEFAULT_LOOKAHEAD_MS
+from asr.inference.streaming import (
+    DEFAULT_CHUNK_MS,
+    DEFAULT_LEFT_SECONDS,
+    DEFAULT_LOOKAHEAD_MS,
+    StreamingOptions,
+)
 
 T = TypeVar("T")
 # What `--model` takes wherever a model is loaded (`asr.inference.transcribe.load_model`).
@@ -121,21 +126,31 @@ def add_device_argument(
                         "(default %(default)s)")  # fmt: skip
 
 
-def add_streaming_arguments(parser: argparse.ArgumentParser, title: str) -> Any:
+def add_streaming_arguments(
+    parser: argparse.ArgumentParser, title: str, pieces: bool = False
+) -> Any:
     """`--chunk-ms`, `--lookahead-ms` and `--left-seconds` of a live stream
-    (`Transcriber.stream`), in a group called `title` (returned, for a command's own streaming
-    flags)."""
+    (`Transcriber.stream`), and with `pieces` `--piece-ms` (files fed as a microphone would),
+    in a group called `title` (returned, for a command's own streaming flags)."""
     group = parser.add_argument_group(title)
     group.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS,
                        help="audio per encoder chunk (default %(default)s)")  # fmt: skip
     group.add_argument("--lookahead-ms", type=float, default=DEFAULT_LOOKAHEAD_MS,
                        help="audio after each chunk that it also sees, decoded with the next "
                        "chunk: a word waits up to chunk + look-ahead (default %(default)s; "
-                       "480 + 160 is more accurate than 640 + 0 at the same worst "
-                       "case)")  # fmt: skip
+                       "at a 640 ms worst case it is more accurate than 640 + 0)")  # fmt: skip
     group.add_argument("--left-seconds", type=float, default=DEFAULT_LEFT_SECONDS,
                        help="left context each chunk attends to (default %(default)s)")  # fmt: skip
+    if pieces:
+        group.add_argument("--piece-ms", type=float, default=StreamingOptions.piece_ms,
+                           help="files are fed in pieces this long, as a microphone delivers "
+                           "them (default %(default)s)")  # fmt: skip
     return group
+
+
+def streaming_options(args: argparse.Namespace) -> StreamingOptions:
+    """The `StreamingOptions` of `add_streaming_arguments(..., pieces=True)`'s flags."""
+    return StreamingOptions(args.chunk_ms, args.lookahead_ms, args.left_seconds, args.piece_ms)
 
 
 class _Renamed(argparse.Action):

@@ -55,10 +55,7 @@ def add_transcribe_arguments(parser: argparse.ArgumentParser) -> None:
                         "result as usual")  # fmt: skip
     add_decoding_arguments(parser)
     add_chunking_arguments(parser)
-    streaming = add_streaming_arguments(parser, "streaming (with --streaming, instead of chunking)")
-    streaming.add_argument("--piece-ms", type=float, default=100.0,
-                           help="the file is fed in pieces this long, as a microphone delivers "
-                           "it (default %(default)s)")  # fmt: skip
+    add_streaming_arguments(parser, "streaming (with --streaming, instead of chunking)", True)
     add_manifest_arguments(parser)
 
 

@@ -62,10 +62,35 @@ from asr.modules.conformer import StreamState
 from asr.resampling import StreamingResampler
 from asr.tokenizer import BLANK_ID
 
-DEFAULT_CHUNK_MS = 640.0
-DEFAULT_LOOKAHEAD_MS = 0.0  # 480 + 160 is more accurate than 640 + 0 at the same worst case
+# A word waits up to chunk + look-ahead = 640 ms; at that worst case 480 + 160 is more accurate
+# than 640 + 0 (CER +6.9% against +14.6% over the offline model on librispeech-3h, +4.0% against
+# +33% on the demo; BENCHMARKS.md, "Twelfth session"), for RTF x1.18 and ~0.1 s on the median word.
+DEFAULT_CHUNK_MS = 480.0
+DEFAULT_LOOKAHEAD_MS = 160.0
 DEFAULT_LEFT_SECONDS = 10.0  # left context kept per chunk: bounded memory, ~all a sentence needs
 READ_SECONDS = 10.0  # `feed_file` reads files this much at a time: memory stays flat
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    """How a file or corpus is fed to a `Stream` when it is transcribed live (`asr evaluate
+    --streaming`, the demo's live score): chunk, look-ahead and left context as
+    `Transcriber.stream` takes them, the audio in pieces of `piece_ms` as a microphone gives it."""
+
+    chunk_ms: float = DEFAULT_CHUNK_MS
+    lookahead_ms: float = DEFAULT_LOOKAHEAD_MS
+    left_seconds: float | None = DEFAULT_LEFT_SECONDS
+    piece_ms: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.piece_ms <= 0:
+            raise ValueError(f"piece_ms must be positive, got {self.piece_ms}")
+
+    @property
+    def label(self) -> str:
+        """How reports name the setting: "480 + 160 ms chunks", "640 ms chunks"."""
+        extra = f" + {self.lookahead_ms:g}" if self.lookahead_ms else ""
+        return f"{self.chunk_ms:g}{extra} ms chunks"
 
 
 @dataclass
@@ -352,5 +377,5 @@ def feed_file(
 
 
 __all__ = ["DEFAULT_CHUNK_MS", "DEFAULT_LEFT_SECONDS", "DEFAULT_LOOKAHEAD_MS", "Partial", "Stream",
-           "Word", "feed",
+           "StreamingOptions", "Word", "feed",
            "feed_file"]  # fmt: skip

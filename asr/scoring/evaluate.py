@@ -17,8 +17,9 @@ from typing import Any
 
 from asr.bars import progress
 from asr.data.corpus import Corpus, open_corpus
-from asr.inference.corpus import TRANSCRIPTS, transcribe_positions
+from asr.inference.corpus import TRANSCRIPTS, stream_positions, transcribe_positions
 from asr.inference.options import ChunkingOptions, DecodingOptions
+from asr.inference.streaming import StreamingOptions
 from asr.inference.transcribe import Transcriber
 from asr.scoring.metrics import (
     ScoreResult,
@@ -129,6 +130,7 @@ def decode_and_score(
     options: DecodingOptions | None = None,
     *,
     chunking: ChunkingOptions | None = None,
+    streaming: StreamingOptions | None = None,
     split: str | None = None,
     label: str | None = None,
     report: bool = True,
@@ -141,6 +143,11 @@ def decode_and_score(
     `label` shows a progress bar with that name. `scoring` goes to `evaluate_files`
     (normalizer, num_resamples, worst_n, compare_path). An utterance that fails to transcribe
     is scored as an empty hypothesis (all deletions) and reported, never dropped.
+
+    `streaming` scores the model live instead (`asr.inference.corpus.stream_positions`: each
+    utterance fed to a `Stream` in pieces, decoded with `options` at its end); `chunking` is then
+    unused. A model that cannot stream is refused (ValueError, one line) before anything is
+    written.
     """
     corpus = open_corpus(manifest, split)
     if not len(corpus):
@@ -148,6 +155,9 @@ def decode_and_score(
     if any(text is None for text in corpus.texts):
         raise ValueError(f"{manifest} has no reference texts to score against")
     options, chunking = options or DecodingOptions(), chunking or ChunkingOptions()
+    if streaming is not None:  # the model's and the settings' refusals, before any output
+        model.stream(streaming.chunk_ms, streaming.left_seconds, options=options,
+                     lookahead_ms=streaming.lookahead_ms)  # fmt: skip
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     hyp_path = output_dir / TRANSCRIPTS
@@ -158,7 +168,10 @@ def decode_and_score(
     ):
         for start in range(0, len(corpus), SLICE):
             positions = range(start, min(start + SLICE, len(corpus)))
-            records = transcribe_positions(model, corpus, positions, chunking, options)
+            if streaming is None:
+                records = transcribe_positions(model, corpus, positions, chunking, options)
+            else:
+                records = stream_positions(model, corpus, positions, streaming, options)
             for i in positions:
                 if records[i]["error"]:
                     failed.append(f"{corpus.ids[i]}: {records[i]['error']}")
