@@ -119,7 +119,9 @@ class EncoderConfig:
             )
         if self.causal_conv and self.chunk_conv:
             raise ValueError("encoder.causal_conv and encoder.chunk_conv are two kinds of "
-                             "streaming convolution: choose one")  # fmt: skip
+                             "streaming convolution: choose one (configs/demo.yaml and "
+                             "configs/an4.yaml set chunk_conv: add encoder.chunk_conv=false "
+                             "for causal convolutions)")  # fmt: skip
         if self.dynamic_chunk_training and not self.streamable_conv:
             raise ValueError(
                 "encoder.dynamic_chunk_training needs encoder.chunk_conv: true or "

@@ -3,7 +3,7 @@
     # a model trained with the front end sherpa-onnx computes (here: streaming-capable too)
     python bench/real_speech.py --config configs/an4.yaml --minutes 10 --name sherpa-fe \\
         init_from=demo-synthetic-char-streaming tokenizer.path=/tmp/real-speech/split/tokenizer_char.json \\
-        encoder.causal_conv=true encoder.dynamic_chunk_training=true features.normalize=running \\
+        encoder.causal_conv=true encoder.chunk_conv=false encoder.dynamic_chunk_training=true features.normalize=running \\
         features.framing=kaldi features.preemphasis=0.97 features.mel_scale=slaney \\
         features.log_guard=clamp features.log_offset=1.1920928955078125e-07
     python bench/sherpa_wer.py --model /tmp/real-speech/sherpa-fe/exp/model.pt \\

@@ -3,7 +3,7 @@ training cost of dynamic chunk training.
 
     # the two models: the demo as it is (full context), and the demo trained with dynamic chunks
     asr demo --work-dir /tmp/demo-stop
-    asr demo --work-dir /tmp/demo-stream encoder.causal_conv=true encoder.dynamic_chunk_training=true
+    asr demo --work-dir /tmp/demo-stream encoder.causal_conv=true encoder.chunk_conv=false encoder.dynamic_chunk_training=true
     python bench/streaming.py --streaming-model /tmp/demo-stream/exp/model.pt \\
         --full-model /tmp/demo-stop/exp/model.pt --manifest /tmp/demo-stop/corpus/test.jsonl
 

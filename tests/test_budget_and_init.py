@@ -180,7 +180,7 @@ def test_the_shipped_streaming_bundle_goes_live_and_fine_tunes_into_a_live_model
     assert stream.finish().text == ""
     config = load_config(REPO / "configs/an4.yaml", [
         "init_from=demo-synthetic-char-streaming", "encoder.causal_conv=true",
-        "encoder.dynamic_chunk_training=true", "features.normalize=running"])  # fmt: skip
+        "encoder.chunk_conv=false"])  # fmt: skip
     system = train_module.AsrSystem(config, bundle.tokenizer)
     assert train_module.initialize_from(system, config.init_from) == []
     source = bundle.model.state_dict()

@@ -94,7 +94,7 @@ def test_a_running_normalized_model_streams_as_it_decodes_the_whole_file(
     transcriber = asr.load_model(running_bundle)
     assert transcriber.bundle.frontend.config.normalize == "running"
     wave = noise(5.3, 3) * np.linspace(0.2, 1.5, round(5.3 * RATE), dtype=np.float32)
-    stream = transcriber.stream(chunk_ms, None)
+    stream = transcriber.stream(chunk_ms, None, lookahead_ms=0)
     piece = round(piece_ms / 1000 * RATE)
     for i in range(0, len(wave), piece):
         stream.accept(wave[i : i + piece])

@@ -39,6 +39,7 @@ from test_streaming import calibrated_streaming_bundle
 
 import asr
 from asr.cli import main
+from asr.inference.streaming import DEFAULT_LOOKAHEAD_MS
 from asr.serving.live import LiveOptions
 from asr.serving.workers import ModelWorkers
 
@@ -69,8 +70,11 @@ def transcriber(bundle):
     return asr.load_model(bundle)
 
 
-def reference(transcriber, pcm: np.ndarray, rate: int, piece: int = PIECE, lookahead_ms=0.0):
-    """What a Stream with the server's chunk and left context makes of `pcm` in pieces."""
+def reference(
+    transcriber, pcm: np.ndarray, rate: int, piece: int = PIECE, lookahead_ms=DEFAULT_LOOKAHEAD_MS
+):
+    """What a Stream with the server's chunk, look-ahead (by default the library's, as the
+    server's) and left context makes of `pcm` in pieces."""
     stream = transcriber.stream(CHUNK_MS, LEFT_SECONDS, lookahead_ms=lookahead_ms)
     for i in range(0, len(pcm), piece):
         stream.accept(pcm[i : i + piece], rate)
@@ -434,12 +438,15 @@ def test_sessions_at_once_each_get_their_own_streams_transcript(transcriber, spe
         assert run(scenario(ws_url(url))) == want
 
 
-def test_a_server_with_lookahead_gives_its_streams_transcript(transcriber, speech):
-    """`asr serve --lookahead-ms`: each session's stream sees that much audio after each chunk,
-    and the transcript is what such a Stream gives (not the plain chunked one's)."""
-    want = reference(transcriber, speech, 24000, lookahead_ms=160)[0]
+@pytest.mark.parametrize("lookahead_ms", [0.0, 80.0])
+def test_a_server_with_another_lookahead_gives_its_streams_transcript(
+    transcriber, speech, lookahead_ms
+):
+    """`asr serve --lookahead-ms`: each session's stream sees that much audio after each chunk
+    (0: plain chunks), and the transcript is what such a Stream gives, not the default's."""
+    want = reference(transcriber, speech, 24000, lookahead_ms=lookahead_ms)[0]
     assert want != reference(transcriber, speech, 24000)[0]
-    with tight_server(transcriber, lookahead_ms=160) as url:
+    with tight_server(transcriber, lookahead_ms=lookahead_ms) as url:
         assert run(transcribe(ws_url(url), speech)) == want
     with pytest.raises(ValueError, match="look-ahead must be >= 0 ms"):
         LiveOptions(lookahead_ms=-1)

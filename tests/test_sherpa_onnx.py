@@ -365,11 +365,13 @@ def streaming_bundle(path: Path, normalize: str, conv: str = "causal") -> Path:
 
 def export_online(folder: Path, normalize: str, *flags: str, conv: str = "causal") -> Path:
     """A streaming model (`streaming_bundle`) exported for sherpa-onnx's online recognizer by
-    the CLI: folder/deploy/model.onnx and tokens.txt, the bundle at folder/model.pt."""
+    the CLI: folder/deploy/model.onnx and tokens.txt, the bundle at folder/model.pt. Plain
+    chunks unless `flags` give a `--lookahead-ms` (the last one given counts)."""
     bundle = streaming_bundle(folder / "model.pt", normalize, conv)
     output = folder / "deploy" / "model.onnx"
     argv = ["export", "--model", str(bundle), "--format", "sherpa-onnx", "--streaming",
-            "--chunk-ms", str(CHUNK_MS), "--left-seconds", str(LEFT_SECONDS), *flags]  # fmt: skip
+            "--chunk-ms", str(CHUNK_MS), "--left-seconds", str(LEFT_SECONDS),
+            "--lookahead-ms", "0", *flags]  # fmt: skip
     assert main([*argv, "--output", str(output)]) == 0
     return output
 

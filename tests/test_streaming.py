@@ -174,7 +174,7 @@ def offline(bundle, wave: np.ndarray, chunk: int, left_chunks: int) -> torch.Ten
 def test_stream_equals_offline_with_the_chunk_mask(bundle_path, chunk_ms, left_seconds, piece_ms):
     transcriber = asr.load_model(bundle_path)
     wave = noise(5.3, 3)
-    stream = transcriber.stream(chunk_ms, left_seconds)
+    stream = transcriber.stream(chunk_ms, left_seconds, lookahead_ms=0)
     piece = round(piece_ms / 1000 * RATE)
     partials = [stream.accept(wave[i : i + piece]) for i in range(0, len(wave), piece)]
     result = stream.finish()
@@ -345,7 +345,7 @@ def test_a_kaldi_framed_model_streams_as_its_chunk_masked_forward(tmp_path, chun
     path = calibrated_streaming_bundle(tmp_path / "kaldi.pt", torch.from_numpy(wave)[None],
                                     normalize="running", **KALDI_FEATURES)  # fmt: skip
     transcriber = asr.load_model(path)
-    stream = transcriber.stream(chunk_ms, None)
+    stream = transcriber.stream(chunk_ms, None, lookahead_ms=0)
     piece = max(1, round(piece_ms / 1000 * RATE))
     partials = [stream.accept(wave[i : i + piece]) for i in range(0, len(wave), piece)]
     result = stream.finish()
@@ -361,7 +361,7 @@ def test_a_kaldi_framed_model_streams_as_its_chunk_masked_forward(tmp_path, chun
 
 
 def test_stream_memory_is_bounded_with_left_context(bundle_path):
-    stream = asr.load_model(bundle_path).stream(160, left_seconds=0.64)
+    stream = asr.load_model(bundle_path).stream(160, left_seconds=0.64, lookahead_ms=0)
     wave = noise(12.0, 4)
     for i in range(0, len(wave), 1600):
         stream.accept(wave[i : i + 1600])

@@ -4,7 +4,7 @@
 sherpa-onnx's `OnlineRecognizer.from_nemo_ctc` runs a cache-aware streaming model one window of
 feature frames at a time, carrying three state tensors between windows. Written by
 `asr export --model model.pt --format sherpa-onnx --streaming --output DIR/model.onnx
-[--chunk-ms 640] [--left-seconds 10] [--quantize int8]`:
+[--chunk-ms 480] [--lookahead-ms 160] [--left-seconds 10] [--quantize int8]`:
 
     DIR/model.onnx   audio_signal (B, F, W) float32, length (B,) int64, cache_last_channel
                      (B, 2 N H, L, Dh), cache_last_time (B, N, P, D), cache_last_channel_len
