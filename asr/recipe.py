@@ -45,6 +45,20 @@ def up_to_date(output: Path, source: Path) -> bool:
     return output.is_file() and output.stat().st_mtime >= source.stat().st_mtime
 
 
+def can_go_live(model: Path) -> bool:
+    """Whether the bundle at `model` can stream (`asr.inference.streaming.check_streamable`): a
+    recipe then scores its test sets live as well (`asr evaluate --streaming`)."""
+    from asr.checkpoint import load_bundle
+    from asr.inference.streaming import check_streamable
+
+    bundle = load_bundle(model)
+    try:
+        check_streamable(bundle.model.config, bundle.frontend.config)
+    except ValueError:
+        return False
+    return True
+
+
 def word_lm_paths(lm_dir: Path, order: int = 3) -> tuple[Path, Path]:
     """Where `build_word_lm` writes: lm_dir/words.<order>gram.arpa and lm_dir/lexicon.txt."""
     return lm_dir / f"words.{order}gram.arpa", lm_dir / "lexicon.txt"

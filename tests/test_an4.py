@@ -192,8 +192,8 @@ def load_recipe() -> ModuleType:
     return module
 
 
-# The recipe's own model (configs/an4.yaml: fine-tuned from the shipped demo-synthetic-char, so
-# its shape stays), trained for 2 steps only.
+# The recipe's own model (configs/an4.yaml: fine-tuned from the shipped
+# demo-synthetic-char-chunk, so its shape stays), trained for 2 steps only.
 TINY = [
     "trainer.max_steps=2",
     "trainer.val_every_n_steps=1",
@@ -261,6 +261,17 @@ def test_recipe_runs_every_stage_end_to_end(an4_dir: Path, tmp_path: Path, capsy
             "(greedy) |" in table
         )
         assert "the LM does not beat greedy decoding on val" in table
+
+    # then test live (the model trains chunk-aware: it can stream), decoded as reported
+    live_dir = exp / "eval" / "live" / "test"
+    live = json.loads((live_dir / "summary.json").read_text())
+    assert live["num_utterances"] == len(manifests["test"])
+    assert results["test"]["live"] == {"wer": 100 * live["wer"], "cer": 100 * live["cer"]}
+    assert results["live"] == "480 + 160 ms chunks"
+    command = next(line for line in printed.splitlines() if f"--output-dir {live_dir} " in line)
+    assert "--streaming" in command and ("--lm" in command) == (tuned["decoding"] == "lm")
+    assert (f"Live (each test file streamed as from a microphone, 480 + 160 ms chunks, decoded "
+            f"as reported): WER {live['wer'] * 100:.2f}") in table  # fmt: skip
 
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
     assert recipe.main([*argv, "--stage", "5"]) == 0  # the LM and every evaluation are reused

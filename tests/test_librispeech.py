@@ -299,6 +299,16 @@ def test_recipe_runs_every_stage_after_download_and_reruns_as_a_no_op(
             cells = f"| {wers['dev-clean']:.2f} | {wers['test-clean']:.2f} |"
             assert any(line.startswith(f"| {model}.pt | {decoding}") and line.endswith(cells)
                        for line in table.splitlines())  # fmt: skip
+        # the configs train chunk-aware models: each test part also scored live, decoded as
+        # reported for that model (the LM's flags only where it won on dev)
+        live_dir = exp / "eval" / model / "live" / "test-clean"
+        live = json.loads((live_dir / "summary.json").read_text())
+        assert live["num_utterances"] == 5
+        assert results[f"{model}.pt"]["live"] == {"test-clean": 100 * live["wer"]}
+        command = next(line for line in printed.splitlines() if f"--output-dir {live_dir} " in line)
+        assert "--streaming" in command and ("--lm" in command) == (tuned["decoding"] == "lm")
+        assert (f"| {model}.pt | live (480 + 160 ms chunks, decoded as reported) | - | "
+                f"{100 * live['wer']:.2f} |") in table  # fmt: skip
 
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
     assert recipe.main(argv) == 0  # every stage finds its output and reuses it

@@ -137,3 +137,36 @@ def test_word_lm_needs_the_trained_model(model_and_manifest, tmp_path):
     _, manifest = model_and_manifest
     with pytest.raises(SystemExit, match="no .*missing.pt"):
         build_word_lm(manifest, tmp_path / "missing.pt", tmp_path / "lm")
+
+
+@pytest.mark.parametrize(
+    ("encoder", "normalize", "live"),
+    [
+        ({}, "global", False),  # centred convolutions look ahead
+        ({"chunk_conv": True, "dynamic_chunk_training": True}, "utterance", False),
+        ({"chunk_conv": True, "dynamic_chunk_training": True}, "running", True),
+        ({"causal_conv": True}, "none", True),
+    ],
+)
+def test_a_recipe_scores_live_only_what_can_stream(tmp_path, encoder, normalize, live):
+    """`can_go_live`: the recipes' test of whether to score a model streamed, the streaming
+    engine's own (a model it accepts, and only those)."""
+    import asr
+    from asr.audio import LogMelFeatures
+    from asr.checkpoint import save_bundle
+    from asr.config import EncoderConfig, FeatureConfig
+    from asr.model import CtcModel
+    from asr.recipe import can_go_live
+    from asr.tokenizer import CharTokenizer
+
+    tokenizer = CharTokenizer("abc")
+    config = EncoderConfig(d_model=16, num_layers=1, num_heads=2, subsampling_channels=8, **encoder)
+    frontend = LogMelFeatures(FeatureConfig(normalize=normalize))
+    save_bundle(tmp_path / "m.pt", CtcModel(config, tokenizer.vocab_size), frontend, tokenizer)
+    assert can_go_live(tmp_path / "m.pt") is live
+    transcriber = asr.load_model(tmp_path / "m.pt")
+    if live:
+        transcriber.stream()
+    else:
+        with pytest.raises(ValueError):
+            transcriber.stream()

@@ -17,7 +17,9 @@
     6 evaluate   `asr evaluate` on the validation and test sets, greedy and with the LM
                  (`--lm ARPA --lexicon FILE`, beam search), its weight and word score chosen
                  on val (`--tune-lm`, ARPA.tuned.json); the LM's test result is reported only
-                 if it beat greedy on val; WORK_DIR/exp/RESULTS.{md,json}
+                 if it beat greedy on val; then, for a model that can stream (the default one
+                 can), test live: each file streamed as from a microphone (`--streaming`, 480 ms
+                 chunks + 160 ms look-ahead), decoded as reported; WORK_DIR/exp/RESULTS.{md,json}
 
 Every stage is idempotent (what exists is reused) and prints the `asr` command it runs.
 """
@@ -32,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from asr.cli import main as asr_main
+from asr.cli.options import options_to_flags
 from asr.config import load_config
 from asr.corpora import an4
-from asr.recipe import build_word_lm, run_asr, run_stages, up_to_date, word_lm_paths
-from asr.scoring.tune import tuned_path, tuned_summary
+from asr.inference.streaming import StreamingOptions
+from asr.recipe import build_word_lm, can_go_live, run_asr, run_stages, up_to_date, word_lm_paths
+from asr.scoring.tune import load_tuned, tuned_path, tuned_summary
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "an4.yaml"
@@ -112,8 +116,8 @@ def stage_lm(args: argparse.Namespace) -> None:
 def stage_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """`asr evaluate` of model.pt on val and test, greedy and (once stage 5 has made its files)
     with the LM, its weight and word score chosen on val (`--tune-lm`, written to
-    ARPA.tuned.json): the result reported is the LM's only if it beat greedy decoding on val.
-    Returns RESULTS.json's dict, also written with RESULTS.md in WORK_DIR/exp."""
+    ARPA.tuned.json): the result reported is the LM's only if it beat greedy decoding on val;
+    then test live with the reported decoding (`evaluate_live`). Returns RESULTS.json's dict, also written with RESULTS.md in WORK_DIR/exp."""
     exp_dir = Path(load_config(CONFIG, train_overrides(args)).exp_dir)
     model = exp_dir / "model.pt"
     manifests = {name: args.work_dir / "manifests" / f"{name}.jsonl" for name in ("val", "test")}
@@ -124,6 +128,7 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if not (arpa.is_file() and lexicon.is_file()):
         print(f"no {arpa} or {lexicon} (stage 5): greedy decoding only")
         results["reported"] = "greedy"
+        evaluate_live(args, model, manifests["test"], results, [model])
         write_results(exp_dir, results)
         return results
     # Tuned on val, then test decoded with the choice: both by one `asr evaluate --tune-lm`.
@@ -137,8 +142,29 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     results["reported"] = found["decoding"]
     if found["decoding"] == "lm":
         results["test"]["lm"] = evaluate_set(args, model, manifests["test"], out, [tuned])
+    evaluate_live(args, model, manifests["test"], results, [model, tuned],
+                  options_to_flags(load_tuned(tuned)))  # fmt: skip
     write_results(exp_dir, results)
     return results
+
+
+def evaluate_live(
+    args: argparse.Namespace,
+    model: Path,
+    test: Path,
+    results: dict[str, Any],
+    sources: list[Path],
+    flags: Sequence[str] = (),
+) -> None:
+    """For a model that can stream: test scored live (`asr evaluate --streaming` at the default
+    chunk and look-ahead, decoded with `flags`, the reported decoding) into exp/eval/live/test,
+    as results["test"]["live"], with the setting as results["live"]."""
+    if not can_go_live(model):
+        print(f"{model} cannot stream (trained offline): no live evaluation")
+        return
+    out = model.parent / "eval" / "live" / "test"
+    results["test"]["live"] = evaluate_set(args, model, test, out, sources, ["--streaming", *flags])
+    results["live"] = StreamingOptions().label
 
 
 def evaluate_set(
@@ -172,6 +198,7 @@ def write_results(exp_dir: Path, results: dict[str, Any]) -> None:
 
     reported = results["reported"]
     tuned = results.get("tuned")
+    live = results["test"].get("live")
     lines = [f"Produced by `recipes/an4/run.py` (model.pt; greedy CTC, and beam search with the "
              f"word {LM_ORDER}-gram and lexicon of stage 5, its weights chosen on val)", "",
              "| set | WER % | CER % | WER % (LM) | CER % (LM) | reported |",
@@ -189,6 +216,9 @@ def write_results(exp_dir: Path, results: dict[str, Any]) -> None:
                   "greedy)" + ("" if reported == "lm" else ": the LM does not beat greedy "
                                "decoding on val, so greedy is reported and the LM not used "
                                "on test")]  # fmt: skip
+    if live:
+        lines += ["", f"Live (each test file streamed as from a microphone, {results['live']}, "
+                  f"decoded as reported): WER {live['wer']:.2f}, CER {live['cer']:.2f}"]  # fmt: skip
     (exp_dir / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (exp_dir / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(lines))

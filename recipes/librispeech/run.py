@@ -26,7 +26,10 @@
     7 evaluate   `asr evaluate` of every model on every dev and test part, greedy and (once
                  stage 6 has run) with the LM: `--lm ARPA --lexicon FILE`, its weight and word
                  score chosen per model on dev.jsonl (`--tune-lm`; greedy where the LM does not
-                 beat it on dev); RESULTS.md/.json
+                 beat it on dev); then each test part live, for models that can stream (the
+                 configs' defaults can): each file streamed as from a microphone (`--streaming`,
+                 480 ms chunks + 160 ms look-ahead), decoded as reported (--no-live: not);
+                 RESULTS.md/.json
 
 Every stage is idempotent (what exists is reused) and prints the `asr` command it runs. Extra
 `key=value` arguments override the training config, as for `asr train`.
@@ -47,7 +50,8 @@ import torch
 from asr.cli import main as asr_main
 from asr.config import TrainConfig, load_config
 from asr.corpora import librispeech
-from asr.recipe import run_asr, run_stages, up_to_date
+from asr.inference.streaming import StreamingOptions
+from asr.recipe import can_go_live, run_asr, run_stages, up_to_date
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("download", "manifests", "tokenizer", "train", "average", "lm", "evaluate")
@@ -75,6 +79,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="stage 2 also packs Parquet shards (asr pack), stage 4 streams them")  # fmt: skip
     p.add_argument("--shard-size", default="1GB", help="--shards: bytes per shard (default 1GB)")
     p.add_argument("--nj", type=int, default=8, help="threads reading audio headers")
+    p.add_argument("--no-live", dest="live", action="store_false",
+                   help="stage 7: do not also score the test parts streamed")  # fmt: skip
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("overrides", nargs="*", help="training config overrides, key=value")
     args = p.parse_args(argv)
@@ -202,8 +208,9 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """`asr evaluate` of each model on each dev/test part, greedy and, once stage 6 has made
     its files, with the LM at the weight and word score chosen on dev.jsonl for that model
     (`--tune-lm`, written to exp_dir/lm/<model>.tuned.json; greedy decoding where the LM does
-    not beat it on dev); model -> decoding ("greedy" or the --lm name) -> part -> WER %, and
-    "tuned" -> the choice; also in exp_dir/RESULTS.md and RESULTS.json."""
+    not beat it on dev); then the test parts live with the decoding reported (`evaluate_live`);
+    model -> decoding ("greedy", the --lm name or "live") -> part -> WER %, and "tuned" -> the
+    choice; also in exp_dir/RESULTS.md and RESULTS.json."""
     from asr.cli.options import options_to_flags
     from asr.scoring.tune import load_tuned, tuned_summary
 
@@ -221,6 +228,7 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         found["greedy"] = {part: evaluate_part(args, model, part, out / part, [model])
                            for part in parts}  # fmt: skip
         if not with_lm:
+            evaluate_live(args, model, found, [model])
             continue
         # Tuned on dev, then the first test part decoded with the choice, by one command;
         # the other parts with the flags of the choice.
@@ -237,8 +245,30 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             if part != first:
                 wers[part] = evaluate_part(args, model, part, out / part, [tuned], flags)
         found["tuned"] = tuned_summary(json.loads(tuned.read_text()))
+        evaluate_live(args, model, found, [model, tuned], flags)
     write_results(exp_dir, results, args)
     return results
+
+
+def evaluate_live(
+    args: argparse.Namespace,
+    model: Path,
+    found: dict[str, Any],
+    sources: list[Path],
+    flags: Sequence[str] = (),
+) -> None:
+    """Unless --no-live, for a model that can stream: each test part scored live (`asr
+    evaluate --streaming` at the default chunk and look-ahead, decoded with `flags`, the
+    reported decoding) into exp_<size>/eval/<model>/live/<part>, as found["live"]."""
+    if not args.live:
+        return
+    if not can_go_live(model):
+        print(f"{model} cannot stream (trained offline): no live evaluation")
+        return
+    out = model.parent / "eval" / model.stem / "live"
+    found["live"] = {part: evaluate_part(args, model, part, out / part, sources,
+                                         ["--streaming", *flags])
+                     for part in args.test_parts}  # fmt: skip
 
 
 def evaluate_part(
@@ -278,11 +308,13 @@ def write_results(
             if decoding == "tuned":
                 continue
             label = decoding
-            if decoding != "greedy" and tuned and tuned["decoding"] == "lm":
+            if decoding == "live":
+                label += f" ({StreamingOptions().label}, decoded as reported)"
+            elif decoding != "greedy" and tuned and tuned["decoding"] == "lm":
                 label += f" (weight {tuned['lm_weight']:g}, word score {tuned['word_score']:g})"
             elif decoding != "greedy":
                 label += " (does not beat greedy on dev: greedy)"
-            cells = " | ".join(f"{wers[p]:.2f}" for p in parts)
+            cells = " | ".join(f"{wers[p]:.2f}" if p in wers else "-" for p in parts)
             lines.append(f"| {model} | {label} | {cells} |")
     (exp_dir / "RESULTS.md").write_text("\n".join(lines) + "\n")
     (exp_dir / "RESULTS.json").write_text(json.dumps(results, indent=2) + "\n")
