@@ -253,3 +253,28 @@ def test_a_rerun_repacks_the_shards_whose_source_files_changed(tmp_path: Path, c
     assert again["shards"] == fresh["shards"]
     for name in names:
         assert (out / "data" / name).read_bytes() == (tmp_path / "fresh/data" / name).read_bytes()
+
+
+def test_running_normalization_takes_its_prior_from_shards_without_a_manifest(tmp_path: Path):
+    """`features.normalize: running` (the recipes' default) trained from shards alone: the
+    training set's statistics come from the first rows of the packed data, read as a stream,
+    and equal those of the manifest it was packed from (the same utterances, decoded alike)."""
+    from asr.audio import LogMelFeatures
+    from asr.config import load_config
+    from asr.training.train import estimate_global_stats
+
+    manifest = mixed_corpus(tmp_path)
+    pack_manifest(manifest, tmp_path / "packed", shard_size="100KB")
+    stats = []
+    for data in ([f"data.train_manifest={manifest}"],
+                 [f"data.hf_dataset={(tmp_path / 'packed').as_uri()}", "data.hf_streaming=true"]):  # fmt: skip
+        config = load_config(None, ["features.normalize=running", *data])
+        frontend = LogMelFeatures(config.features)
+        estimate_global_stats(config, frontend)
+        stats.append((frontend.global_mean.clone(), frontend.global_std.clone()))
+    (mean, std), (packed_mean, packed_std) = stats
+    assert torch.allclose(mean, packed_mean, atol=1e-5) and torch.allclose(std, packed_std)
+    assert not torch.equal(mean, torch.zeros_like(mean))
+    nothing = load_config(None, ["features.normalize=running"])
+    with pytest.raises(ValueError, match="data.train_manifest or data.hf_dataset"):
+        estimate_global_stats(nothing, LogMelFeatures(nothing.features))

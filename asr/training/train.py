@@ -13,9 +13,10 @@ Running the same command again resumes from `checkpoints/last.ckpt` exactly.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,10 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from asr.audio import LogMelFeatures, compute_global_stats, load_audio
+from asr.audio import AudioError, LogMelFeatures, compute_global_stats, load_audio, load_audio_array
 from asr.checkpoint import partial_files, safe_torch_load, save_bundle
 from asr.config import TrainConfig, from_dict, save_config
+from asr.data.hf import load_hf_utterances
 from asr.data.manifest import read_manifest
 from asr.interop.sources import open_bundle
 from asr.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_dict, train_tokenizer
@@ -83,17 +85,37 @@ def _bundle_tokenizer(config: TrainConfig) -> Tokenizer | None:
 
 
 def estimate_global_stats(config: TrainConfig, frontend: LogMelFeatures) -> None:
-    """Mean and std of the features over (up to 500) training utterances, stored in frontend."""
+    """Mean and std of the features over the first (up to 500) training utterances, of the
+    manifest or else of the Hugging Face dataset (read as a stream: nothing else is fetched),
+    stored in frontend."""
     raw = LogMelFeatures(dataclasses.replace(config.features, normalize="none"))
-    utterances = read_manifest(config.data.train_manifest)[:GLOBAL_STATS_UTTERANCES]
 
     def batches():
-        for utt in utterances:
-            wave = load_audio(utt.audio, config.features.sample_rate, utt.offset, utt.duration)
+        for wave in _training_waves(config):
             yield raw(wave[None], torch.tensor([wave.shape[0]]))
 
     mean, std = compute_global_stats(batches())
     frontend.set_global_stats(mean, std)
+
+
+def _training_waves(config: TrainConfig) -> Iterator[torch.Tensor]:
+    """The first `GLOBAL_STATS_UTTERANCES` training utterances as mono (N,) tensors at the
+    features' rate; rows of a dataset whose audio cannot be decoded are skipped."""
+    rate, data = config.features.sample_rate, config.data
+    if data.train_manifest:
+        for utt in read_manifest(data.train_manifest)[:GLOBAL_STATS_UTTERANCES]:
+            yield load_audio(utt.audio, rate, utt.offset, utt.duration)
+        return
+    if not data.hf_dataset:
+        raise ValueError("features.normalize global or running needs training data to "
+                         "estimate its statistics: set data.train_manifest or data.hf_dataset")  # fmt: skip
+    rows = load_hf_utterances(data.hf_dataset, data.hf_train_split, streaming=True)
+    for index, row in enumerate(itertools.islice(rows.dataset, GLOBAL_STATS_UTTERANCES)):
+        try:
+            item = rows.decode(row, index)
+        except AudioError:
+            continue
+        yield load_audio_array(item["array"], item["sampling_rate"], rate, name=item["id"])
 
 
 # Parameters indexed by token: (name, dimension of the token index). With another tokenizer
