@@ -267,7 +267,7 @@ def test_running_normalization_takes_its_prior_from_shards_without_a_manifest(tm
     pack_manifest(manifest, tmp_path / "packed", shard_size="100KB")
     stats = []
     for data in ([f"data.train_manifest={manifest}"],
-                 [f"data.hf_dataset={(tmp_path / 'packed').as_uri()}", "data.hf_streaming=true"]):  # fmt: skip
+                 [f"data.hf_dataset={tmp_path / 'packed'}", "data.hf_streaming=true"]):  # fmt: skip
         config = load_config(None, ["features.normalize=running", *data])
         frontend = LogMelFeatures(config.features)
         estimate_global_stats(config, frontend)
