@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asr.corpora.synthetic import CorpusConfig, make_demo_corpus
-from asr.recipe import build_word_lm, run_stages, up_to_date, word_lm_paths
+from asr.recipe import build_word_lm, can_go_live, run_stages, up_to_date, word_lm_paths
 
 if TYPE_CHECKING:
     from asr.config import TrainConfig
@@ -220,14 +220,9 @@ class Demo:
     def live(self) -> StreamingOptions | None:
         """The live setting the demo scores (the library's default chunk and look-ahead), or
         None for a model that cannot stream (trained offline, or normalized per utterance)."""
-        from asr.inference.streaming import StreamingOptions, check_streamable
+        from asr.inference.streaming import StreamingOptions
 
-        bundle = self.model.bundle
-        try:
-            check_streamable(bundle.model.config, bundle.frontend.config)
-        except ValueError:
-            return None
-        return StreamingOptions()
+        return StreamingOptions() if can_go_live(self.model_path) else None
 
     def evaluate(self) -> None:
         """Stage 4: each decoding of test.jsonl scored into eval/<decoding>/ with its report;

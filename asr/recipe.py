@@ -46,8 +46,8 @@ def up_to_date(output: Path, source: Path) -> bool:
 
 
 def can_go_live(model: Path) -> bool:
-    """Whether the bundle at `model` can stream (`asr.inference.streaming.check_streamable`): a
-    recipe then scores its test sets live as well (`asr evaluate --streaming`)."""
+    """Whether the bundle at `model` can stream (`asr.inference.streaming.check_streamable`): the
+    demo and the recipes then score their test sets live as well (`asr evaluate --streaming`)."""
     from asr.checkpoint import load_bundle
     from asr.inference.streaming import check_streamable
 

@@ -117,7 +117,8 @@ def stage_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """`asr evaluate` of model.pt on val and test, greedy and (once stage 5 has made its files)
     with the LM, its weight and word score chosen on val (`--tune-lm`, written to
     ARPA.tuned.json): the result reported is the LM's only if it beat greedy decoding on val;
-    then test live with the reported decoding (`evaluate_live`). Returns RESULTS.json's dict, also written with RESULTS.md in WORK_DIR/exp."""
+    then test live with the reported decoding (`evaluate_live`). Returns RESULTS.json's dict,
+    also written with RESULTS.md in WORK_DIR/exp."""
     exp_dir = Path(load_config(CONFIG, train_overrides(args)).exp_dir)
     model = exp_dir / "model.pt"
     manifests = {name: args.work_dir / "manifests" / f"{name}.jsonl" for name in ("val", "test")}
